@@ -83,15 +83,26 @@ impl Backoff {
             return Err(InvalidPolicy::new(WHAT, "initial delay must be positive"));
         }
         if max < initial {
-            return Err(InvalidPolicy::new(WHAT, "max delay must be at least the initial delay"));
+            return Err(InvalidPolicy::new(
+                WHAT,
+                "max delay must be at least the initial delay",
+            ));
         }
         if !multiplier.is_finite() || multiplier < 1.0 {
-            return Err(InvalidPolicy::new(WHAT, "multiplier must be a finite number >= 1"));
+            return Err(InvalidPolicy::new(
+                WHAT,
+                "multiplier must be a finite number >= 1",
+            ));
         }
         if !(0.0..1.0).contains(&jitter) {
             return Err(InvalidPolicy::new(WHAT, "jitter must be in [0, 1)"));
         }
-        Ok(Backoff { initial, max, multiplier, jitter })
+        Ok(Backoff {
+            initial,
+            max,
+            multiplier,
+            jitter,
+        })
     }
 
     /// tether's reconnect default for local upstreams: 100 ms, ×1.6, ±20 %,
@@ -123,7 +134,11 @@ impl Backoff {
 
     /// Starts a running backoff with this shape.
     pub fn start(self, rng: Jitter) -> ExponentialBackoff {
-        ExponentialBackoff { policy: self, base: self.initial, rng }
+        ExponentialBackoff {
+            policy: self,
+            base: self.initial,
+            rng,
+        }
     }
 }
 
@@ -132,8 +147,14 @@ impl Backoff {
 impl ExponentialBackoff {
     /// The next delay, then the base grows for the one after.
     pub fn next_delay(&mut self) -> Duration {
-        let delay = self.rng.spread(self.base, self.policy.jitter).min(self.policy.max);
-        self.base = self.base.mul_f64(self.policy.multiplier).min(self.policy.max);
+        let delay = self
+            .rng
+            .spread(self.base, self.policy.jitter)
+            .min(self.policy.max);
+        self.base = self
+            .base
+            .mul_f64(self.policy.multiplier)
+            .min(self.policy.max);
         delay
     }
 
@@ -162,19 +183,27 @@ impl FullJitter {
             return Err(InvalidPolicy::new(WHAT, "base delay must be positive"));
         }
         if max < base {
-            return Err(InvalidPolicy::new(WHAT, "max delay must be at least the base delay"));
+            return Err(InvalidPolicy::new(
+                WHAT,
+                "max delay must be at least the base delay",
+            ));
         }
         Ok(FullJitter { base, max })
     }
 
     /// tether's request-retry default for local upstreams: 25 ms base, 1 s cap.
     pub const fn retry() -> FullJitter {
-        FullJitter { base: Duration::from_millis(25), max: Duration::from_secs(1) }
+        FullJitter {
+            base: Duration::from_millis(25),
+            max: Duration::from_secs(1),
+        }
     }
 
     /// The ceiling of retry `n` (counting from 0): `min(max, base·2ⁿ)`.
     pub fn ceiling(&self, retry: u32) -> Duration {
-        self.base.saturating_mul(1u32 << retry.min(31)).min(self.max)
+        self.base
+            .saturating_mul(1u32 << retry.min(31))
+            .min(self.max)
     }
 
     /// The delay before retry `n` (counting from 0).
@@ -187,7 +216,10 @@ impl FullJitter {
 
 impl Reconnect {
     pub fn new(policy: Backoff, rng: Jitter) -> Reconnect {
-        Reconnect { backoff: policy.start(rng), link: Link::Down }
+        Reconnect {
+            backoff: policy.start(rng),
+            link: Link::Down,
+        }
     }
 
     /// An attempt to connect failed: the delay before the next one.
@@ -198,14 +230,20 @@ impl Reconnect {
 
     /// A connection came up at `now`.
     pub fn connected(&mut self, now: Instant) {
-        self.link = Link::Up { since: now, exchanged: false };
+        self.link = Link::Up {
+            since: now,
+            exchanged: false,
+        };
     }
 
     /// The connection served a good exchange (a request answered, a ping
     /// returned).
     pub fn exchanged(&mut self) {
         if let Link::Up { since, .. } = self.link {
-            self.link = Link::Up { since, exchanged: true };
+            self.link = Link::Up {
+                since,
+                exchanged: true,
+            };
         }
     }
 
@@ -255,14 +293,18 @@ mod tests {
         assert!(FullJitter::try_new(Duration::ZERO, ms(1)).is_err());
         assert!(FullJitter::try_new(ms(2), ms(1)).is_err());
         assert_eq!(
-            Backoff::try_new(ms(10), ms(5), 2.0, 0.1).unwrap_err().to_string(),
+            Backoff::try_new(ms(10), ms(5), 2.0, 0.1)
+                .unwrap_err()
+                .to_string(),
             "invalid backoff: max delay must be at least the initial delay"
         );
     }
 
     #[test]
     fn without_jitter_the_curve_is_exact() {
-        let mut b = Backoff::try_new(ms(100), ms(1000), 2.0, 0.0).unwrap().start(Jitter::seeded(1));
+        let mut b = Backoff::try_new(ms(100), ms(1000), 2.0, 0.0)
+            .unwrap()
+            .start(Jitter::seeded(1));
         let seen: Vec<_> = (0..6).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(seen, [100, 200, 400, 800, 1000, 1000]);
         b.reset();

@@ -64,7 +64,11 @@ impl Deadline {
     /// `timeout` clamped to the time left, or `None` when no time is left.
     pub fn clamp(&self, now: Instant, timeout: Duration) -> Option<Duration> {
         let left = self.remaining(now);
-        if left.is_zero() { None } else { Some(timeout.min(left)) }
+        if left.is_zero() {
+            None
+        } else {
+            Some(timeout.min(left))
+        }
     }
 }
 
@@ -79,17 +83,31 @@ impl AttemptTimeout {
             return Err(InvalidPolicy::new(WHAT, "initial timeout must be positive"));
         }
         if max < initial {
-            return Err(InvalidPolicy::new(WHAT, "max must be at least the initial timeout"));
+            return Err(InvalidPolicy::new(
+                WHAT,
+                "max must be at least the initial timeout",
+            ));
         }
         if !factor.is_finite() || factor < 1.0 {
-            return Err(InvalidPolicy::new(WHAT, "growth factor must be a finite number >= 1"));
+            return Err(InvalidPolicy::new(
+                WHAT,
+                "growth factor must be a finite number >= 1",
+            ));
         }
-        Ok(AttemptTimeout { current: initial, max, factor })
+        Ok(AttemptTimeout {
+            current: initial,
+            max,
+            factor,
+        })
     }
 
     /// A timeout that never grows.
     pub fn fixed(timeout: Duration) -> AttemptTimeout {
-        AttemptTimeout { current: timeout, max: timeout, factor: 1.0 }
+        AttemptTimeout {
+            current: timeout,
+            max: timeout,
+            factor: 1.0,
+        }
     }
 
     /// The timeout the next attempt would get with unlimited time left.
@@ -123,7 +141,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(d.remaining(Instant::now()), Duration::from_secs(6));
         assert_eq!(d.elapsed(Instant::now()), Duration::from_secs(4));
-        assert_eq!(d.clamp(Instant::now(), Duration::from_secs(8)), Some(Duration::from_secs(6)));
+        assert_eq!(
+            d.clamp(Instant::now(), Duration::from_secs(8)),
+            Some(Duration::from_secs(6))
+        );
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(d.is_expired(Instant::now()));
         assert_eq!(d.clamp(Instant::now(), Duration::from_secs(1)), None);

@@ -207,7 +207,10 @@ impl Phase {
 
     /// Whether a request failing in this phase never left this process.
     pub const fn is_before_send(self) -> bool {
-        matches!(self, Phase::Resolve | Phase::Connect | Phase::Tls | Phase::Spawn)
+        matches!(
+            self,
+            Phase::Resolve | Phase::Connect | Phase::Tls | Phase::Spawn
+        )
     }
 }
 
@@ -280,7 +283,10 @@ impl Cause {
     /// Whether this cause is a timeout of some kind; attempt timeouts grow
     /// after these.
     pub const fn is_timeout(self) -> bool {
-        matches!(self, Cause::ConnectTimeout | Cause::ResponseTimeout | Cause::IdleTimeout)
+        matches!(
+            self,
+            Cause::ConnectTimeout | Cause::ResponseTimeout | Cause::IdleTimeout
+        )
     }
 }
 
@@ -341,7 +347,11 @@ impl Safety {
     /// The safety of a request that failed in `phase`, when nothing more is
     /// known: before sending it was not sent; after, nobody knows.
     pub const fn from_phase(phase: Phase) -> Safety {
-        if phase.is_before_send() { Safety::NotSent } else { Safety::SentUnacked }
+        if phase.is_before_send() {
+            Safety::NotSent
+        } else {
+            Safety::SentUnacked
+        }
     }
 }
 
@@ -425,7 +435,11 @@ impl Failure {
     /// An HTTP status that was not the one wanted. The request reached the
     /// server, so the safety is `processed` unless the status proves
     /// otherwise (429 and 503 are refusals before any work).
-    pub fn http_status(status: u16, retry_after: Option<Duration>, what: impl fmt::Display) -> Failure {
+    pub fn http_status(
+        status: u16,
+        retry_after: Option<Duration>,
+        what: impl fmt::Display,
+    ) -> Failure {
         let reason = http_reason(status);
         let detail = if reason.is_empty() {
             format!("{what}: HTTP {status}")
@@ -436,8 +450,11 @@ impl Failure {
             429 | 503 => Safety::NotSent,
             _ => Safety::Processed,
         };
-        Failure { retry_after, ..Failure::new(Phase::FirstByte, Cause::Http(status), detail) }
-            .with_safety(safety)
+        Failure {
+            retry_after,
+            ..Failure::new(Phase::FirstByte, Cause::Http(status), detail)
+        }
+        .with_safety(safety)
     }
 
     /// A JSON-RPC error response. The peer processed the request.
@@ -459,7 +476,11 @@ impl Failure {
             Phase::Stream | Phase::Idle => (Cause::IdleTimeout, "stream went quiet"),
             _ => (Cause::ResponseTimeout, "no answer"),
         };
-        Failure::new(phase, cause, format!("{what}: {words} after {}", human_duration(after)))
+        Failure::new(
+            phase,
+            cause,
+            format!("{what}: {words} after {}", human_duration(after)),
+        )
     }
 
     pub fn with_verdict(mut self, verdict: Verdict) -> Failure {
@@ -584,14 +605,16 @@ fn classify_io(err: &io::Error, phase: Phase) -> (Cause, Option<&'static str>) {
             libc::EMFILE => Some((Cause::LocalResource, "too many open files in this process")),
             libc::ENFILE => Some((Cause::LocalResource, "too many open files on this system")),
             libc::ENOBUFS | libc::ENOMEM => Some((Cause::LocalResource, "out of memory")),
-            libc::EADDRNOTAVAIL => {
-                Some((Cause::LocalResource, "no local address available (ephemeral ports used up?)"))
-            }
+            libc::EADDRNOTAVAIL => Some((
+                Cause::LocalResource,
+                "no local address available (ephemeral ports used up?)",
+            )),
             // On a Unix socket connect, EAGAIN means the listener's backlog is
             // full: it is there but not accepting.
-            libc::EAGAIN if phase == Phase::Connect => {
-                Some((Cause::ConnectTimeout, "listening but not accepting (backlog full)"))
-            }
+            libc::EAGAIN if phase == Phase::Connect => Some((
+                Cause::ConnectTimeout,
+                "listening but not accepting (backlog full)",
+            )),
             libc::EPROTO => Some((Cause::ProtocolMismatch, "protocol error")),
             _ => None,
         };
@@ -602,7 +625,10 @@ fn classify_io(err: &io::Error, phase: Phase) -> (Cause, Option<&'static str>) {
     let cause = match err.kind() {
         io::ErrorKind::TimedOut => return (timeout_cause(phase), Some("timed out")),
         io::ErrorKind::UnexpectedEof => {
-            return (reset, Some("the connection closed before a complete answer"));
+            return (
+                reset,
+                Some("the connection closed before a complete answer"),
+            );
         }
         io::ErrorKind::InvalidData => Cause::ProtocolMismatch,
         io::ErrorKind::NotFound => Cause::PathMissing,
@@ -688,7 +714,11 @@ mod tests {
 
     #[test]
     fn refused_is_transient_absent_and_not_sent() {
-        let f = Failure::from_io(&os(libc::ECONNREFUSED), Phase::Connect, "connect to 127.0.0.1:1");
+        let f = Failure::from_io(
+            &os(libc::ECONNREFUSED),
+            Phase::Connect,
+            "connect to 127.0.0.1:1",
+        );
         assert_eq!(f.cause, Cause::ConnectRefused);
         assert_eq!(f.verdict, Verdict::Transient);
         assert_eq!(f.safety, Safety::NotSent);
@@ -701,22 +731,86 @@ mod tests {
     #[test]
     fn errno_table() {
         let cases = [
-            (libc::ETIMEDOUT, Phase::Connect, Cause::ConnectTimeout, Verdict::Transient),
-            (libc::ETIMEDOUT, Phase::FirstByte, Cause::ResponseTimeout, Verdict::Transient),
-            (libc::EHOSTUNREACH, Phase::Connect, Cause::ConnectUnreachable, Verdict::Transient),
-            (libc::ENETUNREACH, Phase::Connect, Cause::ConnectUnreachable, Verdict::Transient),
-            (libc::ECONNRESET, Phase::FirstByte, Cause::ResetBeforeResponse, Verdict::Transient),
-            (libc::ECONNRESET, Phase::Stream, Cause::ResetMidStream, Verdict::Transient),
-            (libc::EPIPE, Phase::Send, Cause::ResetBeforeResponse, Verdict::Transient),
-            (libc::ENOENT, Phase::Connect, Cause::PathMissing, Verdict::Transient),
-            (libc::EACCES, Phase::Connect, Cause::PermissionDenied, Verdict::Permanent),
-            (libc::EMFILE, Phase::Connect, Cause::LocalResource, Verdict::Transient),
-            (libc::EADDRNOTAVAIL, Phase::Connect, Cause::LocalResource, Verdict::Transient),
-            (libc::EAGAIN, Phase::Connect, Cause::ConnectTimeout, Verdict::Transient),
+            (
+                libc::ETIMEDOUT,
+                Phase::Connect,
+                Cause::ConnectTimeout,
+                Verdict::Transient,
+            ),
+            (
+                libc::ETIMEDOUT,
+                Phase::FirstByte,
+                Cause::ResponseTimeout,
+                Verdict::Transient,
+            ),
+            (
+                libc::EHOSTUNREACH,
+                Phase::Connect,
+                Cause::ConnectUnreachable,
+                Verdict::Transient,
+            ),
+            (
+                libc::ENETUNREACH,
+                Phase::Connect,
+                Cause::ConnectUnreachable,
+                Verdict::Transient,
+            ),
+            (
+                libc::ECONNRESET,
+                Phase::FirstByte,
+                Cause::ResetBeforeResponse,
+                Verdict::Transient,
+            ),
+            (
+                libc::ECONNRESET,
+                Phase::Stream,
+                Cause::ResetMidStream,
+                Verdict::Transient,
+            ),
+            (
+                libc::EPIPE,
+                Phase::Send,
+                Cause::ResetBeforeResponse,
+                Verdict::Transient,
+            ),
+            (
+                libc::ENOENT,
+                Phase::Connect,
+                Cause::PathMissing,
+                Verdict::Transient,
+            ),
+            (
+                libc::EACCES,
+                Phase::Connect,
+                Cause::PermissionDenied,
+                Verdict::Permanent,
+            ),
+            (
+                libc::EMFILE,
+                Phase::Connect,
+                Cause::LocalResource,
+                Verdict::Transient,
+            ),
+            (
+                libc::EADDRNOTAVAIL,
+                Phase::Connect,
+                Cause::LocalResource,
+                Verdict::Transient,
+            ),
+            (
+                libc::EAGAIN,
+                Phase::Connect,
+                Cause::ConnectTimeout,
+                Verdict::Transient,
+            ),
         ];
         for (errno, phase, cause, verdict) in cases {
             let f = Failure::from_io(&os(errno), phase, "x");
-            assert_eq!((f.cause, f.verdict), (cause, verdict), "errno {errno} in {phase}");
+            assert_eq!(
+                (f.cause, f.verdict),
+                (cause, verdict),
+                "errno {errno} in {phase}"
+            );
         }
         assert_eq!(
             Failure::from_io(&os(libc::EMFILE), Phase::Connect, "x").origin,
@@ -728,9 +822,15 @@ mod tests {
     #[test]
     fn io_kinds_without_errno() {
         let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "eof");
-        assert_eq!(Failure::from_io(&eof, Phase::FirstByte, "x").cause, Cause::ResetBeforeResponse);
+        assert_eq!(
+            Failure::from_io(&eof, Phase::FirstByte, "x").cause,
+            Cause::ResetBeforeResponse
+        );
         let timeout = io::Error::new(io::ErrorKind::TimedOut, "slow");
-        assert_eq!(Failure::from_io(&timeout, Phase::Connect, "x").cause, Cause::ConnectTimeout);
+        assert_eq!(
+            Failure::from_io(&timeout, Phase::Connect, "x").cause,
+            Cause::ConnectTimeout
+        );
         let odd = io::Error::other("Something Odd");
         let f = Failure::from_io(&odd, Phase::Spawn, "spawn foo");
         assert_eq!(f.cause, Cause::ProcessNotStarted);
@@ -740,21 +840,36 @@ mod tests {
     #[test]
     fn dns_nxdomain_is_permanent_and_temporary_is_not() {
         let f = Failure::dns(DnsError::NoName, "nope.invalid");
-        assert_eq!((f.cause, f.verdict), (Cause::DnsNxdomain, Verdict::Permanent));
+        assert_eq!(
+            (f.cause, f.verdict),
+            (Cause::DnsNxdomain, Verdict::Permanent)
+        );
         assert_eq!(f.detail, "resolve nope.invalid: name does not exist");
         let f = Failure::dns(DnsError::Again, "db");
-        assert_eq!((f.cause, f.verdict), (Cause::DnsTemporary, Verdict::Transient));
+        assert_eq!(
+            (f.cause, f.verdict),
+            (Cause::DnsTemporary, Verdict::Transient)
+        );
         assert_eq!(f.phase, Phase::Resolve);
     }
 
     #[test]
     fn tls_classes() {
         let f = Failure::tls(TlsError::Certificate, "tls to x:443", "certificate expired");
-        assert_eq!((f.cause, f.verdict), (Cause::TlsCertificate, Verdict::Permanent));
+        assert_eq!(
+            (f.cause, f.verdict),
+            (Cause::TlsCertificate, Verdict::Permanent)
+        );
         let f = Failure::tls(TlsError::NotTls, "tls to x:80", "corrupt record");
-        assert_eq!((f.cause, f.verdict), (Cause::ProtocolMismatch, Verdict::Permanent));
+        assert_eq!(
+            (f.cause, f.verdict),
+            (Cause::ProtocolMismatch, Verdict::Permanent)
+        );
         let f = Failure::tls(TlsError::Handshake, "tls to x:443", "closed");
-        assert_eq!((f.cause, f.verdict), (Cause::TlsHandshake, Verdict::Transient));
+        assert_eq!(
+            (f.cause, f.verdict),
+            (Cause::TlsHandshake, Verdict::Transient)
+        );
     }
 
     #[test]
@@ -768,7 +883,10 @@ mod tests {
             assert!(Failure::http_status(s, None, "x").is_permanent(), "{s}");
         }
         let f = Failure::http_status(503, Some(Duration::from_secs(2)), "GET http://x/health");
-        assert_eq!(f.detail, "GET http://x/health: HTTP 503 Service Unavailable");
+        assert_eq!(
+            f.detail,
+            "GET http://x/health: HTTP 503 Service Unavailable"
+        );
         assert_eq!(f.retry_after, Some(Duration::from_secs(2)));
         assert_eq!(f.safety, Safety::NotSent);
         assert_eq!(f.cause.to_string(), "http.503");
@@ -789,10 +907,22 @@ mod tests {
     #[test]
     fn timeouts_by_phase() {
         let s = Duration::from_millis(1500);
-        assert_eq!(Failure::timeout(Phase::Connect, s, "x").cause, Cause::ConnectTimeout);
-        assert_eq!(Failure::timeout(Phase::FirstByte, s, "x").cause, Cause::ResponseTimeout);
-        assert_eq!(Failure::timeout(Phase::Idle, s, "x").cause, Cause::IdleTimeout);
-        assert_eq!(Failure::timeout(Phase::FirstByte, s, "GET /").detail, "GET /: no answer after 1.5s");
+        assert_eq!(
+            Failure::timeout(Phase::Connect, s, "x").cause,
+            Cause::ConnectTimeout
+        );
+        assert_eq!(
+            Failure::timeout(Phase::FirstByte, s, "x").cause,
+            Cause::ResponseTimeout
+        );
+        assert_eq!(
+            Failure::timeout(Phase::Idle, s, "x").cause,
+            Cause::IdleTimeout
+        );
+        assert_eq!(
+            Failure::timeout(Phase::FirstByte, s, "GET /").detail,
+            "GET /: no answer after 1.5s"
+        );
         assert!(Cause::ConnectTimeout.is_timeout());
         assert!(!Cause::ConnectRefused.is_timeout());
     }
@@ -800,13 +930,19 @@ mod tests {
     #[test]
     fn retry_after_seconds_and_dates() {
         let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse_retry_after(" 3 ", now), Some(Duration::from_secs(3)));
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
             Some(Duration::from_secs(60))
         );
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
     }

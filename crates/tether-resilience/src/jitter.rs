@@ -12,12 +12,16 @@ pub struct Jitter {
 impl Jitter {
     /// A generator seeded from the process's own entropy.
     pub fn new() -> Jitter {
-        Jitter { rng: fastrand::Rng::new() }
+        Jitter {
+            rng: fastrand::Rng::new(),
+        }
     }
 
     /// A generator that yields the same sequence for the same seed.
     pub fn seeded(seed: u64) -> Jitter {
-        Jitter { rng: fastrand::Rng::with_seed(seed) }
+        Jitter {
+            rng: fastrand::Rng::with_seed(seed),
+        }
     }
 
     /// A uniform number in `[0, 1)`.

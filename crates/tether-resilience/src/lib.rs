@@ -37,9 +37,9 @@ pub use backoff::{Backoff, ExponentialBackoff, FullJitter, Reconnect};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use deadline::{AttemptTimeout, Deadline};
 pub use failure::{Cause, Failure, Origin, Phase, Safety, Verdict};
-pub use health::{Health, HealthConfig, HealthTracker};
+pub use health::{Health, HealthConfig, HealthTracker, Transition};
 pub use jitter::Jitter;
-pub use retry::{Decision, GiveUp, RetryBudget, RetryPolicy, RetryState};
+pub use retry::{Decision, DelaySource, GiveUp, RetryBudget, RetryPolicy, RetryState};
 
 /// A policy value that failed validation when it was built.
 ///

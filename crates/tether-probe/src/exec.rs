@@ -1,0 +1,150 @@
+//! The exec probe: run a command (argv, never a shell) and read its exit
+//! code. The command runs in a process group of its own, and whatever is left
+//! of the group is killed when the attempt ends, so nothing outlives it.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal, kill_process_group};
+use tether_resilience::{Cause, Failure, Phase, Verdict};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::task::JoinHandle;
+
+use crate::Ready;
+use crate::attempt::Attempt;
+use crate::target::ExecSpec;
+
+/// How much of each output stream is kept for the diagnosis.
+const TAIL: usize = 2048;
+
+pub(crate) async fn probe(spec: &ExecSpec, attempt: Attempt) -> Result<Ready, Failure> {
+    let what = format!("command '{}'", spec.argv.join(" "));
+    let mut child = Command::new(&spec.argv[0])
+        .args(&spec.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            let failure = Failure::from_io(&e, Phase::Spawn, &what);
+            let verdict = match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                    Verdict::Permanent
+                }
+                _ => Verdict::Transient,
+            };
+            Failure {
+                cause: Cause::ProcessNotStarted,
+                verdict,
+                ..failure
+            }
+        })?;
+    // Killing the group on every way out (success, failure, timeout, or the
+    // attempt being dropped) reaps nothing by itself: tokio reaps the child.
+    let group = child
+        .id()
+        .and_then(|pid| Pid::from_raw(pid as i32))
+        .map(GroupKiller);
+    let stdout = child.stdout.take().map(tail_of);
+    let stderr = child.stderr.take().map(tail_of);
+
+    let waiting = async {
+        child
+            .wait()
+            .await
+            .map_err(|e| Failure::from_io(&e, Phase::Exit, &what))
+    };
+    let status = match attempt.phase(Phase::Exit, &what, waiting).await {
+        Ok(status) => status,
+        Err(failure) if failure.cause.is_timeout() => {
+            let detail = format!(
+                "{what}: did not exit within {}; its process group was killed",
+                tether_resilience::failure::human_duration(attempt.budget())
+            );
+            return Err(failure.with_detail(detail));
+        }
+        Err(failure) => return Err(failure),
+    };
+    drop(group);
+    let stderr = collect(stderr).await;
+    let stdout = collect(stdout).await;
+
+    let code = status.code();
+    if let Some(code) = code.filter(|c| spec.codes.contains(c)) {
+        return Ok(Ready::new(format!("{what} exited with status {code}")));
+    }
+    let how = match (code, std::os::unix::process::ExitStatusExt::signal(&status)) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "ended".to_string(),
+    };
+    let wanted = spec
+        .codes
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let output = last_line(&stderr).or_else(|| last_line(&stdout));
+    let output = output.map(|l| format!("; output: {l}")).unwrap_or_default();
+    Err(Failure::new(
+        Phase::Exit,
+        Cause::ProbeUnhealthy,
+        format!("{what} {how} (wanted {wanted}){output}"),
+    ))
+}
+
+/// Kills a process group when dropped.
+struct GroupKiller(Pid);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        // ESRCH (the group is already empty) is the common, fine case.
+        let _ = kill_process_group(self.0, Signal::KILL);
+    }
+}
+
+/// Reads a stream to its end, keeping the last `TAIL` bytes.
+fn tail_of(mut stream: impl AsyncRead + Unpin + Send + 'static) -> JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > TAIL {
+                kept.drain(..kept.len() - TAIL);
+            }
+        }
+        kept
+    })
+}
+
+/// The collected tail; a stream still held open by an escaped process is
+/// given up after a moment.
+async fn collect(reader: Option<JoinHandle<Vec<u8>>>) -> Vec<u8> {
+    let Some(mut reader) = reader else {
+        return Vec::new();
+    };
+    match tokio::time::timeout(Duration::from_millis(100), &mut reader).await {
+        Ok(Ok(tail)) => tail,
+        _ => {
+            reader.abort();
+            Vec::new()
+        }
+    }
+}
+
+fn last_line(output: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(output);
+    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    let mut line: String = line.chars().take(300).collect();
+    if line.len() < text.trim_end().lines().last().map_or(0, str::len) {
+        line.push('…');
+    }
+    Some(line)
+}
