@@ -517,15 +517,17 @@ fn result_of<'a>(message: &'a Value, what: &str) -> Result<&'a Value, Failure> {
         .ok_or_else(|| not_jsonrpc(what, "the response has neither result nor error"))
 }
 
+/// The server's name and version: `serverInfo` in a legacy result, the
+/// `io.modelcontextprotocol/serverInfo` entry of `_meta` in a modern one.
 fn server_name(result: &Value) -> String {
-    let info = result.get("serverInfo");
-    let name = info
-        .and_then(|i| i.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("(unnamed)");
-    match info.and_then(|i| i.get("version")).and_then(Value::as_str) {
-        Some(version) => format!("'{name}' {version}"),
-        None => format!("'{name}'"),
+    let info = result
+        .get("serverInfo")
+        .or_else(|| result.pointer("/_meta/io.modelcontextprotocol~1serverInfo"));
+    let field = |key| info.and_then(|i| i.get(key)).and_then(Value::as_str).filter(|s| !s.is_empty());
+    match (field("name"), field("version")) {
+        (Some(name), Some(version)) => format!("'{name}' {version}"),
+        (Some(name), None) => format!("'{name}'"),
+        (None, _) => "(unnamed)".to_string(),
     }
 }
 

@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Detection latency of `tether wait` and wait-for-it: the time from a
+loopback port starting to accept connections to the waiter exiting.
+
+Each run: reserve a port (bound, not listening, so connects are refused),
+start the waiter, sleep a random delay, listen() and take t_open, start the
+accept thread, wait for the waiter's exit and take t_exit. The latency is
+t_exit - t_open. Tools are interleaved run by run and share each run's delay,
+so load and the delay's phase against the waiter's polling affect both alike.
+
+Then, for tether only, the probe rate against a refused port: it runs
+`tether wait --json --timeout 3s` and counts the NDJSON `attempt` events.
+
+Python 3 standard library only. Exit 0 when every run succeeded, 1 when one
+failed (non-zero exit, or no exit within 10 s of the port opening), 2 when a
+tool is missing, 3 with --check-goals when a goal is missed.
+"""
+
+import argparse
+import json
+import os
+import random
+import shlex
+import sys
+import tempfile
+import time
+
+import benchlib as b
+
+# The waiter's own deadline, far beyond any delay: it must never be what ends
+# a run. Our bound (KILL_AFTER_OPEN_S) ends it first.
+WAITER_TIMEOUT_S = 30
+KILL_AFTER_OPEN_S = 10
+
+GOAL_MEDIAN_MS = 10.0
+GOAL_P95_MS = 25.0
+GOAL_PROBES_PER_S = 100.0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=40, help="runs per tool (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the delays (default: %(default)s)")
+    p.add_argument("--min-delay", type=float, default=0.3, help="seconds (default: %(default)s)")
+    p.add_argument("--max-delay", type=float, default=1.5, help="seconds (default: %(default)s)")
+    p.add_argument(
+        "--server",
+        choices=("hold", "close"),
+        default="hold",
+        help="what the server does with an accepted connection: keep it until "
+        "the client closes it, or close it at once (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tether-args",
+        default="",
+        help="extra arguments for `tether wait`, e.g. '--max-interval 10ms'",
+    )
+    p.add_argument(
+        "--probe-seconds",
+        type=int,
+        default=3,
+        help="length of the probe-rate run against a refused port (default: %(default)s)",
+    )
+    p.add_argument("--no-probe-rate", action="store_true", help="skip the probe-rate run")
+    p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
+    p.add_argument("--json", metavar="FILE", help="write the raw numbers to FILE")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every run")
+    b.add_tool_args(p)
+    args = p.parse_args()
+    if not 1 <= args.runs <= 1000:
+        p.error("--runs must be between 1 and 1000")
+    if not 0 < args.min_delay <= args.max_delay <= 5:
+        p.error("need 0 < --min-delay <= --max-delay <= 5")
+    if not 1 <= args.probe_seconds <= 30:
+        p.error("--probe-seconds must be between 1 and 30")
+
+    tools, missing = b.selected_tools(args, (b.TETHER, b.WAIT_FOR_IT))
+    b.become_subreaper()
+    extra = shlex.split(args.tether_args)
+    rng = random.Random(args.seed)
+    results = {tool: [] for tool in tools}
+
+    def command(tool, port):
+        if tool == b.TETHER:
+            return b.tether_wait(args.tether, port, WAITER_TIMEOUT_S, extra)
+        return b.wait_for_it(args.wait_for_it, port, WAITER_TIMEOUT_S)
+
+    for i in range(args.runs):
+        # One delay per run, shared by the tools: a paired comparison.
+        delay = rng.uniform(args.min_delay, args.max_delay)
+        for tool in tools:
+            r = run_once(command, tool, delay, args.server)
+            r["run"] = i
+            results[tool].append(r)
+            if args.verbose or not r["ok"]:
+                print(
+                    f"{tool} run {i}: delay {delay * 1e3:.0f} ms, "
+                    f"latency {fmt_ms(r['latency_ns'])} ms, {r['outcome']}, "
+                    f"{r['accepted']} accepted",
+                    file=sys.stderr,
+                )
+
+    rate = None
+    if b.TETHER in tools and not args.no_probe_rate:
+        rate = probe_rate(args.tether, args.probe_seconds)
+
+    print(report(args, tools, missing, results, rate))
+    failed = sum(not r["ok"] for rs in results.values() for r in rs)
+    goals = goal_lines(results.get(b.TETHER), rate) if b.TETHER in tools else []
+    if goals:
+        print("\nGoals for tether:\n")
+        print("\n".join(f"- {line}" for _, line in goals))
+    b.write_json(
+        args.json,
+        {
+            "benchmark": "wait_latency",
+            "machine": b.machine(),
+            "settings": {
+                "runs": args.runs,
+                "seed": args.seed,
+                "delay_s": [args.min_delay, args.max_delay],
+                "server": args.server,
+                "tether_args": extra,
+                "kill_after_open_s": KILL_AFTER_OPEN_S,
+            },
+            "missing": missing,
+            "runs": results,
+            "summary": {t: b.summary_ms([r["latency_ns"] for r in rs if r["ok"]]) for t, rs in results.items()},
+            "tether_probe_rate": rate,
+        },
+    )
+    if failed:
+        print(f"\n{failed} run(s) failed", file=sys.stderr)
+        return b.EXIT_RUN_FAILED
+    if missing:
+        return b.EXIT_TOOL_MISSING
+    if args.check_goals and any(not ok for ok, _ in goals):
+        return b.EXIT_GOAL_MISSED
+    return b.EXIT_OK
+
+
+def run_once(command, tool, delay, server_mode):
+    with b.Server(server_mode) as server:
+        child = b.Child(command(tool, server.port))
+        time.sleep(delay)
+        early = not child.running()
+        t_open = server.open()
+        out = child.wait(t_open + KILL_AFTER_OPEN_S * 10**9)
+        latency = out.t_exit - t_open
+        accepted = server.count()
+    b.reap_orphans(child.pid)
+    ok = out.code == 0 and not early and not out.killed
+    outcome = out.describe() + (" before the port opened" if early else "")
+    return {
+        "ok": ok,
+        "delay_ns": int(delay * 1e9),
+        "latency_ns": latency,
+        "exit": out.code,
+        "outcome": outcome,
+        "accepted": accepted,
+    }
+
+
+def probe_rate(tether, seconds):
+    """Counts tether's attempts against a refused port over `seconds`, from its
+    NDJSON events. The flag's place is tried after `wait` and then before it."""
+    result = {"seconds": seconds, "attempts": None, "per_s": None, "argv": None, "note": None}
+    tried = []
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+        for placement in ("after", "before"):
+            with b.Server() as server:  # never opened: every connect is refused
+                target = f"tcp://127.0.0.1:{server.port}"
+                wait = ["wait", "--timeout", f"{seconds}s", target]
+                argv = [tether, *(["wait", "--json", *wait[1:]] if placement == "after" else ["--json", *wait])]
+                out_path, err_path = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+                child = b.Child(argv, stdout=out_path, stderr=err_path)
+                out = child.wait(child.t_start + (seconds + 7) * 10**9)
+            b.reap_orphans(child.pid)
+            lines = read_lines(out_path) + read_lines(err_path)
+            attempts = sum(1 for ev in parse_ndjson(lines) if ev.get("event") == "attempt")
+            tried.append(f"`{shlex.join(argv[1:])}`: {out.describe()}, {len(lines)} line(s), {attempts} attempt event(s)")
+            if attempts:
+                result.update(
+                    attempts=attempts,
+                    per_s=attempts / seconds,
+                    wall_ms=(out.t_exit - child.t_start) / 1e6,
+                    argv=argv[1:],
+                    exit=out.code,
+                )
+                return result
+            if lines and placement == "after" and out.code not in (2, 64):
+                # It ran and printed something that is not attempt events:
+                # trying the other placement would not help.
+                break
+    result["note"] = "tether printed no attempt events: " + "; ".join(tried)
+    print(f"warning: probe rate could not be measured: {result['note']}", file=sys.stderr)
+    return result
+
+
+def read_lines(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def parse_ndjson(lines):
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict):
+            yield ev
+
+
+def fmt_ms(ns):
+    return f"{ns / 1e6:.2f}"
+
+
+def report(args, tools, missing, results, rate):
+    m = b.machine()
+    out = [
+        f"## Detection latency (`--runs {args.runs} --seed {args.seed}`, delay "
+        f"{args.min_delay}-{args.max_delay} s, server mode `{args.server}`)",
+        "",
+        f"{m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}, load {m['loadavg'][0]:.2f}",
+        "",
+    ]
+    rows = []
+    for tool in tools:
+        rs = results[tool]
+        s = b.summary_ms([r["latency_ns"] for r in rs if r["ok"]]) or {}
+        acc = [r["accepted"] for r in rs]
+        rows.append(
+            [
+                tool,
+                len(rs),
+                sum(not r["ok"] for r in rs),
+                s.get("median"),
+                s.get("p95"),
+                s.get("mean"),
+                s.get("min"),
+                s.get("max"),
+                f"{sum(acc) / len(acc):.2f} / {max(acc)}",
+            ]
+        )
+    for tool, msg in missing.items():
+        rows.append([tool, 0, "-", "-", "-", "-", "-", "-", "not measured: " + msg.split(":")[0]])
+    out.append(
+        b.table(
+            ["tool", "runs", "failed", "median ms", "p95 ms", "mean ms", "min ms", "max ms", "accepted per run (mean / max)"],
+            rows,
+        )
+    )
+    out.append("")
+    if rate is None:
+        if b.TETHER in tools:
+            out.append("tether probe rate: not measured (--no-probe-rate)")
+    elif rate["per_s"] is None:
+        out.append(f"tether probe rate: could not be measured ({rate['note']})")
+    else:
+        out.append(
+            f"tether probe rate against a refused port: {rate['attempts']} attempts in "
+            f"{rate['seconds']} s = {rate['per_s']:.1f} probes/s (`{shlex.join(rate['argv'])}`)"
+        )
+    if b.WAIT_FOR_IT in tools:
+        out.append("wait-for-it probe rate: 1 probe/s by construction (`sleep 1` between bash /dev/tcp connects)")
+    return "\n".join(out)
+
+
+def goal_lines(rs, rate):
+    if not rs:
+        return []
+    s = b.summary_ms([r["latency_ns"] for r in rs if r["ok"]])
+    if s is None:
+        return [(False, "MISSED: no successful run")]
+    lines = [
+        (s["median"] <= GOAL_MEDIAN_MS, f"median {s['median']:.2f} ms <= {GOAL_MEDIAN_MS:g} ms"),
+        (s["p95"] <= GOAL_P95_MS, f"p95 {s['p95']:.2f} ms <= {GOAL_P95_MS:g} ms"),
+    ]
+    if rate and rate.get("per_s") is not None:
+        lines.append((rate["per_s"] <= GOAL_PROBES_PER_S, f"{rate['per_s']:.1f} probes/s <= {GOAL_PROBES_PER_S:g}"))
+    else:
+        lines.append((False, f"probes/s <= {GOAL_PROBES_PER_S:g}: not measured"))
+    return [(ok, ("met: " if ok else "MISSED: ") + text) for ok, text in lines]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

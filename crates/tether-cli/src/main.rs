@@ -1,0 +1,79 @@
+//! The `tether` binary: parses arguments, wires the library crates together,
+//! and maps outcomes to exit codes. It is the only crate that uses `anyhow`
+//! and the only one that prints.
+
+// Printing to the terminal is this crate's job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![forbid(unsafe_code)]
+
+mod exit;
+mod render;
+mod wait;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Keeps programs connected to the services they depend on.
+#[derive(Debug, Parser)]
+#[command(name = "tether", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Wait(wait::WaitArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_logging();
+    match cli.command {
+        Command::Wait(args) => wait::run(args),
+    }
+}
+
+/// Prints clap's help and version as clap does; any other parse error as one
+/// line, with the usage exit code.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            let _ = e.print();
+            ExitCode::from(exit::USAGE)
+        }
+        _ => {
+            let text = e.kind().as_str().map(str::to_string).unwrap_or_default();
+            let rendered = e.render().to_string();
+            let line = rendered
+                .lines()
+                .find(|l| l.starts_with("error:"))
+                .map(|l| l.trim_start_matches("error:").trim().to_string())
+                .unwrap_or(text);
+            eprintln!("tether: {line} (see 'tether --help')");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+/// Diagnostics go to stderr, at the level `TETHER_LOG` names (`warn` by
+/// default), in `RUST_LOG` syntax.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
