@@ -36,6 +36,19 @@ while [ $# -gt 0 ]; do
 done
 
 status=0
+# The scripts find the binary through TETHER_BIN; follow cargo's own override.
+tether="${CARGO_TARGET_DIR:-$root/target}/release/tether"
+export TETHER_BIN="${TETHER_BIN:-$tether}"
+
+# The benchmark scripts' exit codes.
+explain() {
+    case "$1" in
+        1) echo "a run failed" ;;
+        2) echo "a tool is missing" ;;
+        3) echo "a goal was missed" ;;
+        *) echo "unexpected" ;;
+    esac
+}
 
 # step NAME SECONDS CMD...: runs CMD under a time limit, notes a failure and
 # goes on, so one broken step still leaves the others' numbers.
@@ -47,6 +60,8 @@ step() {
     if [ "$rc" -ne 0 ]; then
         if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
             echo "run_all: $name did not finish within ${limit}s" >&2
+        elif [ "$1" = python3 ]; then
+            echo "run_all: $name failed (exit $rc: $(explain "$rc"))" >&2
         else
             echo "run_all: $name failed (exit $rc)" >&2
         fi
@@ -55,31 +70,22 @@ step() {
     return 0
 }
 
-json() {
-    if [ -n "$out" ]; then
-        echo "--json" "$out/$1.json"
-    fi
-}
-
 if [ -n "$out" ]; then
     mkdir -p "$out" || exit 1
 fi
 
 if [ "$build" -eq 1 ]; then
     echo "== building tether (release)" >&2
-    (cd "$root" && step "cargo build" 3600 cargo build --release -p tether-cli)
-    [ -x "$root/target/release/tether" ] || status=1
+    step "cargo build" 3600 cargo build --release -p tether-cli --manifest-path "$root/Cargo.toml"
+    [ -x "$TETHER_BIN" ] || status=1
 fi
 
 if ! command -v wait-for-it >/dev/null 2>&1; then
     echo "== installing wait-for-it" >&2
     if [ "$(id -u)" -eq 0 ]; then
         sudo=()
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo=(sudo -n)
     else
-        sudo=(false)
-        echo "run_all: wait-for-it is missing and there is no root or sudo to install it" >&2
+        sudo=(sudo -n)
     fi
     step "apt-get update" 600 "${sudo[@]}" apt-get update -q
     step "apt-get install" 600 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wait-for-it
@@ -92,8 +98,8 @@ echo "- nproc: $(nproc)"
 echo "- kernel: $(uname -r)"
 echo "- cpu: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
 echo "- load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-if [ -x "$root/target/release/tether" ]; then
-    echo "- tether: $(timeout 5 "$root/target/release/tether" --version 2>/dev/null || echo 'version unknown'), commit $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -x "$TETHER_BIN" ]; then
+    echo "- tether: $(timeout 5 "$TETHER_BIN" --version 2>/dev/null || echo 'version unknown'), commit $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 fi
 echo "- wait-for-it: $(dpkg-query -W -f '${Version}' wait-for-it 2>/dev/null || echo 'version unknown')"
 echo
@@ -108,14 +114,23 @@ else
     cpu_args=()
 fi
 
-# shellcheck disable=SC2046 # json prints nothing or two words
-step "wait_latency.py" 1800 python3 "$here/wait_latency.py" "${latency_args[@]}" $(json latency)
+if [ -n "$out" ]; then
+    latency_args+=(--json "$out/latency.json")
+    startup_args+=(--json "$out/startup.json")
+    cpu_args+=(--json "$out/cpu.json")
+fi
+
+step "wait_latency.py" 1800 python3 "$here/wait_latency.py" "${latency_args[@]}"
 echo
-# shellcheck disable=SC2046
-step "wait_startup.py" 600 python3 "$here/wait_startup.py" "${startup_args[@]}" $(json startup)
+step "wait_startup.py" 600 python3 "$here/wait_startup.py" "${startup_args[@]}"
 echo
-# shellcheck disable=SC2046
-step "wait_cpu.py" 600 python3 "$here/wait_cpu.py" "${cpu_args[@]}" $(json cpu)
+step "wait_cpu.py" 600 python3 "$here/wait_cpu.py" "${cpu_args[@]}"
+echo
+# Not a benchmark but a check that belongs beside it: a server that accepts
+# and closes at once (one that turns clients away) is still a server that
+# accepts, and tether must see it as ready.
+step "wait_latency.py --server close" 300 python3 "$here/wait_latency.py" \
+    --server close --runs 3 --tools tether --no-probe-rate
 
 if [ "$status" -ne 0 ]; then
     echo >&2

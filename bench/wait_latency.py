@@ -147,7 +147,7 @@ def run_once(command, tool, delay, server_mode):
         t_open = server.open()
         out = child.wait(t_open + KILL_AFTER_OPEN_S * 10**9)
         latency = out.t_exit - t_open
-        accepted = server.count()
+    accepted = server.count()
     b.reap_orphans(child.pid)
     ok = out.code == 0 and not early and not out.killed
     outcome = out.describe() + (" before the port opened" if early else "")

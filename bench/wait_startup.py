@@ -63,7 +63,7 @@ def main():
             for tool in tools:
                 if i < runs[tool]:
                     results[tool].append(run_once(command(tool)))
-        accepted = server.count()
+    accepted = server.count()
 
     failed = 0
     rows = []

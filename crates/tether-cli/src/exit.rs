@@ -43,9 +43,18 @@ pub(crate) fn of_report(report: &WaitReport, invert: bool) -> u8 {
         .iter()
         .filter_map(|t| match &t.outcome {
             TargetOutcome::Reached { .. } => None,
-            TargetOutcome::GaveUp { reason: GaveUp::Cancelled, .. } => None,
-            TargetOutcome::GaveUp { reason: GaveUp::Permanent, .. } => Some(PERMANENT),
-            TargetOutcome::GaveUp { reason: GaveUp::Timeout, last } => Some(match (invert, last) {
+            TargetOutcome::GaveUp {
+                reason: GaveUp::Cancelled,
+                ..
+            } => None,
+            TargetOutcome::GaveUp {
+                reason: GaveUp::Permanent,
+                ..
+            } => Some(PERMANENT),
+            TargetOutcome::GaveUp {
+                reason: GaveUp::Timeout,
+                last,
+            } => Some(match (invert, last) {
                 (true, _) => STILL_READY,
                 (false, Some(Err(failure))) => of_symptom(failure.symptom()),
                 (false, Some(Ok(_))) => UNHEALTHY,
@@ -53,7 +62,10 @@ pub(crate) fn of_report(report: &WaitReport, invert: bool) -> u8 {
             }),
         })
         .collect();
-    ORDER.into_iter().find(|c| codes.contains(c)).unwrap_or(READY)
+    ORDER
+        .into_iter()
+        .find(|c| codes.contains(c))
+        .unwrap_or(READY)
 }
 
 fn of_symptom(symptom: Symptom) -> u8 {
@@ -84,23 +96,59 @@ mod tests {
     }
 
     fn reached() -> TargetReport {
-        TargetReport { attempts: 1, elapsed: Duration::ZERO, outcome: TargetOutcome::Reached { detail: "ok".into() } }
+        TargetReport {
+            attempts: 1,
+            elapsed: Duration::ZERO,
+            outcome: TargetOutcome::Reached {
+                detail: "ok".into(),
+            },
+        }
     }
 
     fn report(targets: Vec<TargetReport>) -> WaitReport {
-        WaitReport { targets, elapsed: Duration::from_secs(1) }
+        WaitReport {
+            targets,
+            elapsed: Duration::from_secs(1),
+        }
     }
 
     #[test]
     fn codes_by_class() {
         let t = GaveUp::Timeout;
         assert_eq!(of_report(&report(vec![reached()]), false), READY);
-        assert_eq!(of_report(&report(vec![gave_up(t, Some(Cause::ConnectRefused))]), false), ABSENT);
-        assert_eq!(of_report(&report(vec![gave_up(t, Some(Cause::PathMissing))]), false), ABSENT);
-        assert_eq!(of_report(&report(vec![gave_up(t, Some(Cause::ConnectTimeout))]), false), UNRESPONSIVE);
-        assert_eq!(of_report(&report(vec![gave_up(t, Some(Cause::Http(503)))]), false), UNHEALTHY);
-        assert_eq!(of_report(&report(vec![gave_up(GaveUp::Permanent, Some(Cause::Http(404)))]), false), PERMANENT);
-        assert_eq!(of_report(&report(vec![gave_up(t, None)]), true), STILL_READY);
+        assert_eq!(
+            of_report(
+                &report(vec![gave_up(t, Some(Cause::ConnectRefused))]),
+                false
+            ),
+            ABSENT
+        );
+        assert_eq!(
+            of_report(&report(vec![gave_up(t, Some(Cause::PathMissing))]), false),
+            ABSENT
+        );
+        assert_eq!(
+            of_report(
+                &report(vec![gave_up(t, Some(Cause::ConnectTimeout))]),
+                false
+            ),
+            UNRESPONSIVE
+        );
+        assert_eq!(
+            of_report(&report(vec![gave_up(t, Some(Cause::Http(503)))]), false),
+            UNHEALTHY
+        );
+        assert_eq!(
+            of_report(
+                &report(vec![gave_up(GaveUp::Permanent, Some(Cause::Http(404)))]),
+                false
+            ),
+            PERMANENT
+        );
+        assert_eq!(
+            of_report(&report(vec![gave_up(t, None)]), true),
+            STILL_READY
+        );
     }
 
     #[test]
@@ -111,12 +159,18 @@ mod tests {
             reached(),
         ]);
         assert_eq!(of_report(&mixed, false), UNRESPONSIVE);
-        let cancelled = report(vec![gave_up(GaveUp::Cancelled, None), gave_up(GaveUp::Permanent, Some(Cause::DnsNxdomain))]);
+        let cancelled = report(vec![
+            gave_up(GaveUp::Cancelled, None),
+            gave_up(GaveUp::Permanent, Some(Cause::DnsNxdomain)),
+        ]);
         assert_eq!(of_report(&cancelled, false), PERMANENT);
         let still = TargetReport {
             attempts: 9,
             elapsed: Duration::from_secs(1),
-            outcome: TargetOutcome::GaveUp { reason: GaveUp::Timeout, last: Some(Ok(Ready::new("up"))) },
+            outcome: TargetOutcome::GaveUp {
+                reason: GaveUp::Timeout,
+                last: Some(Ok(Ready::new("up"))),
+            },
         };
         assert_eq!(of_report(&report(vec![still]), true), STILL_READY);
     }

@@ -78,12 +78,18 @@ impl Renderer {
             })),
             Mode::Plain => {
                 let what = if self.invert { "until down:" } else { "for" };
-                eprintln!("tether: waiting up to {} {what} {}", human_duration(self.timeout), self.names.join(", "));
+                eprintln!(
+                    "tether: waiting up to {} {what} {}",
+                    human_duration(self.timeout),
+                    self.names.join(", ")
+                );
             }
             Mode::Live => {
                 let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-                let style = ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} {elapsed:>4.dim} {wide_msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                let style = ProgressStyle::with_template(
+                    "{spinner:.cyan} {prefix:.bold} {elapsed:>4.dim} {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
                 let bars = self
                     .names
                     .iter()
@@ -155,7 +161,14 @@ impl Renderer {
 
     fn event_json(&self, event: &WaitEvent) -> Value {
         match event {
-            WaitEvent::Attempt { target, attempt, elapsed, took, outcome, next_in } => {
+            WaitEvent::Attempt {
+                target,
+                attempt,
+                elapsed,
+                took,
+                outcome,
+                next_in,
+            } => {
                 let mut v = json!({
                     "event": "attempt",
                     "target": self.names[*target],
@@ -169,7 +182,12 @@ impl Renderer {
                 merge(&mut v, outcome_json(outcome));
                 v
             }
-            WaitEvent::Ready { target, attempts, elapsed, detail } => json!({
+            WaitEvent::Ready {
+                target,
+                attempts,
+                elapsed,
+                detail,
+            } => json!({
                 "event": "ready",
                 "target": self.names[*target],
                 "index": target,
@@ -177,7 +195,13 @@ impl Renderer {
                 "elapsed_ms": ms(*elapsed),
                 "detail": detail,
             }),
-            WaitEvent::Failed { target, attempts, elapsed, reason, last } => {
+            WaitEvent::Failed {
+                target,
+                attempts,
+                elapsed,
+                reason,
+                last,
+            } => {
                 let mut v = json!({
                     "event": "failed",
                     "target": self.names[*target],
@@ -199,7 +223,14 @@ impl Renderer {
     fn plain_event(&mut self, event: &WaitEvent) {
         match event {
             // The last attempt of a target that gives up is told by the summary.
-            WaitEvent::Attempt { target, attempt, elapsed, outcome: Err(failure), next_in: Some(_), .. } if !self.invert => {
+            WaitEvent::Attempt {
+                target,
+                attempt,
+                elapsed,
+                outcome: Err(failure),
+                next_in: Some(_),
+                ..
+            } if !self.invert => {
                 let seen = &mut self.targets[*target];
                 let now = Instant::now();
                 let changed = seen.cause != Some(failure.cause);
@@ -217,7 +248,12 @@ impl Renderer {
                     seen.said_at = Some(now);
                 }
             }
-            WaitEvent::Ready { target, attempts, elapsed, detail } => {
+            WaitEvent::Ready {
+                target,
+                attempts,
+                elapsed,
+                detail,
+            } => {
                 let word = if self.invert { "down" } else { "ready" };
                 eprintln!(
                     "tether: {}: {word} after {} ({}): {detail}",
@@ -235,14 +271,24 @@ impl Renderer {
     fn live_event(&mut self, event: &WaitEvent) {
         let Some(live) = &self.live else { return };
         match event {
-            WaitEvent::Attempt { target, attempt, outcome, .. } => {
+            WaitEvent::Attempt {
+                target,
+                attempt,
+                outcome,
+                ..
+            } => {
                 let words = match outcome {
                     Err(f) => format!("{} ({}) · {}", f.detail, f.cause, attempts_words(*attempt)),
                     Ok(r) => format!("{} · {}", r.detail(), attempts_words(*attempt)),
                 };
                 live.bars[*target].set_message(words);
             }
-            WaitEvent::Ready { target, attempts, elapsed, detail } => {
+            WaitEvent::Ready {
+                target,
+                attempts,
+                elapsed,
+                detail,
+            } => {
                 let bar = &live.bars[*target];
                 bar.set_style(finished_style());
                 let word = if self.invert { "down" } else { "ready" };
@@ -252,12 +298,21 @@ impl Renderer {
                     attempts_words(*attempts)
                 ));
             }
-            WaitEvent::Failed { target, reason, last, .. } => {
+            WaitEvent::Failed {
+                target,
+                reason,
+                last,
+                ..
+            } => {
                 let bar = &live.bars[*target];
                 bar.set_style(finished_style());
                 let words = match last {
-                    Some(Err(f)) => format!("✗ {}: {}", reason_word(*reason, self.invert), f.detail),
-                    Some(Ok(r)) => format!("✗ {}: {}", reason_word(*reason, self.invert), r.detail()),
+                    Some(Err(f)) => {
+                        format!("✗ {}: {}", reason_word(*reason, self.invert), f.detail)
+                    }
+                    Some(Ok(r)) => {
+                        format!("✗ {}: {}", reason_word(*reason, self.invert), r.detail())
+                    }
                     None => format!("✗ {}", reason_word(*reason, self.invert)),
                 };
                 bar.abandon_with_message(words);
@@ -273,21 +328,35 @@ impl Renderer {
         if code == exit::READY {
             if self.mode == Mode::Plain && self.names.len() > 1 {
                 let word = if self.invert { "down" } else { "ready" };
-                lines.push(format!("tether: all {} targets {word} after {took}", self.names.len()));
+                lines.push(format!(
+                    "tether: all {} targets {word} after {took}",
+                    self.names.len()
+                ));
             }
             return lines;
         }
-        let failed = report.targets.iter().filter(|t| !matches!(t.outcome, TargetOutcome::Reached { .. })).count();
+        let failed = report
+            .targets
+            .iter()
+            .filter(|t| !matches!(t.outcome, TargetOutcome::Reached { .. }))
+            .count();
         let head = if interrupted {
             format!("tether: interrupted after {took}")
         } else if code == exit::PERMANENT {
             format!("tether: gave up after {took}: a target cannot become ready by waiting")
         } else {
             let limit = human_duration(self.timeout);
-            let state = if self.invert { "still ready" } else { "not ready" };
+            let state = if self.invert {
+                "still ready"
+            } else {
+                "not ready"
+            };
             match self.names.as_slice() {
                 [only] => format!("tether: timed out after {limit}: {only} {state}"),
-                names => format!("tether: timed out after {limit}: {failed} of {} targets {state}", names.len()),
+                names => format!(
+                    "tether: timed out after {limit}: {failed} of {} targets {state}",
+                    names.len()
+                ),
             }
         };
         lines.push(head);
@@ -295,20 +364,34 @@ impl Renderer {
             match &t.outcome {
                 TargetOutcome::Reached { .. } => {
                     let word = if self.invert { "down" } else { "ready" };
-                    lines.push(format!("  ✓ {name}: {word} after {}", human_duration(t.elapsed)));
+                    lines.push(format!(
+                        "  ✓ {name}: {word} after {}",
+                        human_duration(t.elapsed)
+                    ));
                 }
                 TargetOutcome::GaveUp { reason, last } => {
-                    let tally = format!("{}, {}", attempts_words(t.attempts), human_duration(t.elapsed));
+                    let tally = format!(
+                        "{}, {}",
+                        attempts_words(t.attempts),
+                        human_duration(t.elapsed)
+                    );
                     match last {
                         Some(Err(f)) => {
                             lines.push(format!("  ✗ {name}: {}", f.detail));
-                            lines.push(format!("      {} [{tally}]: {}", f.cause, hint(f, *reason)));
+                            lines.push(format!(
+                                "      {} [{tally}]: {}",
+                                f.cause,
+                                hint(f, *reason)
+                            ));
                         }
                         Some(Ok(r)) => {
                             lines.push(format!("  ✗ {name}: still ready: {}", r.detail()));
                             lines.push(format!("      [{tally}]"));
                         }
-                        None => lines.push(format!("  ✗ {name}: {} [{tally}]", reason_word(*reason, self.invert))),
+                        None => lines.push(format!(
+                            "  ✗ {name}: {} [{tally}]",
+                            reason_word(*reason, self.invert)
+                        )),
                     }
                 }
             }
@@ -318,7 +401,8 @@ impl Renderer {
 }
 
 fn finished_style() -> ProgressStyle {
-    ProgressStyle::with_template("  {prefix:.bold} {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_spinner())
+    ProgressStyle::with_template("  {prefix:.bold} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
 /// What a user can do about a failure, in a few words.
@@ -329,8 +413,12 @@ fn hint(failure: &Failure, reason: GaveUp) -> &'static str {
     if failure.is_permanent() {
         return match failure.cause {
             Cause::DnsNxdomain => "the name does not exist; check the host name",
-            Cause::TlsCertificate => "the certificate is not accepted; fix it, or add #insecure for a test server",
-            Cause::ProtocolMismatch => "something else is answering there; check the port and scheme",
+            Cause::TlsCertificate => {
+                "the certificate is not accepted; fix it, or add #insecure for a test server"
+            }
+            Cause::ProtocolMismatch => {
+                "something else is answering there; check the port and scheme"
+            }
             Cause::PermissionDenied => "tether is not allowed to reach it; check permissions",
             Cause::Http(_) => "the server refuses this request; check the URL, method and headers",
             _ => "waiting will not fix this",
@@ -340,7 +428,9 @@ fn hint(failure: &Failure, reason: GaveUp) -> &'static str {
         (_, Cause::PathMissing) => "it does not exist yet; is the service started?",
         (_, Cause::DnsTemporary) => "the name did not resolve yet",
         (Symptom::Absent, _) => "nothing is listening; is the service running, on this address?",
-        (Symptom::Unresponsive, _) => "it is there but does not answer; is it hung, stopped or overloaded?",
+        (Symptom::Unresponsive, _) => {
+            "it is there but does not answer; is it hung, stopped or overloaded?"
+        }
         (Symptom::Unhealthy, _) => "it answers, but not as ready",
         (Symptom::Local, _) => "a local limit; check this machine's resources",
     }
@@ -356,7 +446,11 @@ fn reason_word(reason: GaveUp, invert: bool) -> &'static str {
 }
 
 fn attempts_words(n: u32) -> String {
-    if n == 1 { "1 attempt".to_string() } else { format!("{n} attempts") }
+    if n == 1 {
+        "1 attempt".to_string()
+    } else {
+        format!("{n} attempts")
+    }
 }
 
 fn outcome_json(outcome: &Result<Ready, Failure>) -> Value {

@@ -124,7 +124,10 @@ pub(crate) fn run(args: WaitArgs) -> ExitCode {
 
     // One thread is plenty: probes are I/O, and a single-threaded runtime
     // starts in microseconds.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tether: cannot start: {e}");
@@ -145,7 +148,11 @@ pub(crate) fn run(args: WaitArgs) -> ExitCode {
             }
         };
         let (report, ()) = tokio::join!(waiting, rendering);
-        let signal = if shutdown.is_cancelled() { signal.await.ok().flatten() } else { None };
+        let signal = if shutdown.is_cancelled() {
+            signal.await.ok().flatten()
+        } else {
+            None
+        };
         (report, signal)
     });
     // Do not wait for a name lookup still blocked in the resolver.

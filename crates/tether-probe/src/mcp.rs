@@ -523,7 +523,11 @@ fn server_name(result: &Value) -> String {
     let info = result
         .get("serverInfo")
         .or_else(|| result.pointer("/_meta/io.modelcontextprotocol~1serverInfo"));
-    let field = |key| info.and_then(|i| i.get(key)).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let field = |key| {
+        info.and_then(|i| i.get(key))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
     match (field("name"), field("version")) {
         (Some(name), Some(version)) => format!("'{name}' {version}"),
         (Some(name), None) => format!("'{name}'"),

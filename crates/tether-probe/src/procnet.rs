@@ -7,8 +7,10 @@
 //!
 //! - the server-side socket of a queued connection has no inode until
 //!   `accept()` hands it to the process (its `sk_socket` is unset);
-//! - a listener's row shows its accept queue (`rx_queue`) and backlog limit
-//!   (`tx_queue`), so a full queue is visible even when our connect hangs.
+//! - a listener's row shows how many connections wait in its accept queue
+//!   (`rx_queue`), so a stuck listener is visible even when our connect hangs.
+//!   (The queue's limit is not in this table; a connect that times out on
+//!   this machine is what says the queue is full.)
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -27,8 +29,8 @@ pub(crate) enum Acceptance {
 /// A listening socket's accept queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ListenQueue {
+    /// Connections the kernel completed that the process has not accepted.
     pub(crate) queued: u32,
-    pub(crate) backlog: u32,
 }
 
 /// Whether the server side of the connection from `local` to `peer` has been
@@ -65,7 +67,6 @@ pub(crate) async fn listen_queue(addr: SocketAddr) -> Option<ListenQueue> {
         })
         .map(|row| ListenQueue {
             queued: row.rx_queue,
-            backlog: row.tx_queue,
         })
 }
 

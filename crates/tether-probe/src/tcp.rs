@@ -82,18 +82,19 @@ pub(crate) async fn connect(
     }))
 }
 
-/// A connect that timed out on this machine is a listener whose accept queue
-/// is full: say so, with the numbers.
+/// A connect that timed out while a listener exists in this namespace means
+/// the kernel dropped our SYN: the listener's accept queue is full because the
+/// process does not accept. Say so, with the number waiting.
 async fn explain_connect_timeout(failure: Failure, addr: SocketAddr) -> Failure {
     match procnet::listen_queue(addr).await {
-        Some(q) if q.queued >= q.backlog => {
+        Some(q) => {
             let detail = format!(
-                "connect to {addr}: listening but not accepting connections (accept queue full: {} of {})",
-                q.queued, q.backlog
+                "connect to {addr}: listening but not accepting connections (accept queue full, {} waiting)",
+                q.queued
             );
             failure.with_detail(detail)
         }
-        _ => failure,
+        None => failure,
     }
 }
 
@@ -123,7 +124,7 @@ async fn wait_accepted(
         }
         if attempt.remaining() <= pause {
             let queue = match procnet::listen_queue(peer).await {
-                Some(q) => format!(" (accept queue: {} of {})", q.queued, q.backlog),
+                Some(q) => format!(" ({} waiting in the accept queue)", q.queued),
                 None => String::new(),
             };
             let detail = format!(
