@@ -127,6 +127,8 @@ class Server:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
+        # time.monotonic_ns() when accept() first returned a connection.
+        self.t_first_accept = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -190,6 +192,8 @@ class Server:
             except OSError:
                 return
             with self._lock:
+                if self.t_first_accept is None:
+                    self.t_first_accept = time.monotonic_ns()
                 self.accepted += 1
             if self.mode == "close":
                 conn.close()

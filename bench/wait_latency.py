@@ -151,10 +151,18 @@ def run_once(command, tool, delay, server_mode):
     b.reap_orphans(child.pid)
     ok = out.code == 0 and not early and not out.killed
     outcome = out.describe() + (" before the port opened" if early else "")
+    first = server.t_first_accept
     return {
         "ok": ok,
         "delay_ns": int(delay * 1e9),
         "latency_ns": latency,
+        # Splits the latency: until our accept() returned the first
+        # connection (the waiter's polling, plus our accept thread's wake-up),
+        # and from there to the exit (the waiter noticing, and exiting).
+        # wait-for-it does not wait for accept(), so its second part can be
+        # negative.
+        "open_to_accept_ns": None if first is None else first - t_open,
+        "accept_to_exit_ns": None if first is None else out.t_exit - first,
         "exit": out.code,
         "outcome": outcome,
         "accepted": accepted,
@@ -236,6 +244,10 @@ def report(args, tools, missing, results, rate):
         rs = results[tool]
         s = b.summary_ms([r["latency_ns"] for r in rs if r["ok"]]) or {}
         acc = [r["accepted"] for r in rs]
+        split = [
+            (b.summary_ms([r[k] for r in rs if r["ok"] and r[k] is not None]) or {}).get("median")
+            for k in ("open_to_accept_ns", "accept_to_exit_ns")
+        ]
         rows.append(
             [
                 tool,
@@ -247,13 +259,26 @@ def report(args, tools, missing, results, rate):
                 s.get("min"),
                 s.get("max"),
                 f"{sum(acc) / len(acc):.2f} / {max(acc)}",
+                *split,
             ]
         )
     for tool, msg in missing.items():
-        rows.append([tool, 0, "-", "-", "-", "-", "-", "-", "not measured: " + msg.split(":")[0]])
+        rows.append([tool, 0, "-", "-", "-", "-", "-", "-", "not measured: " + msg.split(":")[0], "-", "-"])
     out.append(
         b.table(
-            ["tool", "runs", "failed", "median ms", "p95 ms", "mean ms", "min ms", "max ms", "accepted per run (mean / max)"],
+            [
+                "tool",
+                "runs",
+                "failed",
+                "median ms",
+                "p95 ms",
+                "mean ms",
+                "min ms",
+                "max ms",
+                "accepted per run (mean / max)",
+                "median open→accept ms",
+                "median accept→exit ms",
+            ],
             rows,
         )
     )

@@ -2,5 +2,8 @@
 //! servers, real signals. Asserts exit codes, NDJSON events and the words of
 //! the diagnosis.
 
+// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 mod wait;

@@ -8,7 +8,10 @@ use tokio::process::{Child, ChildStdout, Command};
 /// The tether binary under test.
 pub(crate) fn tether() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     cmd
 }
 
@@ -26,12 +29,17 @@ impl Run {
     }
 
     pub(crate) fn events(&self) -> Vec<Value> {
-        self.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
     }
 }
 
 pub(crate) async fn run(args: &[&str]) -> Run {
-    let out = within(&format!("tether {args:?}"), tether().args(args).output()).await.unwrap();
+    let out = within(&format!("tether {args:?}"), tether().args(args).output())
+        .await
+        .unwrap();
     Run {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -50,14 +58,22 @@ impl Live {
     pub(crate) fn start(args: &[&str]) -> Live {
         let mut child = tether().args(args).spawn().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Live { child, lines, seen: Vec::new() }
+        Live {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     /// Reads events until one has `"event": kind`, and returns it.
     pub(crate) async fn until(&mut self, kind: &str) -> Value {
         loop {
-            let line = within(&format!("a {kind} event"), self.lines.next_line()).await.unwrap();
-            let Some(line) = line else { panic!("output ended before a {kind} event: {:?}", self.seen) };
+            let line = within(&format!("a {kind} event"), self.lines.next_line())
+                .await
+                .unwrap();
+            let Some(line) = line else {
+                panic!("output ended before a {kind} event: {:?}", self.seen)
+            };
             let event: Value = serde_json::from_str(&line).unwrap();
             self.seen.push(event.clone());
             if event["event"] == kind {
@@ -67,7 +83,10 @@ impl Live {
     }
 
     pub(crate) async fn finish(mut self) -> (ExitStatus, Vec<Value>, String) {
-        while let Some(line) = within("the rest of the output", self.lines.next_line()).await.unwrap() {
+        while let Some(line) = within("the rest of the output", self.lines.next_line())
+            .await
+            .unwrap()
+        {
             self.seen.push(serde_json::from_str(&line).unwrap());
         }
         let status = within("tether to exit", self.child.wait()).await.unwrap();

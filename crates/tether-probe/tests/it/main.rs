@@ -5,6 +5,9 @@
 //! late and heartbeats going stale; commands that fail, succeed late or hang;
 //! and real MCP servers (the Python SDK and server-everything).
 
+// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod exec;
 mod file;
 mod http;
