@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import sys
 import threading
 import time
@@ -180,7 +181,7 @@ class Server:
             self._accept_all(sel, held)
         finally:
             for conn in held:
-                conn.close()
+                _close_without_time_wait(conn)
             sel.close()
 
     def _accept_all(self, sel, held):
@@ -213,7 +214,19 @@ class Server:
         if not data:
             sel.unregister(conn)
             held.discard(conn)
-            conn.close()
+            _close_without_time_wait(conn)
+
+
+def _close_without_time_wait(conn):
+    """Closes with a reset (SO_LINGER 0) so no socket lingers in TIME_WAIT.
+    Hundreds of runs would otherwise leave hundreds of rows in the kernel's
+    TCP table for a minute, and tether reads that whole table on every
+    probe: the benchmark would slow itself down as it goes."""
+    try:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    conn.close()
 
 
 # --- Running a child with a bound -------------------------------------------
@@ -400,6 +413,7 @@ def machine():
     except OSError:
         pass
     return {
+        "tcp_sockets": tcp_sockets(),
         "nproc": os.cpu_count(),
         "kernel": os.uname().release,
         "cpu": model,
@@ -407,3 +421,26 @@ def machine():
         "python": sys.version.split()[0],
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def tcp_sockets():
+    """Rows in the kernel's TCP tables: tether reads them on every TCP probe,
+    so the count is part of the context of its numbers."""
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                n += max(0, sum(1 for _ in f) - 1)
+        except OSError:
+            pass
+    return n
+
+
+def context_line(m):
+    """One line of context for a table; `m` comes from machine(), taken after
+    the runs, with "tcp_sockets_at_start" added."""
+    return (
+        f"{m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}, load {m['loadavg'][0]:.2f}, "
+        f"TCP sockets on the machine: {m.get('tcp_sockets_at_start', '?')} at start, "
+        f"{m['tcp_sockets']} at end"
+    )

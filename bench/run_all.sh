@@ -126,6 +126,8 @@ step "wait_startup.py" 600 python3 "$here/wait_startup.py" "${startup_args[@]}"
 echo
 step "wait_cpu.py" 600 python3 "$here/wait_cpu.py" "${cpu_args[@]}"
 echo
+echo "## Check: a server that accepts and closes at once is ready"
+echo
 # Not a benchmark but a check that belongs beside it: a server that accepts
 # and closes at once (one that turns clients away) is still a server that
 # accepts, and tether must see it as ready.

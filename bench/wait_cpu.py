@@ -39,6 +39,7 @@ def main():
         p.error("--runs must be between 1 and 20")
 
     tools, missing = b.selected_tools(args, (b.TETHER, b.WAIT_FOR_IT))
+    tcp_at_start = b.tcp_sockets()
     subreaper = b.become_subreaper()
     if not subreaper:
         print("warning: could not become a child subreaper; orphans' CPU is not counted", file=sys.stderr)
@@ -70,8 +71,9 @@ def main():
         rows.append([tool, "-", "not measured: " + msg.split(":")[0], "-", "-", "-", "-", "-", "-"])
 
     m = b.machine()
+    m["tcp_sockets_at_start"] = tcp_at_start
     print(f"## CPU over a {args.seconds} s wait on a refused port\n")
-    print(f"{m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}, load {m['loadavg'][0]:.2f}\n")
+    print(b.context_line(m) + "\n")
     print(
         b.table(
             [

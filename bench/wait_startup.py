@@ -39,6 +39,7 @@ def main():
         p.error("--warmup must be between 0 and 100")
 
     tools, missing = b.selected_tools(args, (b.TETHER, b.WAIT_FOR_IT, b.TRUE))
+    tcp_at_start = b.tcp_sockets()
     b.become_subreaper()
     results = {}
     with b.Server() as server:
@@ -79,8 +80,9 @@ def main():
         rows.append([tool, 0, "-", "-", "-", "-", "-", "not measured: " + msg.split(":")[0]])
 
     m = b.machine()
+    m["tcp_sockets_at_start"] = tcp_at_start
     print(f"## Start-up against an open port (warm-up {args.warmup} per tool)\n")
-    print(f"{m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}, load {m['loadavg'][0]:.2f}\n")
+    print(b.context_line(m) + "\n")
     print(b.table(["tool", "runs", "failed", "median ms", "p95 ms", "mean ms", "min ms", "max ms"], rows))
     print(f"\n{accepted} connections accepted in all (warm-up included)")
 
