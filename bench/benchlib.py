@@ -13,6 +13,7 @@ import selectors
 import shutil
 import signal
 import socket
+import subprocess
 import statistics
 import struct
 import sys
@@ -106,13 +107,23 @@ def wait_for_it(path, port, timeout):
 # --- The server ---------------------------------------------------------------
 
 
+# Children the harness keeps on purpose (server processes): reap_orphans()
+# leaves them alone.
+KEEP = set()
+
+
 class Server:
-    """A loopback TCP socket that refuses connections until `open()` and then
-    accepts them in a thread, like a real server.
+    """A loopback TCP port that refuses connections until `open()` and then
+    accepts them, like a real server, from a process of its own.
+
+    The accept loop runs in a separate Python process (see SERVER_CODE), so
+    it never waits for this harness's GIL: connections are accepted within
+    microseconds of arriving, as a Go, Node or nginx server accepts them.
 
     Before `open()` the socket is bound but not listening: the port stays
-    reserved and every connect is refused (RST). After `open()` an accept
-    thread accepts every connection and counts it.
+    reserved and every connect is refused (RST). `open()` tells the server
+    process to listen(); it answers with time.monotonic_ns() taken right after
+    listen() returned (CLOCK_MONOTONIC is the same clock in every process).
 
     `mode` says what the server does with an accepted connection:
     - "hold" (default): keep it until the client closes it (reads and drops
@@ -124,38 +135,63 @@ class Server:
         if mode not in ("hold", "close"):
             raise ValueError(f"unknown server mode {mode!r}")
         self.mode = mode
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        # time.monotonic_ns() when accept() first returned a connection.
-        self.t_first_accept = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER_CODE, str(sock.fileno()), mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=(sock.fileno(),),
+            text=True,
+            bufsize=1,
+        )
+        # The child holds the socket now; ours would keep the port alive
+        # after the child is gone.
+        sock.close()
+        self._final = None
+        KEEP.add(self._proc.pid)
+
+    def _ask(self, word):
+        self._proc.stdin.write(word + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the server process died")
+        return line.split()
 
     def open(self):
-        """Starts listening and returns time.monotonic_ns() taken right after
-        listen() returned; then starts the accept thread. Connections that
-        arrive in between wait in the accept queue, as they would for a real
-        server that is still starting its accept loop."""
-        self.sock.listen(128)
-        t_open = time.monotonic_ns()
-        self.sock.setblocking(False)
-        self._thread = threading.Thread(target=self._serve, name="accept", daemon=True)
-        self._thread.start()
-        return t_open
+        """Makes the server listen; returns time.monotonic_ns() taken right
+        after listen() returned."""
+        return int(self._ask("open")[0])
 
     def count(self):
         """Connections accepted so far; after close(), all that arrived."""
-        with self._lock:
-            return self.accepted
+        if self._final is not None:
+            return self._final[0]
+        return int(self._ask("count")[0])
+
+    @property
+    def t_first_accept(self):
+        """time.monotonic_ns() when accept() first returned, or None."""
+        if self._final is not None:
+            return self._final[1]
+        value = int(self._ask("count")[1])
+        return value if value >= 0 else None
 
     def close(self):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.sock.close()
+        if self._final is None and self._proc.poll() is None:
+            try:
+                accepted, first = self._ask("stop")
+                self._final = (int(accepted), int(first) if int(first) >= 0 else None)
+            except (RuntimeError, BrokenPipeError, ValueError):
+                self._final = (0, None)
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        KEEP.discard(self._proc.pid)
 
     def __enter__(self):
         return self
@@ -163,70 +199,91 @@ class Server:
     def __exit__(self, *exc):
         self.close()
 
-    def _serve(self):
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
-        held = set()
-        try:
-            while not self._stop.is_set():
-                # The short timeout only bounds how long close() waits; an
-                # arriving connection wakes the selector at once.
-                for key, _ in sel.select(timeout=0.05):
-                    if key.fileobj is self.sock:
-                        self._accept_all(sel, held)
-                    else:
-                        self._drain(sel, held, key.fileobj)
-            # A client may connect and exit before we get to accept(): the
-            # kernel completes the handshake without us. Count what waits.
-            self._accept_all(sel, held)
-        finally:
-            for conn in held:
-                _close_without_time_wait(conn)
-            sel.close()
 
-    def _accept_all(self, sel, held):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            with self._lock:
-                if self.t_first_accept is None:
-                    self.t_first_accept = time.monotonic_ns()
-                self.accepted += 1
-            if self.mode == "close":
-                conn.close()
-                continue
-            conn.setblocking(False)
-            held.add(conn)
-            sel.register(conn, selectors.EVENT_READ)
+# The server process: commands on stdin, one answer line each.
+#   open  -> listen(); answers t_open
+#   count -> answers "<accepted> <t_first_accept or -1>"
+#   stop  -> accepts what waits, closes everything, answers like count, exits
+SERVER_CODE = r"""
+import os, selectors, socket, struct, sys, threading, time
+fd, mode = int(sys.argv[1]), sys.argv[2]
+sock = socket.socket(fileno=fd)
+state = {"accepted": 0, "first": -1}
+lock = threading.Lock()
+stop = threading.Event()
+held = set()
 
-    @staticmethod
-    def _drain(sel, held, conn):
-        try:
-            data = conn.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            sel.unregister(conn)
-            held.discard(conn)
-            _close_without_time_wait(conn)
-
-
-def _close_without_time_wait(conn):
-    """Closes with a reset (SO_LINGER 0) so no socket lingers in TIME_WAIT.
-    Hundreds of runs would otherwise leave hundreds of rows in the kernel's
-    TCP table for a minute, and tether reads that whole table on every
-    probe: the benchmark would slow itself down as it goes."""
+def close_hard(conn):
+    # A reset (SO_LINGER 0): no socket lingers in TIME_WAIT between runs.
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         pass
     conn.close()
+
+def accept_all(sel):
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        with lock:
+            if state["first"] < 0:
+                state["first"] = time.monotonic_ns()
+            state["accepted"] += 1
+        if mode == "close":
+            conn.close()
+            continue
+        conn.setblocking(False)
+        held.add(conn)
+        sel.register(conn, selectors.EVENT_READ)
+
+def serve():
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    while not stop.is_set():
+        for key, _ in sel.select(timeout=0.05):
+            if key.fileobj is sock:
+                accept_all(sel)
+                continue
+            conn = key.fileobj
+            try:
+                data = conn.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(conn)
+                held.discard(conn)
+                close_hard(conn)
+    accept_all(sel)
+    for conn in held:
+        close_hard(conn)
+
+thread = None
+for line in sys.stdin:
+    word = line.strip()
+    if word == "open":
+        sock.listen(128)
+        t_open = time.monotonic_ns()
+        sock.setblocking(False)
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        print(t_open, flush=True)
+    elif word in ("count", "stop"):
+        if word == "stop":
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=5)
+            else:
+                # Never opened: nothing can have been accepted.
+                pass
+        with lock:
+            print(state["accepted"], state["first"], flush=True)
+        if word == "stop":
+            break
+"""
 
 
 # --- Running a child with a bound -------------------------------------------
@@ -333,8 +390,9 @@ def become_subreaper():
 
 
 def reap_orphans(sid, bound_s=3.0):
-    """Reaps adopted orphans until none is left, killing session `sid` if some
-    are still running after `bound_s`. Returns how many were reaped."""
+    """Reaps adopted orphans until none is left (children in KEEP do not
+    count), killing session `sid` if some are still running after `bound_s`.
+    Returns how many were reaped."""
     reaped = 0
     deadline = time.monotonic() + bound_s
     while True:
@@ -345,10 +403,30 @@ def reap_orphans(sid, bound_s=3.0):
         if pid:
             reaped += 1
             continue
+        if not [c for c in _children() if c not in KEEP]:
+            return reaped
         if time.monotonic() > deadline:
             kill_session(sid)
             deadline = time.monotonic() + bound_s
         time.sleep(0.01)
+
+
+def _children():
+    """The pids whose parent is this process."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == me:
+            found.append(int(entry))
+    return found
 
 
 # --- Numbers and tables -----------------------------------------------------

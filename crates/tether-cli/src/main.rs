@@ -65,13 +65,16 @@ fn usage_error(e: clap::Error) -> ExitCode {
     }
 }
 
-/// Diagnostics go to stderr, at the level `TETHER_LOG` names (`warn` by
-/// default), in `RUST_LOG` syntax.
+/// Diagnostics go to stderr, at the level `TETHER_LOG` names: `off`,
+/// `error`, `warn` (the default), `info`, `debug` or `trace`.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    use tracing_subscriber::filter::LevelFilter;
+    let level = std::env::var("TETHER_LOG")
+        .ok()
+        .and_then(|v| v.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::WARN);
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()

@@ -49,7 +49,7 @@ pub(crate) struct WaitArgs {
     #[arg(short, long, value_name = "DURATION", default_value = "60s", value_parser = positive_duration)]
     timeout: Duration,
 
-    /// The longest pause between two attempts on one target [default: 20ms on
+    /// The longest pause between two attempts on one target [default: 12ms on
     /// this machine, 100ms for exec, 250ms remote].
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     max_interval: Option<Duration>,

@@ -225,13 +225,14 @@ impl Target {
         AttemptTimeout::try_new(initial, max, 2.0).unwrap_or_else(|_| AttemptTimeout::fixed(max))
     }
 
-    /// The default cap on the interval between attempts: 20 ms on this
-    /// machine (at most about 50 probes a second, each a cheap syscall or
-    /// two), 100 ms for commands (each attempt forks), 250 ms remote.
+    /// The default cap on the interval between attempts: 12 ms on this
+    /// machine (about 85 probes a second: a service is seen within about
+    /// 8 ms of opening, for about 2.5 % of one core while waiting), 100 ms
+    /// for commands (each attempt forks), 250 ms remote.
     pub fn default_max_interval(&self) -> Duration {
         match (&self.spec, self.is_local()) {
             (Spec::Exec(_), _) => Duration::from_millis(100),
-            (_, true) => Duration::from_millis(20),
+            (_, true) => Duration::from_millis(12),
             (_, false) => Duration::from_millis(250),
         }
     }
@@ -1180,7 +1181,7 @@ mod tests {
     fn intervals_and_timeouts_follow_locality() {
         assert_eq!(
             ok("127.0.0.1:1").default_max_interval(),
-            Duration::from_millis(20)
+            Duration::from_millis(12)
         );
         assert_eq!(
             ok("example.com:1").default_max_interval(),

@@ -9,8 +9,8 @@ use tokio::net::TcpStream;
 
 use crate::Ready;
 use crate::attempt::Attempt;
-use crate::procnet::{self, Acceptance};
 use crate::resolve::resolve;
+use crate::sockdiag::{self, Acceptance};
 use crate::target::{Host, TcpSpec};
 
 /// Probes a TCP target: resolve, connect, and on this machine make sure the
@@ -86,11 +86,14 @@ pub(crate) async fn connect(
 /// the kernel dropped our SYN: the listener's accept queue is full because the
 /// process does not accept. Say so, with the number waiting.
 async fn explain_connect_timeout(failure: Failure, addr: SocketAddr) -> Failure {
-    match procnet::listen_queue(addr).await {
+    match sockdiag::Lookup::new()
+        .ok()
+        .and_then(|l| l.listen_queue(addr))
+    {
         Some(q) => {
             let detail = format!(
-                "connect to {addr}: listening but not accepting connections (accept queue full, {} waiting)",
-                q.queued
+                "connect to {addr}: listening but not accepting connections (accept queue full: {} of {})",
+                q.queued, q.backlog
             );
             failure.with_detail(detail)
         }
@@ -99,32 +102,36 @@ async fn explain_connect_timeout(failure: Failure, addr: SocketAddr) -> Failure 
 }
 
 /// Waits, within the attempt, until the server process has accepted the
-/// connection, polling the kernel's socket table with growing pauses.
+/// connection: it keeps looking for up to [`QUICK`] (a live server accepts
+/// within microseconds, and a look costs a few), then looks again after
+/// growing pauses.
 async fn wait_accepted(
     local: SocketAddr,
     peer: SocketAddr,
     attempt: Attempt,
 ) -> Result<Ready, Failure> {
+    /// How long to keep looking without sleeping: the timer's resolution.
+    const QUICK: Duration = Duration::from_millis(1);
+    let Ok(lookup) = sockdiag::Lookup::new() else {
+        return Ok(Ready::new(format!("connected to {peer}")));
+    };
+    let began = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(1);
-    let mut yielded = false;
     loop {
-        match procnet::acceptance(local, peer).await {
+        match lookup.acceptance(local, peer) {
             Acceptance::Accepted => {
                 return Ok(Ready::new(format!("{peer} accepted the connection")));
             }
             Acceptance::Unknown => return Ok(Ready::new(format!("connected to {peer}"))),
             Acceptance::Queued => {}
         }
-        // A live server accepts within microseconds: look again at once
-        // before sleeping.
-        if !yielded {
-            yielded = true;
+        if began.elapsed() < QUICK {
             tokio::task::yield_now().await;
             continue;
         }
         if attempt.remaining() <= pause {
-            let queue = match procnet::listen_queue(peer).await {
-                Some(q) => format!(" ({} waiting in the accept queue)", q.queued),
+            let queue = match lookup.listen_queue(peer) {
+                Some(q) => format!(" (accept queue: {} of {})", q.queued, q.backlog),
                 None => String::new(),
             };
             let detail = format!(

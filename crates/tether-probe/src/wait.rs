@@ -1,9 +1,9 @@
 //! Waiting for targets: every target in parallel, under one deadline.
 //!
 //! Each target is checked at once, then again after a pause that starts at a
-//! few milliseconds and grows with jitter to a cap (20 ms for a target on this
+//! few milliseconds and grows with jitter to a cap (12 ms for a target on this
 //! machine, so a service is seen within milliseconds of becoming ready while
-//! probes stay under about 50 a second). The pause starts over when the
+//! probes stay under about 85 a second). The pause starts over when the
 //! failure changes (refused, then 503: something is happening). Each attempt's
 //! timeout grows after attempts that time out, and is clamped to the time
 //! left. A permanent failure ends the whole wait at once; so does the
@@ -726,7 +726,7 @@ mod tests {
     fn policy_pacing_uses_target_defaults_and_overrides() {
         let policy = WaitPolicy::new(ms(60_000));
         let p = policy.pacing(&Target::parse("127.0.0.1:1").unwrap());
-        assert_eq!(p.interval.max(), ms(20));
+        assert_eq!(p.interval.max(), ms(12));
         assert_eq!(p.interval.initial(), ms(5));
         assert_eq!(p.timeouts.current(), ms(1000));
         let mut policy = WaitPolicy::new(ms(60_000));
