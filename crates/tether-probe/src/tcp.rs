@@ -105,6 +105,12 @@ async fn explain_connect_timeout(failure: Failure, addr: SocketAddr) -> Failure 
 /// connection: it keeps looking for up to [`QUICK`] (a live server accepts
 /// within microseconds, and a look costs a few), then looks again after
 /// growing pauses.
+///
+/// Between quick looks it yields the CPU to other threads. On loopback our
+/// connect wakes the server on *this* CPU (the kernel handles the SYN in our
+/// context and places the woken server beside us), so a loop that kept the
+/// CPU would stop the server from running its `accept()` until the
+/// scheduler preempted us, milliseconds later.
 async fn wait_accepted(
     local: SocketAddr,
     peer: SocketAddr,
@@ -126,7 +132,8 @@ async fn wait_accepted(
             Acceptance::Queued => {}
         }
         if began.elapsed() < QUICK {
-            tokio::task::yield_now().await;
+            // sched_yield: returns at once when nothing else wants this CPU.
+            std::thread::yield_now();
             continue;
         }
         if attempt.remaining() <= pause {
