@@ -137,7 +137,7 @@ def main():
         return b.EXIT_RUN_FAILED
     if missing:
         return b.EXIT_TOOL_MISSING
-    if args.check_goals and any(not ok for ok, _ in goals):
+    if args.check_goals and any(ok is False for ok, _ in goals):
         return b.EXIT_GOAL_MISSED
     return b.EXIT_OK
 
@@ -335,9 +335,13 @@ def goal_lines(rs, rate):
         )
     elif rate and rate.get("per_s") is not None:
         lines.append((rate["per_s"] <= GOAL_PROBES_PER_S, f"{rate['per_s']:.1f} probes/s on average <= {GOAL_PROBES_PER_S:g}"))
+    elif rate is None:
+        # Not asked for (--no-probe-rate): neither met nor missed.
+        lines.append((None, f"probes/s <= {GOAL_PROBES_PER_S:g}: not measured in this run"))
     else:
-        lines.append((False, f"probes/s <= {GOAL_PROBES_PER_S:g}: not measured"))
-    return [(ok, ("met: " if ok else "MISSED: ") + text) for ok, text in lines]
+        lines.append((False, f"probes/s <= {GOAL_PROBES_PER_S:g}: could not be measured"))
+    words = {True: "met: ", False: "MISSED: ", None: "skipped: "}
+    return [(ok, words[ok] + text) for ok, text in lines]
 
 
 if __name__ == "__main__":
