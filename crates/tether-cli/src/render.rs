@@ -131,14 +131,15 @@ impl Renderer {
             })),
             Mode::Live | Mode::Plain => {
                 if let Some(live) = self.live.take() {
-                    for bar in &live.bars {
-                        if !bar.is_finished() {
+                    if code == exit::READY {
+                        // Every line says "ready": leave them on the screen.
+                        for bar in live.bars.iter().filter(|b| !b.is_finished()) {
                             bar.abandon();
                         }
+                    } else {
+                        // The summary below says everything, and more.
+                        let _ = live.multi.clear();
                     }
-                    let _ = live.multi.clear();
-                    // The finished lines stay; the summary follows them.
-                    drop(live);
                 }
                 for line in self.summary(report, code, interrupted) {
                     eprintln!("{line}");
@@ -277,9 +278,10 @@ impl Renderer {
                 outcome,
                 ..
             } => {
+                // The class and the count first: a narrow terminal cuts the end.
                 let words = match outcome {
-                    Err(f) => format!("{} ({}) · {}", f.detail, f.cause, attempts_words(*attempt)),
-                    Ok(r) => format!("{} · {}", r.detail(), attempts_words(*attempt)),
+                    Err(f) => format!("{} · {} · {}", f.cause, attempts_words(*attempt), f.detail),
+                    Ok(r) => format!("{} · {}", attempts_words(*attempt), r.detail()),
                 };
                 live.bars[*target].set_message(words);
             }
