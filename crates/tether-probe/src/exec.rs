@@ -5,10 +5,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process_group};
+use tether_process::Signal;
 use tether_resilience::{Cause, Failure, Phase, Verdict};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 use tokio::task::JoinHandle;
 
 use crate::Ready;
@@ -20,34 +19,27 @@ const TAIL: usize = 2048;
 
 pub(crate) async fn probe(spec: &ExecSpec, attempt: Attempt) -> Result<Ready, Failure> {
     let what = format!("command '{}'", spec.argv.join(" "));
-    let mut child = Command::new(&spec.argv[0])
+    let mut command = std::process::Command::new(&spec.argv[0]);
+    command
         .args(&spec.argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            let failure = Failure::from_io(&e, Phase::Spawn, &what);
-            let verdict = match e.kind() {
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                    Verdict::Permanent
-                }
-                _ => Verdict::Transient,
-            };
-            Failure {
-                cause: Cause::ProcessNotStarted,
-                verdict,
-                ..failure
+        .stderr(Stdio::piped());
+    let mut child = tether_process::spawn(&mut command).map_err(|e| {
+        let failure = Failure::from_io(&e, Phase::Spawn, &what);
+        let verdict = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                Verdict::Permanent
             }
-        })?;
-    // Killing the group on every way out (success, failure, timeout, or the
-    // attempt being dropped) reaps nothing by itself: tokio reaps the child.
-    let group = child
-        .id()
-        .and_then(|pid| Pid::from_raw(pid as i32))
-        .map(GroupKiller);
+            _ => Verdict::Transient,
+        };
+        Failure {
+            cause: Cause::ProcessNotStarted,
+            verdict,
+            ..failure
+        }
+    })?;
+    // On timeout or cancellation, dropping `child` kills its whole group.
     let stdout = child.stdout.take().map(tail_of);
     let stderr = child.stderr.take().map(tail_of);
 
@@ -68,19 +60,17 @@ pub(crate) async fn probe(spec: &ExecSpec, attempt: Attempt) -> Result<Ready, Fa
         }
         Err(failure) => return Err(failure),
     };
-    drop(group);
+    // Whatever the command left running in its group goes with it.
+    let _ = child.signal_group(Signal::KILL);
     let stderr = collect(stderr).await;
     let stdout = collect(stdout).await;
 
-    let code = status.code();
-    if let Some(code) = code.filter(|c| spec.codes.contains(c)) {
-        return Ok(Ready::new(format!("{what} exited with status {code}")));
+    if let tether_process::Exit::Code(code) = status {
+        if spec.codes.contains(&code) {
+            return Ok(Ready::new(format!("{what} exited with status {code}")));
+        }
     }
-    let how = match (code, std::os::unix::process::ExitStatusExt::signal(&status)) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        (None, None) => "ended".to_string(),
-    };
+    let how = status.to_string();
     let wanted = spec
         .codes
         .iter()
@@ -94,16 +84,6 @@ pub(crate) async fn probe(spec: &ExecSpec, attempt: Attempt) -> Result<Ready, Fa
         Cause::ProbeUnhealthy,
         format!("{what} {how} (wanted {wanted}){output}"),
     ))
-}
-
-/// Kills a process group when dropped.
-struct GroupKiller(Pid);
-
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        // ESRCH (the group is already empty) is the common, fine case.
-        let _ = kill_process_group(self.0, Signal::KILL);
-    }
 }
 
 /// Reads a stream to its end, keeping the last `TAIL` bytes.
