@@ -1,0 +1,87 @@
+//! Reads `tether.toml` into the supervisor's typed configuration.
+//!
+//! This crate is where tether reads configuration files: [`load`] reads the
+//! file, and [`parse`] checks its text in two layers. The first reads the
+//! TOML against one declared table of keys ([`KEYS`]): unknown keys (with
+//! "did you mean"), types, values. The second resolves what was read into a
+//! [`StackConfig`](tether_supervisor::config::StackConfig): settings fall
+//! through service → `[defaults]` → tether's defaults, relative paths become
+//! absolute against the file's directory, programs, working directories and
+//! env files are checked on disk, and dependencies are checked for unknown
+//! services, impossible conditions and cycles. The same table generates the
+//! reference, `docs/config.md` ([`reference_markdown`]).
+//!
+//! A bad file gives one [`ConfigError`] with the file, line, column and key
+//! of the mistake.
+//!
+//! # What it never does
+//!
+//! It never starts, signals or connects to anything: loading a file only
+//! reads it, its env files and the metadata of the programs and directories
+//! it names. It never writes a file. Component crates take its output as
+//! plain values and never read files or the environment themselves.
+
+#![forbid(unsafe_code)]
+
+mod envfile;
+mod error;
+mod keys;
+mod read;
+mod resolve;
+mod suggest;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tether_supervisor::config::StackConfig;
+
+pub use error::ConfigError;
+pub use keys::{DefaultValue, KEYS, Key, Scope, Type, reference_markdown};
+
+/// A loaded configuration.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The stack to supervise.
+    pub stack: StackConfig,
+    /// Where the status server listens (`127.0.0.1:7465` unless `[status]
+    /// listen` says otherwise); `None` when `listen = false`.
+    pub status_listen: Option<SocketAddr>,
+    /// The configuration file, absolute.
+    pub file: PathBuf,
+}
+
+/// Reads and checks the configuration file at `path` (see [`parse`]).
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            std::io::ErrorKind::IsADirectory => "it is a directory".to_string(),
+            _ => e.to_string(),
+        };
+        ConfigError::file(path, format!("cannot read: {reason}"))
+    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ConfigError::file(path, "cannot read: not UTF-8 text".to_string()))?;
+    parse(&text, path)
+}
+
+/// Checks `text` as the configuration file at `path` and resolves it.
+///
+/// Does all the checks [`load`] does: relative paths in the text are taken
+/// against `path`'s directory, and the programs, working directories and env
+/// files they name are checked there on disk. Nothing is started.
+pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+    let src = read::Source { path, text };
+    let raw = read::read(src)?;
+    let file: PathBuf = std::path::absolute(path)
+        .map_err(|e| ConfigError::file(path, format!("cannot make the path absolute: {e}")))?
+        .components()
+        .collect();
+    let (stack, status_listen) = resolve::resolve(src, raw, &file)?;
+    Ok(Loaded {
+        stack,
+        status_listen,
+        file,
+    })
+}

@@ -1,0 +1,905 @@
+//! Every kind of mistake gives one error with the file, line, column, key and
+//! words that say what is wrong.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use tether_probe::Target;
+
+use crate::{Dir, assert_at, assert_error};
+
+/// Loads `toml` and asserts the one error it gives.
+#[track_caller]
+fn check(toml: &str, line: usize, needle: &str, key: &str, message: &str) {
+    let dir = Dir::new();
+    let e = dir.err(toml);
+    assert_at(&e, toml, line, needle, key, message);
+}
+
+// --- the error's shape ---
+
+#[test]
+fn an_error_reads_file_line_column_key_message() {
+    let text = r#"name = "shop"
+
+[defaults]
+stop_grace = "5s"
+
+[services.db]
+command = ["sh"]
+ready = "tcp://127.0.0.1:5432"
+
+[services.web]
+depends_on = ["db"]
+comand = ["sh", "web.sh"]
+"#;
+    let e = tether_config::parse(text, Path::new("tether.toml")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "tether.toml:12:1: services.web.comand: unknown key; did you mean 'command'?"
+    );
+    assert_eq!(e.path(), Path::new("tether.toml"));
+    assert_eq!((e.line(), e.column()), (Some(12), Some(1)));
+    assert_eq!(e.key(), Some("services.web.comand"));
+    assert_eq!(e.message(), "unknown key; did you mean 'command'?");
+}
+
+#[test]
+fn an_unreadable_file_has_no_line() {
+    let dir = Dir::new();
+    let e = tether_config::load(&dir.config()).unwrap_err();
+    assert_eq!(e.path(), dir.config());
+    assert_eq!((e.line(), e.key()), (None, None));
+    assert_eq!(e.message(), "cannot read: no such file");
+    assert_eq!(
+        e.to_string(),
+        format!("{}: cannot read: no such file", dir.config().display())
+    );
+    let e = tether_config::load(dir.path()).unwrap_err();
+    assert_eq!(e.message(), "cannot read: it is a directory");
+}
+
+// --- TOML syntax ---
+
+#[test]
+fn syntax_errors_carry_the_parser_position() {
+    let dir = Dir::new();
+    let e = dir.err(
+        r#"
+[services.web]
+command = ["sh", "web.sh"
+stop_grace = "5s"
+"#,
+    );
+    assert_error(
+        &e,
+        3,
+        1,
+        None,
+        "invalid TOML: missing comma between array elements, expected `,`",
+    );
+}
+
+#[test]
+fn a_duplicate_key_is_named() {
+    let dir = Dir::new();
+    let e = dir.err("[services.web]\ncommand = [\"sh\"]\n  command = [\"sh\"]\n");
+    assert_error(&e, 3, 3, None, "invalid TOML: duplicate key 'command'");
+}
+
+// --- unknown keys ---
+
+#[test]
+fn unknown_keys_everywhere_with_did_you_mean() {
+    check(
+        "[servics.web]\ncommand = [\"sh\"]\n",
+        1,
+        "servics",
+        "servics",
+        "unknown key; did you mean 'services'?",
+    );
+    check(
+        "[defaults]\nstop_grase = \"5s\"\n[services.web]\ncommand = [\"sh\"]\n",
+        2,
+        "stop_grase",
+        "defaults.stop_grase",
+        "unknown key; did you mean 'stop_grace'?",
+    );
+    check(
+        r#"
+[services.web]
+command = ["sh"]
+ready = { target = "tcp://127.0.0.1:1", intervall = "1s" }
+"#,
+        3,
+        "intervall",
+        "services.web.ready.intervall",
+        "unknown key; did you mean 'interval'?",
+    );
+    check(
+        r#"
+[services.web]
+command = ["sh"]
+crash_loop = { exits = 3, windows = "1m" }
+"#,
+        3,
+        "windows",
+        "services.web.crash_loop.windows",
+        "unknown key; did you mean 'window'?",
+    );
+}
+
+#[test]
+fn a_key_in_the_wrong_table_says_where_it_belongs() {
+    check(
+        "[defaults]\nwatchdog = \"5s\"\n[services.web]\ncommand = [\"sh\"]\n",
+        2,
+        "watchdog",
+        "defaults.watchdog",
+        "unknown key here; 'watchdog' belongs in [services.NAME]",
+    );
+    check(
+        "[services.web]\ncommand = [\"sh\"]\n[[hooks]]\ncommand = [\"sh\"]\nenv_file = \".env\"\n",
+        5,
+        "env_file",
+        "hooks[1].env_file",
+        "unknown key here; 'env_file' belongs in [services.NAME]",
+    );
+    check(
+        "[status]\nport = 80\n[services.web]\ncommand = [\"sh\"]\n",
+        2,
+        "port",
+        "status.port",
+        "unknown key (this table takes 'listen')",
+    );
+    check(
+        "[services.web]\ncommand = [\"sh\"]\nimage = \"nginx\"\n",
+        3,
+        "image",
+        "services.web.image",
+        "unknown key (docs/config.md lists the keys of [services.NAME])",
+    );
+}
+
+// --- types and values ---
+
+#[test]
+fn wrong_types_say_what_was_expected_and_found() {
+    let service = "[services.web]\ncommand = [\"sh\"]\n";
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "stop_grace = 10",
+            "10",
+            "services.web.stop_grace",
+            "expected a duration such as \"10s\", found an integer",
+        ),
+        (
+            "probe_fall = 2.5",
+            "2.5",
+            "services.web.probe_fall",
+            "expected a positive integer such as 3, found a float",
+        ),
+        (
+            "restart = true",
+            "true",
+            "services.web.restart",
+            "expected one of \"no\", \"on-failure\" or \"always\", found a boolean",
+        ),
+        (
+            "env = [\"A=1\"]",
+            "[",
+            "services.web.env",
+            "expected a table of strings such as { PORT = \"8081\" }, found an array",
+        ),
+        (
+            "env = { A = [1] }",
+            "[1]",
+            "services.web.env.A",
+            "expected a string, found an array",
+        ),
+        (
+            "ready = 5",
+            "5",
+            "services.web.ready",
+            "expected a target such as \"tcp://127.0.0.1:8080\", \"notify\", or a table such \
+             as { target = \"tcp://127.0.0.1:8080\" }, found an integer",
+        ),
+        (
+            "depends_on = \"db\"",
+            "\"db\"",
+            "services.web.depends_on",
+            "expected an array of service names or a table such as { db = \"ready\" }, found \
+             a string",
+        ),
+        (
+            "crash_loop = 5",
+            "5",
+            "services.web.crash_loop",
+            "expected a table such as { exits = 5, window = \"60s\" }, found an integer",
+        ),
+        (
+            "cwd = 1970-01-01",
+            "1970",
+            "services.web.cwd",
+            "expected a path (a string), found a date-time",
+        ),
+    ];
+    for (line, needle, key, message) in cases {
+        check(&format!("{service}{line}\n"), 3, needle, key, message);
+    }
+}
+
+#[test]
+fn bad_durations_and_zero_durations() {
+    let dir = Dir::new();
+    let toml = "[services.web]\ncommand = [\"sh\"]\nstart_deadline = \"10 parsecs\"\n";
+    let e = dir.err(toml);
+    assert_eq!(e.key(), Some("services.web.start_deadline"));
+    assert_eq!((e.line(), e.column()), (Some(3), Some(18)));
+    assert!(
+        e.message().starts_with("'10 parsecs' is not a duration (")
+            && e.message().ends_with("); use e.g. 500ms, 30s or 2m"),
+        "{e}"
+    );
+    check(
+        "[defaults]\nrestart_delay = \"0s\"\n[services.web]\ncommand = [\"sh\"]\n",
+        2,
+        "\"0s\"",
+        "defaults.restart_delay",
+        "must be more than zero",
+    );
+}
+
+#[test]
+fn counts_must_be_positive() {
+    check(
+        "[services.web]\ncommand = [\"sh\"]\nprobe_rise = 0\n",
+        3,
+        "0",
+        "services.web.probe_rise",
+        "must be at least 1, found 0",
+    );
+    check(
+        "[defaults]\ncrash_loop = { exits = -1 }\n[services.web]\ncommand = [\"sh\"]\n",
+        2,
+        "-1",
+        "defaults.crash_loop.exits",
+        "must be at least 1, found -1",
+    );
+    check(
+        r#"
+[services.web]
+command = ["sh"]
+live = { target = "tcp://127.0.0.1:1", fall = 0 }
+"#,
+        3,
+        "0 }",
+        "services.web.live.fall",
+        "must be at least 1, found 0",
+    );
+}
+
+#[test]
+fn bad_signals() {
+    let service = "[services.web]\ncommand = [\"sh\"]\n";
+    check(
+        &format!("{service}stop_signal = \"SIGTREM\"\n"),
+        3,
+        "\"SIGTREM\"",
+        "services.web.stop_signal",
+        "unknown signal 'SIGTREM'; did you mean 'SIGTERM'?",
+    );
+    check(
+        &format!("{service}stop_signal = \"HUPP\"\n"),
+        3,
+        "\"HUPP\"",
+        "services.web.stop_signal",
+        "unknown signal 'HUPP'; did you mean 'SIGHUP'?",
+    );
+    check(
+        &format!("{service}stop_signal = \"FOO\"\n"),
+        3,
+        "\"FOO\"",
+        "services.web.stop_signal",
+        "unknown signal 'FOO'; use a name such as \"SIGTERM\" or a number",
+    );
+    check(
+        &format!("{service}stop_signal = 99\n"),
+        3,
+        "99",
+        "services.web.stop_signal",
+        "signal 99 is out of range (1 to 64)",
+    );
+}
+
+#[test]
+fn unknown_restart_policies() {
+    let service = "[services.web]\ncommand = [\"sh\"]\n";
+    check(
+        &format!("{service}restart = \"on_failure\"\n"),
+        3,
+        "\"on_failure\"",
+        "services.web.restart",
+        "unknown restart policy 'on_failure'; did you mean 'on-failure'?",
+    );
+    check(
+        &format!("{service}restart = \"never\"\n"),
+        3,
+        "\"never\"",
+        "services.web.restart",
+        "unknown restart policy 'never'; expected \"no\", \"on-failure\" or \"always\"",
+    );
+}
+
+#[test]
+fn bad_names() {
+    check(
+        "[services.\"my db\"]\ncommand = [\"sh\"]\n",
+        1,
+        "\"my db\"",
+        "services.\"my db\"",
+        "invalid service name 'my db': use letters, digits, '-', '_' and '.', starting with a \
+         letter or digit",
+    );
+    check(
+        "name = \"my stack\"\n[services.web]\ncommand = [\"sh\"]\n",
+        1,
+        "\"my stack\"",
+        "name",
+        "invalid name 'my stack': use letters, digits, '-', '_' and '.', starting with a \
+         letter or digit",
+    );
+    check(
+        "[services]\nweb = \"sh web.sh\"\n",
+        2,
+        "\"sh",
+        "services.web",
+        "expected a table such as [services.web], found a string",
+    );
+}
+
+#[test]
+fn a_stack_needs_a_service() {
+    let dir = Dir::new();
+    let e = dir.err("name = \"empty\"\n");
+    assert_error(
+        &e,
+        1,
+        1,
+        Some("services"),
+        "no services; add one, e.g. [services.app] with command = [\"python3\", \"app.py\"]",
+    );
+    check(
+        "name = \"empty\"\n[services]\n",
+        2,
+        "[services]",
+        "services",
+        "no services; add one, e.g. [services.app] with command = [\"python3\", \"app.py\"]",
+    );
+}
+
+// --- commands ---
+
+#[test]
+fn a_missing_command() {
+    check(
+        "[services.web]\nstop_grace = \"5s\"\n",
+        1,
+        "web",
+        "services.web",
+        "missing 'command'; add e.g. command = [\"python3\", \"app.py\"]",
+    );
+    check(
+        "[services.web]\ncommand = [\"sh\"]\n[[hooks]]\nname = \"h\"\n",
+        3,
+        "[[hooks]]",
+        "hooks[1]",
+        "missing 'command'; add e.g. command = [\"python3\", \"app.py\"]",
+    );
+}
+
+#[test]
+fn a_command_must_be_a_non_empty_array_of_strings() {
+    check(
+        "[services.web]\ncommand = \"python3 app.py\"\n",
+        2,
+        "\"python3",
+        "services.web.command",
+        "expected an array of strings, found a string; use an array: command = [\"python3\", \
+         \"app.py\"]",
+    );
+    // The hint splits the user's own words.
+    check(
+        "[services.web]\ncommand = [\"sh\"]\npre_start = \"docker rm -f 'my db'\"\n",
+        3,
+        "\"docker",
+        "services.web.pre_start",
+        "expected an array of strings, found a string; use an array: pre_start = [\"docker\", \
+         \"rm\", \"-f\", \"my db\"]",
+    );
+    check(
+        "[services.web]\ncommand = []\n",
+        2,
+        "[]",
+        "services.web.command",
+        "empty command; give the program and its arguments, e.g. command = [\"python3\", \
+         \"app.py\"]",
+    );
+    check(
+        "[services.web]\ncommand = [\"python3\", \"app.py\", \"--port\", 8081]\n",
+        2,
+        "8081",
+        "services.web.command",
+        "expected an array of strings, found an integer in it; quote it: \"8081\"",
+    );
+    check(
+        "[services.web]\ncommand = [\"\", \"x\"]\n",
+        2,
+        "\"\"",
+        "services.web.command",
+        "empty program name",
+    );
+}
+
+#[test]
+fn a_program_must_exist_and_be_executable() {
+    check(
+        "[services.web]\ncommand = [\"no-such-program-tether-test\", \"x\"]\n",
+        2,
+        "\"no-such",
+        "services.web.command",
+        "command 'no-such-program-tether-test' not found in PATH",
+    );
+    let dir = Dir::new();
+    let toml = "[services.web]\ncommand = [\"sh\"]\npre_start = [\"bin/missing.sh\"]\n";
+    let e = dir.err(toml);
+    let missing = dir.path().join("bin/missing.sh");
+    assert_at(
+        &e,
+        toml,
+        3,
+        "\"bin",
+        "services.web.pre_start",
+        &format!("command '{}' does not exist", missing.display()),
+    );
+    let plain = dir.write("plain.sh", "echo hi\n");
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let toml = "[services.web]\ncommand = [\"sh\"]\n[[hooks]]\ncommand = [\"./plain.sh\"]\n";
+    let e = dir.err(toml);
+    assert_at(
+        &e,
+        toml,
+        4,
+        "\"./plain",
+        "hooks[1].command",
+        &format!("command '{}' is not executable", plain.display()),
+    );
+}
+
+// --- probes ---
+
+#[test]
+fn a_target_that_does_not_parse_gives_the_target_error() {
+    let target = "htp://127.0.0.1:8080";
+    let expected = Target::parse(target).unwrap_err().to_string();
+    assert!(expected.contains("unknown target kind 'htp'"), "{expected}");
+    check(
+        &format!("[services.web]\ncommand = [\"sh\"]\nready = \"{target}\"\n"),
+        3,
+        "\"htp",
+        "services.web.ready",
+        &expected,
+    );
+    let expected = Target::parse("tcp://127.0.0.1").unwrap_err().to_string();
+    check(
+        "[services.web]\ncommand = [\"sh\"]\nlive = { target = \"tcp://127.0.0.1\" }\n",
+        3,
+        "\"tcp",
+        "services.web.live.target",
+        &expected,
+    );
+}
+
+#[test]
+fn a_probe_whose_program_does_not_exist() {
+    let dir = Dir::new();
+    let toml = "[services.web]\ncommand = [\"sh\"]\nready = \"exec:./check.sh\"\n";
+    let e = dir.err(toml);
+    let program = dir.path().join("check.sh");
+    assert_at(
+        &e,
+        toml,
+        3,
+        "\"exec",
+        "services.web.ready",
+        &format!(
+            "target 'exec:{}': command '{}' does not exist",
+            program.display(),
+            program.display()
+        ),
+    );
+}
+
+#[test]
+fn unknown_probe_kinds() {
+    let service = "[services.web]\ncommand = [\"sh\"]\n";
+    check(
+        &format!("{service}ready = \"notfy\"\n"),
+        3,
+        "\"notfy\"",
+        "services.web.ready",
+        "unknown readiness 'notfy'; did you mean 'notify'?",
+    );
+    check(
+        &format!("{service}live = \"notify\"\n"),
+        3,
+        "\"notify\"",
+        "services.web.live",
+        "\"notify\" is a readiness signal, not a liveness probe; to restart a service that \
+         stops sending WATCHDOG=1, use ready = \"notify\" with watchdog = \"10s\"",
+    );
+    check(
+        &format!("{service}ready = {{ target = \"notify\" }}\n"),
+        3,
+        "\"notify\"",
+        "services.web.ready.target",
+        "\"notify\" takes no probe settings; write ready = \"notify\"",
+    );
+    check(
+        &format!("{service}ready = {{ interval = \"1s\" }}\n"),
+        3,
+        "{",
+        "services.web.ready",
+        "missing 'target'; add e.g. target = \"http://127.0.0.1:8081/health\"",
+    );
+}
+
+#[test]
+fn a_watchdog_needs_notify() {
+    check(
+        "[services.web]\ncommand = [\"sh\"]\nready = \"tcp://127.0.0.1:1\"\nwatchdog = \"5s\"\n",
+        4,
+        "\"5s\"",
+        "services.web.watchdog",
+        "watchdog needs ready = \"notify\" (the service sends READY=1, then WATCHDOG=1, on \
+         $NOTIFY_SOCKET)",
+    );
+}
+
+#[test]
+fn restart_delays_must_not_shrink() {
+    check(
+        r#"
+[defaults]
+restart_delay = "2s"
+
+[services.web]
+command = ["sh"]
+restart_delay_max = "1s"
+"#,
+        6,
+        "\"1s\"",
+        "services.web.restart_delay_max",
+        "1s is shorter than restart_delay (2s)",
+    );
+    check(
+        r#"
+[services.web]
+command = ["sh"]
+restart_delay = "20s"
+"#,
+        3,
+        "\"20s\"",
+        "services.web.restart_delay",
+        "20s is longer than restart_delay_max (10s)",
+    );
+}
+
+// --- dependencies ---
+
+const DB: &str = "[services.db]\ncommand = [\"sh\"]\nready = \"tcp://127.0.0.1:5432\"\n";
+
+#[test]
+fn a_dependency_on_no_such_service() {
+    check(
+        &format!("{DB}[services.web]\ncommand = [\"sh\"]\ndepends_on = [\"dbb\"]\n"),
+        6,
+        "\"dbb\"",
+        "services.web.depends_on",
+        "no service named 'dbb'; did you mean 'db'?",
+    );
+    check(
+        &format!(
+            "{DB}[services.web]\ncommand = [\"sh\"]\ndepends_on = {{ cache = \"started\" }}\n"
+        ),
+        6,
+        "cache",
+        "services.web.depends_on",
+        "no service named 'cache'; the services are 'db' and 'web'",
+    );
+}
+
+#[test]
+fn a_service_depending_on_itself() {
+    check(
+        "[services.web]\ncommand = [\"sh\"]\ndepends_on = { web = \"started\" }\n",
+        3,
+        "web =",
+        "services.web.depends_on",
+        "'web' depends on itself",
+    );
+}
+
+#[test]
+fn a_dependency_listed_twice() {
+    check(
+        &format!("{DB}[services.web]\ncommand = [\"sh\"]\ndepends_on = [\"db\", \"db\"]\n"),
+        6,
+        "\"db\"]",
+        "services.web.depends_on",
+        "'db' is listed twice",
+    );
+}
+
+#[test]
+fn a_cycle_is_reported_from_its_first_service_in_the_file() {
+    let toml = r#"
+[services.x]
+command = ["sh"]
+depends_on = { b = "started" }
+
+[services.a]
+command = ["sh"]
+depends_on = { b = "started" }
+
+[services.b]
+command = ["sh"]
+depends_on = { c = "started" }
+
+[services.c]
+command = ["sh"]
+depends_on = { a = "started" }
+"#;
+    check(
+        toml,
+        7,
+        "b =",
+        "services.a.depends_on",
+        "dependency cycle: a -> b -> c -> a",
+    );
+}
+
+#[test]
+fn unknown_conditions() {
+    check(
+        &format!("{DB}[services.web]\ncommand = [\"sh\"]\ndepends_on = {{ db = \"redy\" }}\n"),
+        6,
+        "\"redy\"",
+        "services.web.depends_on.db",
+        "unknown condition 'redy'; did you mean 'ready'?",
+    );
+    check(
+        &format!("{DB}[services.web]\ncommand = [\"sh\"]\ndepends_on = {{ db = \"healthy\" }}\n"),
+        6,
+        "\"healthy\"",
+        "services.web.depends_on.db",
+        "unknown condition 'healthy'; expected \"started\", \"ready\" or \"completed_successfully\"",
+    );
+}
+
+#[test]
+fn ready_needs_a_readiness_check() {
+    let toml = r#"
+[services.db]
+command = ["sh"]
+
+[services.api]
+command = ["sh"]
+depends_on = ["db"]
+"#;
+    check(
+        toml,
+        6,
+        "\"db\"",
+        "services.api.depends_on",
+        "'db' has no readiness check, so nothing can wait for it to be ready; give 'db' a \
+         ready = \"...\" check, or depend on it being \"started\"",
+    );
+}
+
+#[test]
+fn completed_successfully_needs_a_service_that_can_complete() {
+    let toml = r#"
+[services.migrate]
+command = ["sh"]
+restart = "always"
+
+[services.api]
+command = ["sh"]
+depends_on = { migrate = "completed_successfully" }
+"#;
+    check(
+        toml,
+        7,
+        "migrate",
+        "services.api.depends_on",
+        "'migrate' has restart = \"always\", so it never completes; give 'migrate' restart = \
+         \"on-failure\" or \"no\", or depend on it being \"started\" or \"ready\"",
+    );
+}
+
+// --- files and directories ---
+
+#[test]
+fn env_file_missing_or_malformed() {
+    let dir = Dir::new();
+    let toml = "[services.web]\ncommand = [\"sh\"]\nenv_file = \"app.env\"\n";
+    let e = dir.err(toml);
+    let env = dir.path().join("app.env");
+    assert_at(
+        &e,
+        toml,
+        3,
+        "\"app.env\"",
+        "services.web.env_file",
+        &format!("env file '{}' does not exist", env.display()),
+    );
+    dir.write("app.env", "A=1\n# fine\noops\n");
+    let e = dir.err(toml);
+    assert_at(
+        &e,
+        toml,
+        3,
+        "\"app.env\"",
+        "services.web.env_file",
+        &format!("{}:3: expected KEY=VALUE, found 'oops'", env.display()),
+    );
+    dir.write("app.env", "A=\"open\n");
+    let e = dir.err(toml);
+    assert_eq!(
+        e.message(),
+        format!("{}:1: unterminated double quote", env.display())
+    );
+    std::fs::remove_file(&env).unwrap();
+    dir.mkdir("app.env");
+    let e = dir.err(toml);
+    assert_eq!(
+        e.message(),
+        format!("env file '{}' is a directory", env.display())
+    );
+}
+
+#[test]
+fn env_file_not_text() {
+    let dir = Dir::new();
+    std::fs::write(dir.path().join("bin.env"), [0xff, 0xfe, b'\n']).unwrap();
+    let toml = "[services.web]\ncommand = [\"sh\"]\nenv_file = \"bin.env\"\n";
+    let e = dir.err(toml);
+    assert_at(
+        &e,
+        toml,
+        3,
+        "\"bin.env\"",
+        "services.web.env_file",
+        &format!(
+            "env file '{}' is not UTF-8 text",
+            dir.path().join("bin.env").display()
+        ),
+    );
+}
+
+#[test]
+fn cwd_missing_or_not_a_directory() {
+    let dir = Dir::new();
+    let toml = "[services.web]\ncommand = [\"sh\"]\ncwd = \"work\"\n";
+    let e = dir.err(toml);
+    let work = dir.path().join("work");
+    assert_at(
+        &e,
+        toml,
+        3,
+        "\"work\"",
+        "services.web.cwd",
+        &format!("directory '{}' does not exist", work.display()),
+    );
+    dir.write("work", "a file\n");
+    let e = dir.err(toml);
+    assert_at(
+        &e,
+        toml,
+        3,
+        "\"work\"",
+        "services.web.cwd",
+        &format!("'{}' is not a directory", work.display()),
+    );
+}
+
+// --- status and hooks ---
+
+#[test]
+fn status_listen_must_be_an_address_or_false() {
+    let service = "[services.web]\ncommand = [\"sh\"]\n";
+    check(
+        &format!("[status]\nlisten = \"localhost:7465\"\n{service}"),
+        2,
+        "\"localhost",
+        "status.listen",
+        "'localhost:7465' is not a socket address; use IP:PORT such as \"127.0.0.1:7465\", or \
+         false to turn the status server off",
+    );
+    check(
+        &format!("[status]\nlisten = true\n{service}"),
+        2,
+        "true",
+        "status.listen",
+        "true is not an address; use IP:PORT such as \"127.0.0.1:7465\", or false to turn the \
+         status server off",
+    );
+    check(
+        &format!("[status]\nlisten = 7465\n{service}"),
+        2,
+        "7465",
+        "status.listen",
+        "expected an address such as \"127.0.0.1:7465\", or false, found an integer",
+    );
+}
+
+#[test]
+fn hook_names_must_be_unique() {
+    let toml = r#"
+[services.web]
+command = ["sh"]
+
+[[hooks]]
+name = "notify"
+command = ["sh"]
+
+[[hooks]]
+name = "notify"
+command = ["sh"]
+"#;
+    check(
+        toml,
+        9,
+        "\"notify\"",
+        "hooks[2].name",
+        "hook name 'notify' is already used by hooks[1]; hook names must be unique",
+    );
+    // A default name counts too.
+    let toml = r#"
+[services.web]
+command = ["sh"]
+
+[[hooks]]
+command = ["sh"]
+
+[[hooks]]
+name = "hook-1"
+command = ["sh"]
+"#;
+    check(
+        toml,
+        8,
+        "\"hook-1\"",
+        "hooks[2].name",
+        "hook name 'hook-1' is already used by hooks[1]; hook names must be unique",
+    );
+}
+
+#[test]
+fn hooks_must_be_tables() {
+    check(
+        "hooks = [\"sh\"]\n[services.web]\ncommand = [\"sh\"]\n",
+        1,
+        "\"sh\"",
+        "hooks",
+        "expected a table, found a string",
+    );
+    check(
+        "hooks = \"sh\"\n[services.web]\ncommand = [\"sh\"]\n",
+        1,
+        "\"sh\"",
+        "hooks",
+        "expected an array of tables, found a string",
+    );
+}

@@ -1,0 +1,298 @@
+//! What the supervisor tells the world: a view of each service (current
+//! state, for `ps`, the status server and dependents) and typed events (each
+//! change, for logs, hooks and `/api/events`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tether_process::Exit;
+
+use crate::state::State;
+
+/// Everything known about one service now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub state: State,
+    /// The group leader's pid while a process runs.
+    pub pid: Option<u32>,
+    /// When it entered `state` (Unix milliseconds).
+    pub since_ms: u64,
+    /// When the current process started (Unix milliseconds).
+    pub up_since_ms: Option<u64>,
+    /// Restarts since the stack came up (not counting starts by hand).
+    pub restarts: u64,
+    /// How the last process ended, in words.
+    pub last_exit: Option<String>,
+    /// Why it is not ready, exited or failed, in words a user can act on.
+    pub last_error: Option<String>,
+    /// The last `STATUS=` the service sent on its notify socket.
+    pub status_text: Option<String>,
+    /// The service said it is busy (`BUSY=1` on its notify socket).
+    pub busy: bool,
+    /// It ran to completion with status 0 and will not be restarted.
+    pub completed: bool,
+    pub probe: ProbeStats,
+}
+
+/// Readiness and liveness probe measurements of one service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProbeStats {
+    pub count: u64,
+    pub sum_seconds: f64,
+    /// How many probes took at most each bound (cumulative).
+    pub buckets: Vec<(f64, u64)>,
+    /// Failed probes by cause (`connect.refused`: 12).
+    pub failures: BTreeMap<String, u64>,
+}
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A service changed state.
+    State {
+        service: String,
+        from: State,
+        to: State,
+        pid: Option<u32>,
+        /// Why, when it is not obvious (the exit, the failed probe, ...).
+        reason: Option<String>,
+    },
+    /// A service's process ended.
+    Exit {
+        service: String,
+        pid: u32,
+        /// In words: "exited with status 1", "was killed by SIGKILL".
+        exit: String,
+        code: Option<i32>,
+        signal: Option<i32>,
+        uptime_ms: u64,
+        /// Its last lines of output, newest last.
+        last_output: Vec<String>,
+    },
+    /// A service will be started again after a pause.
+    Restarting {
+        service: String,
+        in_ms: u64,
+        restarts: u64,
+        reason: String,
+    },
+    /// A hook could not keep up; events were dropped for it.
+    HookDropped { hook: String, dropped: u64 },
+    /// A hook sent a command.
+    HookCommand {
+        hook: String,
+        command: String,
+        service: String,
+        accepted: bool,
+        detail: Option<String>,
+    },
+    /// The whole stack: `up` once every service started (or failed), `down`
+    /// once every process is gone.
+    Stack { state: String },
+}
+
+/// The bounds of the probe duration histogram, in seconds.
+pub const PROBE_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+// === impl ProbeStats ===
+
+impl ProbeStats {
+    /// Records one probe that took `took`, and its failure cause if any.
+    pub fn observe(&mut self, took: Duration, failure: Option<&str>) {
+        if self.buckets.is_empty() {
+            self.buckets = PROBE_BUCKETS.iter().map(|b| (*b, 0)).collect();
+        }
+        let secs = took.as_secs_f64();
+        self.count += 1;
+        self.sum_seconds += secs;
+        for (bound, count) in &mut self.buckets {
+            if secs <= *bound {
+                *count += 1;
+            }
+        }
+        if let Some(cause) = failure {
+            *self.failures.entry(cause.to_string()).or_insert(0) += 1;
+        }
+    }
+}
+
+// === impl Event ===
+
+impl Event {
+    pub fn now(kind: EventKind) -> Event {
+        Event {
+            time_ms: unix_ms(SystemTime::now()),
+            kind,
+        }
+    }
+
+    /// The service the event is about, if any.
+    pub fn service(&self) -> Option<&str> {
+        match &self.kind {
+            EventKind::State { service, .. }
+            | EventKind::Exit { service, .. }
+            | EventKind::Restarting { service, .. } => Some(service),
+            EventKind::HookCommand { service, .. } => Some(service),
+            EventKind::HookDropped { .. } | EventKind::Stack { .. } => None,
+        }
+    }
+
+    /// The event's name (`state`, `exit`, ...).
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            EventKind::State { .. } => "state",
+            EventKind::Exit { .. } => "exit",
+            EventKind::Restarting { .. } => "restarting",
+            EventKind::HookDropped { .. } => "hook_dropped",
+            EventKind::HookCommand { .. } => "hook_command",
+            EventKind::Stack { .. } => "stack",
+        }
+    }
+
+    /// The event as one JSON line (no newline).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"event\":\"error\",\"detail\":{:?}}}", e.to_string()))
+    }
+}
+
+impl fmt::Display for Event {
+    /// The words of the log line for this event.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            EventKind::State {
+                service,
+                to,
+                reason,
+                pid,
+                ..
+            } => {
+                write!(f, "{service} is {to}")?;
+                if let (Some(pid), State::Starting) = (pid, to) {
+                    write!(f, " (pid {pid})")?;
+                }
+                if let Some(reason) = reason {
+                    write!(f, ": {reason}")?;
+                }
+                Ok(())
+            }
+            EventKind::Exit {
+                service,
+                exit,
+                uptime_ms,
+                ..
+            } => {
+                let up =
+                    tether_resilience::failure::human_duration(Duration::from_millis(*uptime_ms));
+                write!(f, "{service} {exit} after {up}")
+            }
+            EventKind::Restarting {
+                service,
+                in_ms,
+                reason,
+                ..
+            } => {
+                let pause =
+                    tether_resilience::failure::human_duration(Duration::from_millis(*in_ms));
+                write!(f, "{service} restarts in {pause} ({reason})")
+            }
+            EventKind::HookDropped { hook, dropped } => {
+                write!(
+                    f,
+                    "hook {hook} is not keeping up: {dropped} events dropped so far"
+                )
+            }
+            EventKind::HookCommand {
+                hook,
+                command,
+                service,
+                accepted,
+                detail,
+            } => {
+                let verdict = if *accepted { "accepted" } else { "refused" };
+                write!(f, "hook {hook} asked to {command} {service}: {verdict}")?;
+                if let Some(detail) = detail {
+                    write!(f, " ({detail})")?;
+                }
+                Ok(())
+            }
+            EventKind::Stack { state } => write!(f, "stack is {state}"),
+        }
+    }
+}
+
+/// Exit details for an event.
+pub(crate) fn exit_fields(exit: Exit) -> (Option<i32>, Option<i32>) {
+    match exit {
+        Exit::Code(code) => (Some(code), None),
+        Exit::Signal(signal) => (None, Some(signal)),
+    }
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_histogram_is_cumulative() {
+        let mut stats = ProbeStats::default();
+        stats.observe(Duration::from_micros(800), None);
+        stats.observe(Duration::from_millis(30), Some("connect.refused"));
+        stats.observe(Duration::from_secs(20), Some("connect.refused"));
+        assert_eq!(stats.count, 3);
+        assert_eq!(stats.buckets[0], (0.001, 1));
+        assert_eq!(stats.buckets[5], (0.05, 2));
+        assert_eq!(stats.buckets.last(), Some(&(10.0, 2)));
+        assert_eq!(stats.failures["connect.refused"], 2);
+    }
+
+    #[test]
+    fn events_as_json_and_words() {
+        let e = Event {
+            time_ms: 5,
+            kind: EventKind::State {
+                service: "db".into(),
+                from: State::Starting,
+                to: State::Ready,
+                pid: Some(42),
+                reason: None,
+            },
+        };
+        assert_eq!(
+            e.to_json(),
+            r#"{"time_ms":5,"event":"state","service":"db","from":"starting","to":"ready","pid":42,"reason":null}"#
+        );
+        assert_eq!(e.to_string(), "db is ready");
+        assert_eq!(e.service(), Some("db"));
+        let e = Event::now(EventKind::Restarting {
+            service: "api".into(),
+            in_ms: 200,
+            restarts: 3,
+            reason: "exited with status 1".into(),
+        });
+        assert_eq!(
+            e.to_string(),
+            "api restarts in 200ms (exited with status 1)"
+        );
+    }
+}

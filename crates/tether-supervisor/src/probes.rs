@@ -1,0 +1,108 @@
+//! A probe run again and again for one process lifetime, reporting every
+//! result to the service's runner.
+//!
+//! A readiness probe starts fast (the `tether wait` pacing: 5 ms growing to
+//! 12 ms on this machine) until the first success, then goes steady with
+//! rise/fall hysteresis. A liveness probe starts healthy (it runs once the
+//! service is ready) and turns unhealthy after `fall` failures in a row.
+
+use std::time::Duration;
+
+use tether_probe::wait::Pacing;
+use tether_probe::{Prober, Ready};
+use tether_resilience::{Failure, Health, HealthConfig, HealthTracker, Jitter, Transition};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// One probe result.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) took: Duration,
+    pub(crate) outcome: Result<Ready, Failure>,
+    /// A change of health this result caused.
+    pub(crate) transition: Option<Transition>,
+}
+
+/// How the loop begins.
+#[derive(Debug)]
+pub(crate) enum Start {
+    /// Fast until the first success (readiness while starting).
+    Fast(Pacing),
+    /// Steady, counted as healthy already (liveness).
+    Healthy,
+}
+
+/// Runs until `stop` is cancelled or the receiver is gone.
+pub(crate) async fn run(
+    mut prober: Prober,
+    health: HealthConfig,
+    start: Start,
+    reports: mpsc::Sender<Report>,
+    stop: CancellationToken,
+) {
+    let mut tracker = HealthTracker::new(health, Jitter::new());
+    if let Start::Fast(pacing) = start {
+        let mut interval = pacing.interval.start(Jitter::new());
+        let mut timeouts = pacing.timeouts;
+        loop {
+            let began = Instant::now();
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                outcome = prober.check(timeouts.current()) => outcome,
+            };
+            let ok = outcome.is_ok();
+            if let Err(f) = &outcome {
+                if f.cause.is_timeout() {
+                    timeouts.grow();
+                }
+            }
+            // One success at startup marks it healthy (Envoy, HAProxy).
+            let transition = if ok { tracker.record(true) } else { None };
+            if reports
+                .send(Report {
+                    took: began.elapsed(),
+                    outcome,
+                    transition,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if ok {
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(interval.next_delay()) => {}
+            }
+        }
+    } else {
+        tracker.record(true);
+    }
+    debug_assert_eq!(tracker.health(), Health::Healthy);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(tracker.next_interval()) => {}
+        }
+        let began = Instant::now();
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = prober.check(health.timeout()) => outcome,
+        };
+        let transition = tracker.record(outcome.is_ok());
+        if reports
+            .send(Report {
+                took: began.elapsed(),
+                outcome,
+                transition,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
