@@ -25,6 +25,8 @@ pub(crate) const STILL_READY: u8 = 6;
 /// Timed out while nothing was there (connection refused, no such socket or
 /// file, the name did not resolve yet).
 pub(crate) const ABSENT: u8 = 124;
+/// `tether ps`, `logs`, `stop`, ...: the stack is not running.
+pub(crate) const NOT_RUNNING: u8 = 7;
 /// The command after `--` exists but cannot be executed.
 pub(crate) const CANNOT_EXECUTE: u8 = 126;
 /// The command after `--` was not found.

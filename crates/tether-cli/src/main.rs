@@ -6,8 +6,11 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 #![forbid(unsafe_code)]
 
+mod client;
 mod exit;
 mod render;
+mod stack;
+mod up;
 mod wait;
 
 use std::process::ExitCode;
@@ -24,7 +27,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Up(up::UpArgs),
     Wait(wait::WaitArgs),
+    Ps(client::PsArgs),
+    Logs(client::LogsArgs),
+    /// Start a stopped or failed service of a running stack.
+    Start(client::ServiceArgs),
+    /// Stop a service of a running stack (its whole process group).
+    Stop(client::ServiceArgs),
+    /// Restart a service of a running stack at once.
+    Restart(client::ServiceArgs),
+    /// Bring a running stack down: every service, in reverse dependency order.
+    Down(client::DownArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,7 +48,14 @@ fn main() -> ExitCode {
     };
     init_logging();
     match cli.command {
+        Command::Up(args) => up::run(args),
         Command::Wait(args) => wait::run(args),
+        Command::Ps(args) => client::ps(args),
+        Command::Logs(args) => client::logs(args),
+        Command::Start(args) => client::service("start", args),
+        Command::Stop(args) => client::service("stop", args),
+        Command::Restart(args) => client::service("restart", args),
+        Command::Down(args) => client::down(args),
     }
 }
 
@@ -79,4 +100,16 @@ fn init_logging() {
         .with_target(false)
         .without_time()
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap checks its definitions only when a subcommand is parsed in a
+    /// debug build; this checks all of them (a flag used twice, ...).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

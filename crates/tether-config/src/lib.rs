@@ -66,6 +66,21 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     parse(&text, path)
 }
 
+/// The name of the stack the file at `path` describes: its top-level `name`,
+/// or the file's directory name. Reads only that much, so a client command
+/// (`tether ps`) finds a running stack even if the file has since been
+/// edited into something invalid.
+pub fn stack_name(path: &Path) -> Result<String, ConfigError> {
+    let absolute = std::path::absolute(path)
+        .map_err(|e| ConfigError::file(path, format!("cannot make the path absolute: {e}")))?;
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let named = text
+        .parse::<toml_edit::DocumentMut>()
+        .ok()
+        .and_then(|doc| doc.get("name").and_then(|n| n.as_str().map(str::to_string)));
+    Ok(named.unwrap_or_else(|| resolve::default_name(absolute.parent().unwrap_or(Path::new("/")))))
+}
+
 /// Checks `text` as the configuration file at `path` and resolves it.
 ///
 /// Does all the checks [`load`] does: relative paths in the text are taken

@@ -558,7 +558,7 @@ fn find_cycle(edges: &[Vec<usize>]) -> Option<Vec<usize>> {
 }
 
 /// The stack's default name: the directory's, made a valid name.
-fn default_name(dir: &Path) -> String {
+pub(crate) fn default_name(dir: &Path) -> String {
     let raw = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -181,7 +181,16 @@ impl fmt::Display for Event {
                 pid,
                 ..
             } => {
-                write!(f, "{service} is {to}")?;
+                let words = match to {
+                    State::Pending => "is waiting",
+                    State::Starting => "is starting",
+                    State::Ready => "is ready",
+                    State::Unready => "is not ready",
+                    State::Stopping => "is stopping",
+                    State::Exited => "exited",
+                    State::Failed => "failed",
+                };
+                write!(f, "{service} {words}")?;
                 if let (Some(pid), State::Starting) = (pid, to) {
                     write!(f, " (pid {pid})")?;
                 }

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod event;
 mod hooks;
 mod notify;

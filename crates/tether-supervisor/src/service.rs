@@ -192,7 +192,7 @@ impl Runner {
             if !again {
                 if success {
                     self.view.send_modify(|v| v.completed = true);
-                    self.set(State::Exited, None, Some(reason));
+                    self.set(State::Exited, None, Some("completed".into()));
                 } else {
                     self.set(State::Failed, None, Some(format!("{reason}; restart = no")));
                 }
@@ -596,7 +596,16 @@ impl Runner {
         let pid = child.id();
         self.set(State::Stopping, Some(pid), None);
         let signal = Signal::from_named_raw(self.config.stop_signal).unwrap_or(Signal::TERM);
-        match child.stop(signal, self.config.stop_grace).await {
+        // A kill (the second Ctrl-C) cuts the grace period short.
+        let graceful = tokio::select! {
+            report = child.stop(signal, self.config.stop_grace) => Some(report),
+            () = self.shutdown.cancelled() => None,
+        };
+        let stopped = match graceful {
+            Some(report) => report,
+            None => child.stop(Signal::KILL, Duration::ZERO).await,
+        };
+        match stopped {
             Ok(report) => {
                 if report.killed {
                     tracing::warn!(

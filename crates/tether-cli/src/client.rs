@@ -1,0 +1,249 @@
+//! The commands that talk to a running `tether up`: `ps`, `logs`, `start`,
+//! `stop`, `restart`, `down`.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use serde_json::Value;
+use tether_resilience::failure::human_duration;
+use tether_supervisor::control::{self, Request};
+
+use crate::exit;
+use crate::stack::{StackArgs, rundir_path};
+
+/// Show the services of a running stack.
+#[derive(Debug, Args)]
+pub(crate) struct PsArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+    /// Print the stack as one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Print a running stack's output: the last lines, then (with -f) what comes.
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// The stack's file (here `-f` means --follow, as in tail and docker).
+    #[arg(long = "file", value_name = "FILE", default_value = "tether.toml")]
+    file: std::path::PathBuf,
+    /// The stack's name, when its file is not at hand.
+    #[arg(long, value_name = "NAME")]
+    stack: Option<String>,
+    /// Keep printing new lines until the stack goes down.
+    #[arg(short, long)]
+    follow: bool,
+    /// How many of the last lines to print first.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    lines: usize,
+    /// Only this service.
+    service: Option<String>,
+}
+
+/// A service of a running stack.
+#[derive(Debug, Args)]
+pub(crate) struct ServiceArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+    /// The service.
+    service: String,
+}
+
+/// Which stack.
+#[derive(Debug, Args)]
+pub(crate) struct DownArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+}
+
+pub(crate) fn ps(args: PsArgs) -> ExitCode {
+    let mut answer = None;
+    let code = talk(&args.stack, &Request::Ps, |v| {
+        answer = Some(v);
+        false
+    });
+    if code != exit::READY {
+        return ExitCode::from(code);
+    }
+    let Some(answer) = answer else {
+        return ExitCode::from(exit::INTERNAL);
+    };
+    if args.json {
+        println!("{answer}");
+        return ExitCode::SUCCESS;
+    }
+    let now = tether_supervisor::event::unix_ms(SystemTime::now());
+    let services = answer["services"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<[String; 6]> = services
+        .iter()
+        .map(|s| {
+            let uptime = s["up_since_ms"]
+                .as_u64()
+                .map(|t| human_duration(Duration::from_millis(now.saturating_sub(t))))
+                .unwrap_or_default();
+            let mut detail = s["last_error"].as_str().unwrap_or_default().to_string();
+            if detail.is_empty() {
+                detail = s["status_text"].as_str().unwrap_or_default().to_string();
+            }
+            if s["busy"].as_bool() == Some(true) {
+                detail = format!("busy {detail}").trim().to_string();
+            }
+            [
+                s["name"].as_str().unwrap_or("?").to_string(),
+                s["state"].as_str().unwrap_or("?").to_string(),
+                s["pid"].as_u64().map(|p| p.to_string()).unwrap_or_default(),
+                uptime,
+                s["restarts"].as_u64().unwrap_or(0).to_string(),
+                detail,
+            ]
+        })
+        .collect();
+    let header = ["SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "DETAIL"];
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: [&str; 6]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i < 5 {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            } else {
+                out.push_str(cell);
+            }
+        }
+        out.trim_end().to_string()
+    };
+    println!("{}", line(header));
+    for r in &rows {
+        println!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
+    }
+    ExitCode::SUCCESS
+}
+
+pub(crate) fn logs(args: LogsArgs) -> ExitCode {
+    let request = Request::Logs {
+        service: args.service.clone(),
+        follow: args.follow,
+        lines: args.lines,
+    };
+    let stack = StackArgs {
+        file: args.file.clone(),
+        stack: args.stack.clone(),
+    };
+    let mut failed = None;
+    let code = talk(&stack, &request, |v| {
+        if let Some(line) = v.get("line") {
+            let service = line["service"].as_str().unwrap_or("?");
+            let text = line["text"].as_str().unwrap_or_default();
+            println!("{service} | {text}");
+        } else if let Some(n) = v.get("skipped") {
+            eprintln!("tether: ({n} lines skipped: this reader was too slow)");
+        } else if v["ok"] == false {
+            failed = v["error"].as_str().map(str::to_string);
+            return false;
+        }
+        true
+    });
+    if let Some(error) = failed {
+        eprintln!("tether: {error}");
+        return ExitCode::from(exit::USAGE);
+    }
+    ExitCode::from(code)
+}
+
+pub(crate) fn service(verb: &str, args: ServiceArgs) -> ExitCode {
+    let request = match verb {
+        "start" => Request::Start {
+            service: args.service.clone(),
+        },
+        "stop" => Request::Stop {
+            service: args.service.clone(),
+        },
+        _ => Request::Restart {
+            service: args.service.clone(),
+        },
+    };
+    let mut result = None;
+    let code = talk(&args.stack, &request, |v| {
+        result = Some(v);
+        false
+    });
+    if code != exit::READY {
+        return ExitCode::from(code);
+    }
+    match result {
+        Some(v) if v["ok"] == true => {
+            let done = match verb {
+                "start" => "starting",
+                "stop" => "stopped",
+                _ => "restarting",
+            };
+            println!("tether: {} {done}", args.service);
+            ExitCode::SUCCESS
+        }
+        Some(v) => {
+            eprintln!("tether: {}", v["error"].as_str().unwrap_or("failed"));
+            ExitCode::from(exit::USAGE)
+        }
+        None => ExitCode::from(exit::INTERNAL),
+    }
+}
+
+pub(crate) fn down(args: DownArgs) -> ExitCode {
+    let code = talk(&args.stack, &Request::Down, |_| false);
+    if code == exit::READY {
+        if let Ok(name) = args.stack.name() {
+            println!("tether: stack '{name}' is down");
+        }
+    }
+    ExitCode::from(code)
+}
+
+/// Sends `request` to the stack and feeds each answer to `each` until it
+/// says stop. Returns an exit code.
+fn talk(stack: &StackArgs, request: &Request, each: impl FnMut(Value) -> bool) -> u8 {
+    let name = match stack.name() {
+        Ok(name) => name,
+        Err(e) => {
+            eprintln!("tether: {e}");
+            return exit::USAGE;
+        }
+    };
+    let socket = rundir_path(&name).join("control.sock");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether: cannot start: {e}");
+            return exit::INTERNAL;
+        }
+    };
+    match runtime.block_on(control::request(&socket, request, each)) {
+        Ok(()) => exit::READY,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            eprintln!(
+                "tether: stack '{name}' is not running (nothing answers at {})",
+                socket.display()
+            );
+            exit::NOT_RUNNING
+        }
+        Err(e) => {
+            eprintln!("tether: stack '{name}': {e}");
+            exit::INTERNAL
+        }
+    }
+}
