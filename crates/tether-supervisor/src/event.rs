@@ -88,6 +88,12 @@ pub enum EventKind {
         restarts: u64,
         reason: String,
     },
+    /// A hook ended; it starts again after `in_ms`.
+    HookExited {
+        hook: String,
+        exit: String,
+        in_ms: u64,
+    },
     /// A hook could not keep up; events were dropped for it.
     HookDropped { hook: String, dropped: u64 },
     /// A hook sent a command.
@@ -147,7 +153,9 @@ impl Event {
             | EventKind::Exit { service, .. }
             | EventKind::Restarting { service, .. } => Some(service),
             EventKind::HookCommand { service, .. } => Some(service),
-            EventKind::HookDropped { .. } | EventKind::Stack { .. } => None,
+            EventKind::HookDropped { .. }
+            | EventKind::HookExited { .. }
+            | EventKind::Stack { .. } => None,
         }
     }
 
@@ -158,6 +166,7 @@ impl Event {
             EventKind::Exit { .. } => "exit",
             EventKind::Restarting { .. } => "restarting",
             EventKind::HookDropped { .. } => "hook_dropped",
+            EventKind::HookExited { .. } => "hook_exited",
             EventKind::HookCommand { .. } => "hook_command",
             EventKind::Stack { .. } => "stack",
         }
@@ -218,6 +227,11 @@ impl fmt::Display for Event {
                 let pause =
                     tether_resilience::failure::human_duration(Duration::from_millis(*in_ms));
                 write!(f, "{service} restarts in {pause} ({reason})")
+            }
+            EventKind::HookExited { hook, exit, in_ms } => {
+                let pause =
+                    tether_resilience::failure::human_duration(Duration::from_millis(*in_ms));
+                write!(f, "hook {hook} {exit}; it starts again in {pause}")
             }
             EventKind::HookDropped { hook, dropped } => {
                 write!(

@@ -54,11 +54,13 @@ pub(crate) async fn run(
                     backoff.reset();
                 }
                 let pause = backoff.next_delay();
-                tracing::warn!(
-                    "hook {} {words}; starting it again in {}",
-                    hook.name,
-                    tether_resilience::failure::human_duration(pause)
-                );
+                let event = Event::now(EventKind::HookExited {
+                    hook: hook.name.clone(),
+                    exit: words,
+                    in_ms: pause.as_millis() as u64,
+                });
+                tracing::warn!("{event}");
+                let _ = handle.event_sender().send(event);
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(pause) => {}

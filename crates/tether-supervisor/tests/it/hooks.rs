@@ -94,3 +94,34 @@ async fn a_hook_that_never_reads_blocks_nothing() {
     stack.until_state("steady", State::Ready).await;
     stack.down().await;
 }
+
+#[tokio::test]
+async fn a_hook_that_ends_is_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("starts");
+    let script = format!("open({:?}, 'a').write('x')", count.display().to_string());
+    let mut stack = Stack::launch_with(
+        vec![sh("svc", "exec sleep 1000")],
+        vec![hook("brief", &script)],
+    );
+    stack.until_state("svc", State::Ready).await;
+    for _ in 0..2 {
+        let exited = stack
+            .until("the hook to end", |e| {
+                matches!(e.kind, EventKind::HookExited { .. })
+            })
+            .await;
+        let EventKind::HookExited { hook, exit, .. } = exited.kind else {
+            panic!()
+        };
+        assert_eq!(
+            (hook.as_str(), exit.as_str()),
+            ("brief", "exited with status 0")
+        );
+    }
+    assert!(
+        std::fs::read_to_string(&count).unwrap().len() >= 2,
+        "started at least twice"
+    );
+    stack.down().await;
+}

@@ -326,3 +326,116 @@ async fn stop_start_and_restart_by_hand() {
     );
     stack.down().await;
 }
+
+#[tokio::test]
+async fn a_waiting_dependent_waits_through_its_dependencys_restarts() {
+    // db fails its first start, then comes up: api must wait, not fail.
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("tried");
+    let script = format!(
+        "if [ -e {flag} ]; then exec {py} {svc} --port {port}; else touch {flag}; echo first start fails >&2; exit 1; fi",
+        flag = flag.display(),
+        py = python().display(),
+        svc = tether_test::peers::peer_script("http_service.py").display(),
+    );
+    let mut db = sh("db", &script);
+    db.ready = Readiness::Probe(Box::new(probe(&format!("http://127.0.0.1:{port}/health"))));
+    let mut api = sh("api", "exec sleep 1000");
+    depends(&mut api, "db", Condition::Ready);
+    let mut stack = Stack::launch(vec![db, api]);
+    stack
+        .until(
+            "db to restart",
+            |e| matches!(&e.kind, EventKind::Restarting { service, .. } if service == "db"),
+        )
+        .await;
+    assert_eq!(stack.view("api").state, State::Pending, "api still waits");
+    assert!(
+        stack
+            .view("api")
+            .last_error
+            .unwrap()
+            .starts_with("waiting for db to be ready")
+    );
+    stack.reached("api", State::Ready).await;
+    assert!(
+        stack.order_of(State::Failed).is_empty(),
+        "{:#?}",
+        stack.seen
+    );
+    stack.down().await;
+}
+
+#[tokio::test]
+async fn busy_flag_status_and_watchdog_over_the_notify_socket() {
+    // Ready, then busy, then silent: the watchdog restarts it.
+    let script = "import os, socket, time\n\
+        def say(m):\n    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(m.encode(), os.environ['NOTIFY_SOCKET'])\n\
+        say('READY=1\\nSTATUS=crunching\\nBUSY=1')\n\
+        for _ in range(3):\n    time.sleep(0.1); say('WATCHDOG=1')\n\
+        time.sleep(1000)\n";
+    let mut svc = quick(tether_supervisor::config::ServiceConfig::new(
+        "svc",
+        vec![python().display().to_string(), "-c".into(), script.into()],
+    ));
+    svc.ready = Readiness::Notify;
+    svc.watchdog = Some(Duration::from_millis(400));
+    let mut stack = Stack::launch(vec![svc]);
+    stack.until_state("svc", State::Ready).await;
+    let heartbeat = stack.handle.rundir().heartbeat("svc");
+    tether_test::within("the busy flag", async {
+        loop {
+            let view = stack.view("svc");
+            if view.busy && view.status_text.as_deref() == Some("crunching") {
+                break;
+            }
+            stack.handle.changed().await;
+        }
+    })
+    .await;
+    let beat: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&heartbeat).unwrap()).unwrap();
+    assert_eq!(
+        (beat["busy"].as_bool(), beat["status"].as_str()),
+        (Some(true), Some("crunching")),
+        "{beat}"
+    );
+    let restarting = stack
+        .until("the watchdog", |e| {
+            matches!(e.kind, EventKind::Restarting { .. })
+        })
+        .await;
+    let EventKind::Restarting { reason, .. } = restarting.kind else {
+        panic!()
+    };
+    assert_eq!(reason, "no WATCHDOG=1 within 400ms");
+    stack.down().await;
+}
+
+#[tokio::test]
+async fn output_goes_to_the_log_file_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("logs/svc.log");
+    let mut svc = sh("svc", "echo one; echo two >&2; exec sleep 1000");
+    svc.log_file = Some(log.clone());
+    let mut stack = Stack::launch(vec![svc]);
+    let mut output = stack.handle.output().subscribe();
+    stack.until_state("svc", State::Ready).await;
+    tether_test::within("two lines", async {
+        let mut n = stack.handle.output().recent(Some("svc")).len();
+        while n < 2 {
+            output.recv().await.unwrap();
+            n = stack.handle.output().recent(Some("svc")).len();
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("one\n") && text.contains("two\n"), "{text:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    stack.down().await;
+}
