@@ -187,27 +187,29 @@ async fn on_signals(handle: Handle, kill: CancellationToken, voice: Voice) {
     kill.cancel();
 }
 
-/// Feeds the status server: a snapshot on every event (and every second,
-/// for uptimes), and every event.
+/// Feeds the status server: a snapshot after every event, and every event.
+/// Nothing ticks: uptimes are computed when asked, from `up_since`.
 fn bridge(
     handle: &Handle,
     stop: CancellationToken,
 ) -> (watch::Receiver<Snapshot>, broadcast::Sender<StatusEvent>) {
+    // Subscribe before the first snapshot: every change after it arrives as
+    // an event, so the snapshot is never left behind.
+    let mut incoming = handle.events();
     let (snapshots, rx) = watch::channel(snapshot(handle));
     let (events, _) = broadcast::channel(1024);
     let handle = handle.clone();
     let out = events.clone();
     tokio::spawn(async move {
-        let mut incoming = handle.events();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = tick.tick() => {}
                 event = incoming.recv() => match event {
                     Ok(event) => {
                         let _ = out.send(status_event(&event));
                     }
+                    // Missed events: the snapshot below is rebuilt from the
+                    // views, which are always current.
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 },

@@ -19,8 +19,9 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// Becomes subreaper and starts reaping on every SIGCHLD, and once a
-    /// second in case a signal was coalesced with one a `Child` consumed.
+    /// Becomes subreaper and starts reaping on every SIGCHLD. Each wake-up
+    /// reaps every exited orphan, so signals the kernel coalesces lose
+    /// nothing; a sweep once a minute is a safety net, and the only timer.
     ///
     /// # Errors
     ///
@@ -29,7 +30,7 @@ impl Reaper {
         set_child_subreaper(Some(getpid()))?;
         let mut sigchld = signal(SignalKind::child())?;
         let task = tokio::spawn(async move {
-            let mut sweep = tokio::time::interval(Duration::from_secs(1));
+            let mut sweep = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,

@@ -90,8 +90,6 @@ enum DepsWait {
 
 /// How many lines of output go with an exit.
 const EXIT_TAIL: usize = 5;
-/// How often a running service's heartbeat file is rewritten.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 impl Runner {
     pub(crate) fn new(
@@ -367,7 +365,6 @@ impl Runner {
         let mut start_deadline = started + self.config.start_deadline;
         let mut last_probe_failure: Option<String> = None;
         let mut watchdog = self.config.watchdog.map(|d| (d, Instant::now() + d));
-        let mut heartbeat_tick = tokio::time::interval(HEARTBEAT_EVERY);
 
         loop {
             if ready && !liveness_started {
@@ -457,7 +454,6 @@ impl Runner {
                         }
                     }
                 }
-                _ = heartbeat_tick.tick() => self.write_heartbeat(),
                 command = self.commands.recv() => match command {
                     Some(Command::Start) => {}
                     Some(Command::Stop(reply)) => {

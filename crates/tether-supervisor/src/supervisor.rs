@@ -147,6 +147,7 @@ pub fn launch(
             runners_stop.clone(),
         ));
     }
+    tasks.spawn(refresh_heartbeats(handle.clone(), runners_stop.clone()));
     let order = StopOrder::new(&config);
     let task = tokio::spawn(serve(
         requests_rx,
@@ -223,6 +224,32 @@ async fn serve(
     }));
     if let Some(reply) = reply_down {
         let _ = reply.send(());
+    }
+}
+
+/// How often the heartbeat files of running services are rewritten (each is
+/// also rewritten on every change): often enough for a `max-age=30s` check,
+/// rare enough to cost nothing (one timer for the whole stack).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+async fn refresh_heartbeats(handle: Handle, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for view in handle.views().iter().filter(|v| v.state.is_running()) {
+            let path = handle.rundir().heartbeat(&view.name);
+            if let Err(e) = crate::rundir::write_heartbeat(&path, view) {
+                tracing::debug!(
+                    "{}: cannot write heartbeat {}: {e}",
+                    view.name,
+                    path.display()
+                );
+            }
+        }
     }
 }
 

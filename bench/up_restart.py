@@ -1,0 +1,558 @@
+#!/usr/bin/env python3
+"""Crash to ready again: how long a crashed service is away under
+`tether up` (restart = "always", ready = its /health) and under supervisord
+(autorestart=true), beside the service's own start-up.
+
+The service (up_service.py) is Python's http.server on 127.0.0.1; once it
+listens it sends one UDP datagram, "<time.monotonic_ns()> <pid>", to this
+harness, so each instance's start is known to the microsecond without polling
+(CLOCK_MONOTONIC is one clock for every process).
+
+Subjects, each with its own copy of the service (own port, own report
+socket), all running at once:
+- direct: the harness itself spawns the service; its "restart" is a spawn
+  right after the kill, so crash -> listening - (kill -> spawn) is the
+  service's own start-up (spawn -> listening), taken under the same
+  conditions as the restarts;
+- tether, once per --delays value (restart_delay), with stable_after =
+  --stable-after (under the dwell, so every crash is a first restart and its
+  pause is restart_delay +/- 20 % jitter) and a crash-loop limit far above
+  --crashes;
+- supervisord, startsecs = --supervisord-startsecs (0, the lowest it allows),
+  startretries = 1000.
+
+--crashes rounds; in each, every subject in turn (the order rotates each
+round, so load drifts hit all alike): wait --dwell seconds with the instance
+up, take t0, SIGKILL the instance's pid, take t1 from the next instance's
+datagram. crash -> listening = t1 - t0. For tether also, from its --json
+events: the backoff it chose (`restarting` in_ms), when it saw the exit,
+spawned the new process and declared it ready (the ready event's line
+arriving at this harness, on its monotonic clock; the event's own time_ms,
+wall clock with ms precision, converted, beside it). The next kill waits
+until tether has declared the instance ready.
+
+Goal: tether's crash -> ready at most the service's own start-up (median)
++ 10 ms + the backoff it chose, judged on the median of (crash -> ready -
+backoff).
+
+Python 3 standard library only. Exit 0 when every crash was followed by a
+restart and nothing was left running, 1 otherwise, 2 when a tool is missing,
+3 with --check-goals when a goal is missed.
+"""
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+import benchlib as b
+import uplib as u
+
+SERVICE = str(b.BENCH_DIR / "up_service.py")
+GOAL_SLACK_MS = 10.0
+# Per crash: how long the next instance may take to be up (and ready).
+BOUND_S = 15.0
+DIRECT = "direct"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--crashes", type=int, default=30, help="crashes per subject (default: %(default)s)")
+    p.add_argument(
+        "--delays",
+        default="100ms,10ms",
+        help="tether restart_delay values, one stack each (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stable-after",
+        default="250ms",
+        help="tether stable_after: under the dwell, so the backoff starts over each time (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dwell",
+        type=float,
+        default=0.5,
+        help="seconds an instance stays up (after it is up, and ready for tether) before its kill (default: %(default)s)",
+    )
+    p.add_argument(
+        "--supervisord-startsecs",
+        type=int,
+        default=0,
+        help="supervisord startsecs (default: %(default)s, the lowest allowed)",
+    )
+    p.add_argument(
+        "--python",
+        default="/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable,
+        help="the interpreter of the service (default: %(default)s)",
+    )
+    p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
+    u.add_tool_args(p, (u.TETHER, u.SUPERVISORD))
+    args = p.parse_args()
+    if not 1 <= args.crashes <= 1000:
+        p.error("--crashes must be between 1 and 1000")
+    if not 0.3 <= args.dwell <= 30:
+        p.error("--dwell must be between 0.3 and 30 seconds")
+    delays = [d.strip() for d in args.delays.split(",") if d.strip()]
+
+    tools, missing = u.selected_tools(args, (u.TETHER, u.SUPERVISORD))
+    tcp_at_start = b.tcp_sockets()
+    if not b.become_subreaper():
+        print("warning: could not become a child subreaper", file=sys.stderr)
+    versions = u.versions(args, tools)
+
+    subjects = [Direct(args)]
+    if u.TETHER in tools:
+        subjects += [Tether(args, delay) for delay in delays]
+    if u.SUPERVISORD in tools:
+        subjects.append(Supervisord(args))
+    try:
+        for s in subjects:
+            print(f"starting {s.label}...", file=sys.stderr)
+            s.start()
+        live = [s for s in subjects if not s.run["failures"]]
+        print(f"{args.crashes} rounds of crashes: {', '.join(s.label for s in live)}...", file=sys.stderr)
+        for i in range(args.crashes):
+            k = i % len(live) if live else 0
+            for s in live[k:] + live[:k]:
+                if s.run["failures"]:
+                    continue
+                time.sleep(args.dwell)
+                s.crash(i)
+            if (i + 1) % 10 == 0:
+                print(f"  {i + 1} rounds done", file=sys.stderr)
+    finally:
+        for s in subjects:
+            s.stop()
+
+    runs = [s.run for s in subjects]
+    failed = any(r["failures"] or r["leftovers"] for r in runs)
+    m = b.machine()
+    m["tcp_sockets_at_start"] = tcp_at_start
+    results = {"args": vars(args), "versions": versions, "machine": m, "runs": runs}
+    goals_ok = report(args, runs, missing, m, versions)
+    b.write_json(args.json, results)
+    if missing:
+        return b.EXIT_TOOL_MISSING
+    if failed:
+        return b.EXIT_RUN_FAILED
+    if args.check_goals and not goals_ok:
+        return b.EXIT_GOAL_MISSED
+    return b.EXIT_OK
+
+
+# --- Measuring ------------------------------------------------------------------
+
+
+def recv_up(sock, deadline_ns, not_pid=None):
+    """The next instance's datagram: (t_listen_ns, pid), or None at the
+    deadline. Datagrams from `not_pid` (the instance just killed) are
+    skipped."""
+    while True:
+        left = (deadline_ns - time.monotonic_ns()) / 1e9
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        try:
+            data, _ = sock.recvfrom(256)
+        except socket.timeout:
+            return None
+        try:
+            t, pid = (int(x) for x in data.split())
+        except ValueError:
+            continue
+        if pid != not_pid:
+            return t, pid
+
+
+def deadline(seconds=BOUND_S):
+    return time.monotonic_ns() + int(seconds * 1e9)
+
+
+class Subject:
+    """One copy of the service under one supervisor (or none)."""
+
+    def __init__(self, args, tool, label):
+        self.args = args
+        self.mark = u.new_mark()
+        self.port = u.free_port()
+        self.reporter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.reporter.bind(("127.0.0.1", 0))
+        self.tmp = tempfile.mkdtemp(prefix="up-restart-")
+        self.pid = None
+        self.proc = None
+        self.run = {"tool": tool, "label": label, "crashes": [], "failures": [], "leftovers": []}
+
+    @property
+    def label(self):
+        return self.run["label"]
+
+    def service_argv(self):
+        return [
+            self.args.python,
+            SERVICE,
+            "--port",
+            str(self.port),
+            "--report-port",
+            str(self.reporter.getsockname()[1]),
+        ]
+
+    def env(self):
+        env = dict(os.environ)
+        env[u.MARK_VAR] = self.mark
+        return env
+
+    def fail(self, why):
+        self.run["failures"].append(why)
+
+    def first_up(self):
+        got = recv_up(self.reporter, deadline())
+        if got is None:
+            self.fail(f"the service was not up within {BOUND_S:g} s of the start")
+        else:
+            self.pid = got[1]
+        return got
+
+    def stop(self):
+        self.reporter.close()
+        self.run["leftovers"] = [
+            f"{pid} {comm} ({state})" for pid, (state, comm) in sorted(u.kill_marked(self.mark).items())
+        ]
+
+
+class Direct(Subject):
+    def __init__(self, args):
+        super().__init__(args, DIRECT, "direct spawn (no supervisor)")
+        self.run["argv"] = self.service_argv()
+
+    def start(self):
+        self.proc = u.Proc(self.service_argv(), self.env())
+        self.first_up()
+
+    def crash(self, i):
+        t0 = time.monotonic_ns()
+        os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait(5)
+        self.proc = u.Proc(self.service_argv(), self.env())
+        got = recv_up(self.reporter, deadline())
+        if got is None or got[1] != self.proc.pid:
+            self.fail(f"crash {i}: the new instance was not up within {BOUND_S:g} s")
+            return
+        t1, self.pid = got
+        self.run["crashes"].append(
+            {
+                "crash_to_listening_ns": t1 - t0,
+                "crash_to_spawn_ns": self.proc.t_start - t0,
+                "spawn_to_listening_ns": t1 - self.proc.t_start,
+            }
+        )
+
+    def stop(self):
+        if self.proc is not None and self.proc.running():
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        super().stop()
+
+
+class Tether(Subject):
+    def __init__(self, args, delay):
+        super().__init__(args, u.TETHER, f"tether, restart_delay {delay}")
+        self.xdg = os.path.join(self.tmp, "run")
+        os.mkdir(self.xdg)
+        self.config = os.path.join(self.tmp, "tether.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                f"""name = "restart"
+
+[defaults]
+restart = "always"
+restart_delay = {u.toml_str(delay)}
+stable_after = {u.toml_str(args.stable_after)}
+crash_loop = {{ exits = {args.crashes * 10 + 100}, window = "60s" }}
+
+[services.svc]
+command = {u.toml_argv(self.service_argv())}
+ready = "http://127.0.0.1:{self.port}/health"
+"""
+            )
+        self.run["restart_delay"] = delay
+        self.run["config"] = open(self.config).read()
+        self.run["argv"] = [args.tether, "up", "-f", self.config, "--no-status", "--json"]
+        self.events = None
+
+    def start(self):
+        env = u.tether_env(self.xdg, self.mark)
+        self.proc = u.Proc(self.run["argv"], env, stderr=os.path.join(self.tmp, "stderr"), lines=True)
+        self.events = u.Events(self.proc)
+        got = self.first_up()
+        if got and not self.events.until(lambda e: is_ready(e, got[1]), BOUND_S):
+            self.fail(f"the service was not ready within {BOUND_S:g} s of the start")
+
+    def crash(self, i):
+        self.events.drain()
+        since = len(self.events.seen)
+        old = self.pid
+        t0 = time.monotonic_ns()
+        os.kill(old, signal.SIGKILL)
+        got = recv_up(self.reporter, t0 + int(BOUND_S * 1e9), not_pid=old)
+        if got is None:
+            self.fail(f"crash {i}: no new instance within {BOUND_S:g} s")
+            return
+        t1, new = got
+        self.pid = new
+        ready = self.events.until(lambda e: is_ready(e, new), BOUND_S)
+        if ready is None:
+            self.fail(f"crash {i}: new instance {new} listening, but not ready within {BOUND_S:g} s")
+            return
+        window = self.events.seen[since:]
+        exit_ev = first(window, lambda e: e.get("event") == "exit" and e.get("pid") == old)
+        restarting = first(window, lambda e: e.get("event") == "restarting")
+        starting = first(
+            window, lambda e: e.get("event") == "state" and e.get("to") == "starting" and e.get("pid") == new
+        )
+        self.run["crashes"].append(
+            {
+                "crash_to_listening_ns": t1 - t0,
+                "crash_to_ready_ns": ready["_t"] - t0,
+                "crash_to_ready_event_ns": ready["_mono"] - t0,
+                "listening_to_ready_ns": ready["_t"] - t1,
+                "backoff_ms": restarting["in_ms"] if restarting else None,
+                "crash_to_exit_seen_ns": exit_ev["_mono"] - t0 if exit_ev else None,
+                "crash_to_spawn_ns": starting["_mono"] - t0 if starting else None,
+                "spawn_to_listening_ns": t1 - starting["_mono"] if starting else None,
+                "old_pid": old,
+                "new_pid": new,
+            }
+        )
+
+    def stop(self):
+        if self.proc is not None:
+            env = u.clean_env()
+            env["XDG_RUNTIME_DIR"] = self.xdg
+            if self.proc.running():
+                _, _, code = u.bounded([self.args.tether, "down", "-f", self.config], env, 30)
+                if code != 0:
+                    self.fail(f"tether down: exit {code}")
+            if not self.proc.wait(15):
+                self.fail("tether up did not exit within 15 s of tether down")
+        super().stop()
+
+
+class Supervisord(Subject):
+    def __init__(self, args):
+        super().__init__(args, u.SUPERVISORD, f"supervisord, startsecs={args.supervisord_startsecs}")
+        keys = {
+            "autorestart": "true",
+            "startsecs": str(args.supervisord_startsecs),
+            "startretries": "1000",
+            "stopwaitsecs": "5",
+            "stopasgroup": "true",
+            "killasgroup": "true",
+        }
+        self.conf = u.supervisord_conf(self.tmp, [("svc", self.service_argv(), keys)])
+        self.run["config"] = open(self.conf).read()
+        self.run["argv"] = [args.supervisord, "-n", "-c", self.conf]
+
+    def start(self):
+        self.proc = u.Proc(
+            self.run["argv"],
+            self.env(),
+            stdout=os.path.join(self.tmp, "stdout"),
+            stderr=os.path.join(self.tmp, "stderr"),
+        )
+        self.first_up()
+
+    def crash(self, i):
+        old = self.pid
+        t0 = time.monotonic_ns()
+        os.kill(old, signal.SIGKILL)
+        got = recv_up(self.reporter, t0 + int(BOUND_S * 1e9), not_pid=old)
+        if got is None:
+            self.fail(f"crash {i}: no new instance within {BOUND_S:g} s")
+            return
+        t1, self.pid = got
+        self.run["crashes"].append({"crash_to_listening_ns": t1 - t0, "old_pid": old, "new_pid": self.pid})
+
+    def stop(self):
+        if self.proc is not None:
+            if self.proc.running():
+                u.supervisorctl(self.args, self.conf, "shutdown")
+            if not self.proc.wait(20):
+                self.fail("supervisord did not exit within 20 s of supervisorctl shutdown")
+        super().stop()
+
+
+def is_ready(event, pid):
+    return event.get("event") == "state" and event.get("to") == "ready" and event.get("pid") == pid
+
+
+def first(events, pred):
+    for e in events:
+        if pred(e):
+            return e
+    return None
+
+
+# --- Reporting ------------------------------------------------------------------
+
+
+def col(run, key):
+    return [c[key] for c in run["crashes"] if c.get(key) is not None]
+
+
+def med_ms(values_ns):
+    return statistics.median(values_ns) / 1e6 if values_ns else None
+
+
+def report(args, runs, missing, m, versions):
+    direct = next(r for r in runs if r["tool"] == DIRECT)
+    s = b.summary_ms(col(direct, "spawn_to_listening_ns"))
+    u.print_header(
+        "Crash → ready again",
+        m,
+        [
+            f"Versions: {', '.join(versions.values()) or '-'}. "
+            f"Service: `{' '.join(direct['argv'])}` (each subject has its own port)."
+        ],
+    )
+    print(
+        f"{args.crashes} rounds; in each, every subject's instance is SIGKILLed once, after it has been up "
+        f"{args.dwell:g} s (order rotating per round).\n"
+    )
+    print("### The service's own start-up (spawned directly by the harness right after the kill)\n")
+    print(
+        b.table(
+            ["", "runs", "failed", "median ms", "p95 ms", "mean ms", "min ms", "max ms"],
+            [["spawn → listening", len(direct["crashes"]), len(direct["failures"]), *summary_cells(s)]],
+        )
+    )
+    print()
+
+    print("### Crash → listening again\n")
+    rows = []
+    for r in runs:
+        sm = b.summary_ms(col(r, "crash_to_listening_ns"))
+        rows.append([r["label"], len(r["crashes"]), len(r["failures"]), *summary_cells(sm), len(r["leftovers"])])
+    for tool, msg in missing.items():
+        rows.append([tool, "-", "-", "not measured: " + msg.split(":")[0], "-", "-", "-", "-", "-"])
+    print(
+        b.table(
+            ["subject", "crashes", "failed", "median ms", "p95 ms", "mean ms", "min ms", "max ms", "left running"],
+            rows,
+        )
+    )
+    print(
+        "\nSIGKILL to the next instance's datagram (it listens). For `direct`, the harness spawns the next "
+        "instance itself as soon as it has reaped the old one."
+    )
+    print()
+
+    goals_ok = True
+    tether_runs = [r for r in runs if r["tool"] == u.TETHER]
+    if tether_runs:
+        print("### tether: crash → ready, and where the time goes (medians, ms)\n")
+        rows = []
+        for r in tether_runs:
+            rows.append(
+                [
+                    r["label"],
+                    statistics.median(col(r, "backoff_ms")) if col(r, "backoff_ms") else None,
+                    med_ms(col(r, "crash_to_exit_seen_ns")),
+                    med_ms(col(r, "crash_to_spawn_ns")),
+                    med_ms(col(r, "spawn_to_listening_ns")),
+                    med_ms(col(r, "listening_to_ready_ns")),
+                    med_ms(col(r, "crash_to_ready_ns")),
+                    med_ms(col(r, "crash_to_ready_event_ns")),
+                ]
+            )
+        print(
+            b.table(
+                [
+                    "run",
+                    "backoff (in_ms)",
+                    "crash → exit seen",
+                    "crash → respawn",
+                    "respawn → listening",
+                    "listening → ready",
+                    "crash → ready (line arrival)",
+                    "crash → ready (event time_ms)",
+                ],
+                rows,
+            )
+        )
+        print(
+            "\nEvent times (time_ms) are wall-clock milliseconds turned into the monotonic clock: ±1 ms. "
+            "crash → ready (line arrival) is when the ready event's line reached this harness."
+        )
+        print("\n### tether: crash → ready minus its backoff, against the goal\n")
+        startup_med = s["median"] if s else None
+        rows = []
+        for r in tether_runs:
+            net = [
+                c["crash_to_ready_ns"] - c["backoff_ms"] * 1_000_000
+                for c in r["crashes"]
+                if c.get("backoff_ms") is not None
+            ]
+            sm = b.summary_ms(net)
+            over = None
+            if startup_med is not None:
+                over = sum(1 for v in net if v / 1e6 > startup_med + GOAL_SLACK_MS)
+            ok = sm is not None and startup_med is not None and sm["median"] <= startup_med + GOAL_SLACK_MS
+            ok = ok and not r["failures"]
+            goals_ok &= ok
+            r["goal"] = {
+                "bound_ms": None if startup_med is None else startup_med + GOAL_SLACK_MS,
+                "net_median_ms": sm and sm["median"],
+                "met": ok,
+            }
+            rows.append(
+                [
+                    r["label"],
+                    *(summary_cells(sm)[:2]),
+                    sm and sm["max"],
+                    None if startup_med is None else startup_med + GOAL_SLACK_MS,
+                    f"{over}/{len(net)}" if over is not None else "-",
+                    "met" if ok else "MISSED",
+                ]
+            )
+        print(
+            b.table(
+                [
+                    "run",
+                    "median ms",
+                    "p95 ms",
+                    "max ms",
+                    "bound: start-up median + 10 ms",
+                    "crashes over the bound",
+                    "goal (median)",
+                ],
+                rows,
+            )
+        )
+        print(
+            f"\nGoal: crash → ready ≤ the service's own start-up ({fmt_ms(startup_med)} median) "
+            f"+ {GOAL_SLACK_MS:g} ms + the backoff tether chose."
+        )
+    for r in runs:
+        for f in r["failures"]:
+            print(f"\nFAILED ({r['label']}): {f}")
+        if r["leftovers"]:
+            print(f"\nFAILED ({r['label']}): processes left running: {', '.join(r['leftovers'])}")
+    return goals_ok
+
+
+def summary_cells(sm):
+    if not sm:
+        return ["-"] * 5
+    return [sm["median"], sm["p95"], sm["mean"], sm["min"], sm["max"]]
+
+
+def fmt_ms(x):
+    return "-" if x is None else f"{x:.2f} ms"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
