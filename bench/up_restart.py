@@ -79,6 +79,13 @@ def main():
         help="seconds an instance stays up (after it is up, and ready for tether) before its kill (default: %(default)s)",
     )
     p.add_argument(
+        "--ready",
+        default="http",
+        help="comma-separated readiness checks for the tether stacks: http (the service's /health), "
+        "tcp (its port), none (ready once spawned; crash -> ready is then meaningless, but it shows "
+        "what the probe costs the service's start-up) (default: %(default)s)",
+    )
+    p.add_argument(
         "--supervisord-startsecs",
         type=int,
         default=0,
@@ -97,6 +104,10 @@ def main():
     if not 0.3 <= args.dwell <= 30:
         p.error("--dwell must be between 0.3 and 30 seconds")
     delays = [d.strip() for d in args.delays.split(",") if d.strip()]
+    readies = [r.strip() for r in args.ready.split(",") if r.strip()]
+    for r in readies:
+        if r not in ("http", "tcp", "none"):
+            p.error(f"--ready: unknown check {r!r}")
 
     tools, missing = u.selected_tools(args, (u.TETHER, u.SUPERVISORD))
     tcp_at_start = b.tcp_sockets()
@@ -106,7 +117,7 @@ def main():
 
     subjects = [Direct(args)]
     if u.TETHER in tools:
-        subjects += [Tether(args, delay) for delay in delays]
+        subjects += [Tether(args, delay, ready) for ready in readies for delay in delays]
     if u.SUPERVISORD in tools:
         subjects.append(Supervisord(args))
     try:
@@ -134,10 +145,11 @@ def main():
     m["tcp_sockets_at_start"] = tcp_at_start
     results = {"args": vars(args), "versions": versions, "machine": m, "runs": runs}
     goals_ok = report(args, runs, missing, m, versions)
+    clean = u.final_check()
     b.write_json(args.json, results)
     if missing:
         return b.EXIT_TOOL_MISSING
-    if failed:
+    if failed or not clean:
         return b.EXIT_RUN_FAILED
     if args.check_goals and not goals_ok:
         return b.EXIT_GOAL_MISSED
@@ -258,8 +270,17 @@ class Direct(Subject):
 
 
 class Tether(Subject):
-    def __init__(self, args, delay):
-        super().__init__(args, u.TETHER, f"tether, restart_delay {delay}")
+    def __init__(self, args, delay, ready="http"):
+        label = f"tether, restart_delay {delay}"
+        if ready != "http":
+            label += f", ready = {ready}"
+        super().__init__(args, u.TETHER, label)
+        self.ready = ready
+        ready_line = {
+            "http": f'ready = "http://127.0.0.1:{self.port}/health"\n',
+            "tcp": f'ready = "tcp://127.0.0.1:{self.port}"\n',
+            "none": "",
+        }[ready]
         self.xdg = os.path.join(self.tmp, "run")
         os.mkdir(self.xdg)
         self.config = os.path.join(self.tmp, "tether.toml")
@@ -275,10 +296,10 @@ crash_loop = {{ exits = {args.crashes * 10 + 100}, window = "60s" }}
 
 [services.svc]
 command = {u.toml_argv(self.service_argv())}
-ready = "http://127.0.0.1:{self.port}/health"
-"""
+{ready_line}"""
             )
         self.run["restart_delay"] = delay
+        self.run["ready"] = ready
         self.run["config"] = open(self.config).read()
         self.run["argv"] = [args.tether, "up", "-f", self.config, "--no-status", "--json"]
         self.events = None
@@ -454,18 +475,37 @@ def report(args, runs, missing, m, versions):
     tether_runs = [r for r in runs if r["tool"] == u.TETHER]
     if tether_runs:
         print("### tether: crash → ready, and where the time goes (medians, ms)\n")
-        rows = []
+        rows = [
+            [
+                direct["label"],
+                "-",
+                "-",
+                med_ms(col(direct, "crash_to_spawn_ns")),
+                "-",
+                med_ms(col(direct, "spawn_to_listening_ns")),
+                "-",
+                "-",
+                "-",
+            ]
+        ]
         for r in tether_runs:
+            own = [
+                c["crash_to_spawn_ns"] - c["crash_to_exit_seen_ns"] - c["backoff_ms"] * 1_000_000
+                for c in r["crashes"]
+                if None not in (c.get("crash_to_spawn_ns"), c.get("crash_to_exit_seen_ns"), c.get("backoff_ms"))
+            ]
+            ready_none = r.get("ready") == "none"
             rows.append(
                 [
                     r["label"],
                     statistics.median(col(r, "backoff_ms")) if col(r, "backoff_ms") else None,
                     med_ms(col(r, "crash_to_exit_seen_ns")),
                     med_ms(col(r, "crash_to_spawn_ns")),
+                    med_ms(own),
                     med_ms(col(r, "spawn_to_listening_ns")),
-                    med_ms(col(r, "listening_to_ready_ns")),
-                    med_ms(col(r, "crash_to_ready_ns")),
-                    med_ms(col(r, "crash_to_ready_event_ns")),
+                    "-" if ready_none else med_ms(col(r, "listening_to_ready_ns")),
+                    "-" if ready_none else med_ms(col(r, "crash_to_ready_ns")),
+                    "-" if ready_none else med_ms(col(r, "crash_to_ready_event_ns")),
                 ]
             )
         print(
@@ -475,6 +515,7 @@ def report(args, runs, missing, m, versions):
                     "backoff (in_ms)",
                     "crash → exit seen",
                     "crash → respawn",
+                    "respawn − exit seen − backoff",
                     "respawn → listening",
                     "listening → ready",
                     "crash → ready (line arrival)",
@@ -484,13 +525,16 @@ def report(args, runs, missing, m, versions):
             )
         )
         print(
-            "\nEvent times (time_ms) are wall-clock milliseconds turned into the monotonic clock: ±1 ms. "
-            "crash → ready (line arrival) is when the ready event's line reached this harness."
+            "\nEvent times (time_ms, tether's exit, starting and ready events) are wall-clock milliseconds "
+            "turned into the monotonic clock: ±1 ms. crash → ready (line arrival) is when the ready event's "
+            "line reached this harness; listening → ready is from the service's datagram to that arrival "
+            "(the readiness probe's pacing, its request, and the event's way out). For the direct row, "
+            "crash → respawn is SIGKILL → reaped → posix_spawn returning in the harness."
         )
         print("\n### tether: crash → ready minus its backoff, against the goal\n")
         startup_med = s["median"] if s else None
         rows = []
-        for r in tether_runs:
+        for r in [r for r in tether_runs if r.get("ready") != "none"]:
             net = [
                 c["crash_to_ready_ns"] - c["backoff_ms"] * 1_000_000
                 for c in r["crashes"]

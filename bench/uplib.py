@@ -117,8 +117,48 @@ def command_line():
     return shlex.join(["python3", script, *sys.argv[1:]])
 
 
+MARKS = []
+
+
 def new_mark():
-    return "up-bench-" + uuid.uuid4().hex[:16]
+    """A marker value for one stack; remembered for final_check()."""
+    mark = "up-bench-" + uuid.uuid4().hex[:16]
+    MARKS.append(mark)
+    return mark
+
+
+def final_check():
+    """The last /proc scan of a benchmark: every marker it handed out, every
+    process on the machine. Prints one line; True when nothing is left."""
+    needles = [f"{MARK_VAR}={m}".encode() for m in MARKS]
+    left = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if not any(n in env for n in needles):
+            continue
+        state = stat[stat.rfind(b")") + 2 :].split()[0].decode()
+        if state in ("Z", "X"):
+            continue
+        left[int(entry)] = (state, stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode("utf-8", "replace"))
+    reap_adopted()
+    if left:
+        print(
+            f"\nFAILED: final /proc scan: {len(left)} processes of this benchmark still running: "
+            + ", ".join(f"{pid} {comm}" for pid, (_, comm) in sorted(left.items()))
+        )
+        for mark in MARKS:
+            kill_marked(mark)
+        return False
+    print(f"\nFinal /proc scan: no process of this benchmark's {len(MARKS)} stacks is left running.")
+    return True
 
 
 def free_port():
@@ -200,11 +240,20 @@ class Proc:
                 break
             if self._poller.poll(max(1, int(left_ms + 0.999))):
                 break
-        self.t_exit = time.monotonic_ns()
+        if self.t_exit is None:
+            self.t_exit = time.monotonic_ns()
         os.close(self._pidfd)
-        _, status = os.waitpid(self.pid, 0)
-        self.status = "killed" if killed else os.waitstatus_to_exitcode(status)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            code = "reaped elsewhere"
+        self.status = "killed" if killed else code
         return not killed
+
+    @property
+    def pidfd(self):
+        return self._pidfd
 
     def exit_seen_ns(self):
         """Polls for the exit without blocking; the monotonic time it was

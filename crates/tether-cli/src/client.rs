@@ -217,15 +217,9 @@ fn talk(stack: &StackArgs, request: &Request, each: impl FnMut(Value) -> bool) -
         }
     };
     let socket = rundir_path(&name).join("control.sock");
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tether: cannot start: {e}");
-            return exit::INTERNAL;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(control::request(&socket, request, each)) {
         Ok(()) => exit::READY,

@@ -59,6 +59,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The runtime every command runs on: one thread, since probes and
+/// supervision are I/O, and one thread starts in microseconds and costs
+/// nothing while idle. On failure, says so and gives the exit code.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("tether: cannot start: {e}");
+            exit::INTERNAL
+        })
+}
+
 /// Prints clap's help and version as clap does; any other parse error as one
 /// line, with the usage exit code.
 fn usage_error(e: clap::Error) -> ExitCode {

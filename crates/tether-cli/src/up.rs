@@ -56,15 +56,9 @@ pub(crate) fn run(args: UpArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tether: cannot start: {e}");
-            return ExitCode::from(exit::INTERNAL);
-        }
+        Err(code) => return ExitCode::from(code),
     };
     let code = runtime.block_on(up(args, loaded));
     runtime.shutdown_timeout(Duration::from_secs(2));

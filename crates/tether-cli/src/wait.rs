@@ -124,15 +124,9 @@ pub(crate) fn run(args: WaitArgs) -> ExitCode {
 
     // One thread is plenty: probes are I/O, and a single-threaded runtime
     // starts in microseconds.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tether: cannot start: {e}");
-            return ExitCode::from(exit::INTERNAL);
-        }
+        Err(code) => return ExitCode::from(code),
     };
     let names: Vec<String> = targets.iter().map(Target::to_string).collect();
     let mut renderer = Renderer::new(mode, names, &policy);

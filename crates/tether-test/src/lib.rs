@@ -21,6 +21,7 @@
 
 pub mod http;
 pub mod peers;
+pub mod procs;
 pub mod tcp;
 pub mod tls;
 

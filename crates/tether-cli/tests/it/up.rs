@@ -146,19 +146,7 @@ ready = "tcp://127.0.0.1:{port}"
 }
 
 fn alive_with(marker: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'));
-            String::from_utf8_lossy(&cmd).contains(marker) && !zombie
-        })
-        .count()
+    tether_test::procs::alive_with(marker).len()
 }
 
 #[tokio::test]

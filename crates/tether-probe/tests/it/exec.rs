@@ -51,15 +51,7 @@ async fn a_hung_command_is_killed_with_its_whole_group() {
         "{}",
         f.detail
     );
-    // The kill is synchronous; the kernel may still be tearing down.
-    let mut left = survivors(&marker);
-    for _ in 0..100 {
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        left = survivors(&marker);
-    }
+    let left = tether_test::procs::until_gone(&marker).await;
     assert!(left.is_empty(), "processes outlived the probe: {left:?}");
 }
 
@@ -72,25 +64,4 @@ async fn a_command_that_cannot_start_is_permanent() {
         (f.cause, f.phase, f.verdict),
         (Cause::ProcessNotStarted, Phase::Spawn, Verdict::Permanent)
     );
-}
-
-/// Live (not zombie) processes whose command line holds `marker`.
-fn survivors(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let path = entry.path();
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let state = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        let zombie = state
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-        if cmdline.contains(marker) && !zombie {
-            found.push(cmdline);
-        }
-    }
-    found
 }

@@ -18,39 +18,7 @@ fn sh(script: &str) -> Command {
     cmd
 }
 
-/// Pids alive (not zombies) whose command line holds `marker`.
-fn alive_with(marker: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'));
-        if String::from_utf8_lossy(&cmdline).contains(marker) && !zombie {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// A number no other process has on its command line.
-fn marker() -> String {
-    format!("{}.{}", 3000 + std::process::id() % 1000, fastrand_like())
-}
-
-fn fastrand_like() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-}
+use tether_test::procs::{alive_with, marker, until_alive, until_gone};
 
 #[tokio::test]
 async fn exit_codes_and_signals() {
@@ -100,13 +68,7 @@ async fn stop_sends_the_signal_to_the_whole_group() {
     let mut child = spawn(&mut sh(&format!("sleep {m} & sleep {m} & wait"))).unwrap();
     // Both sleeps are up before we stop.
     // The shell and both sleeps carry the marker.
-    for _ in 0..200 {
-        if alive_with(&m).len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(alive_with(&m).len(), 3);
+    until_alive(&m, 3).await;
     let report = within("stop", child.stop(Signal::TERM, Duration::from_secs(10)))
         .await
         .unwrap();
@@ -139,20 +101,9 @@ async fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
 async fn dropping_a_child_kills_its_group() {
     let m = marker();
     let child = spawn(&mut sh(&format!("sleep {m} & sleep {m}"))).unwrap();
-    for _ in 0..200 {
-        if alive_with(&m).len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_alive(&m, 3).await;
     drop(child);
-    for _ in 0..200 {
-        if alive_with(&m).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(alive_with(&m).is_empty());
+    assert!(until_gone(&m).await.is_empty());
 }
 
 #[tokio::test]

@@ -218,30 +218,4 @@ pub(crate) fn crash_loop(s: &mut ServiceConfig, exits: u32) {
     };
 }
 
-/// Live (not zombie) processes whose command line holds `marker`.
-pub(crate) fn alive_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'));
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(marker) && !zombie {
-            found.push(cmdline);
-        }
-    }
-    found
-}
-
-pub(crate) fn marker() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{}.{}", 2000 + std::process::id() % 1000, nanos % 1_000_000)
-}
+pub(crate) use tether_test::procs::{alive_with, marker};
