@@ -240,8 +240,7 @@ class Proc:
                 break
             if self._poller.poll(max(1, int(left_ms + 0.999))):
                 break
-        if self.t_exit is None:
-            self.t_exit = time.monotonic_ns()
+        self.t_exit = time.monotonic_ns()
         os.close(self._pidfd)
         try:
             _, status = os.waitpid(self.pid, 0)
@@ -254,13 +253,6 @@ class Proc:
     @property
     def pidfd(self):
         return self._pidfd
-
-    def exit_seen_ns(self):
-        """Polls for the exit without blocking; the monotonic time it was
-        seen, or None while it runs (the child is not reaped here)."""
-        if self.t_exit is None and self._poller.poll(0):
-            self.t_exit = time.monotonic_ns()
-        return self.t_exit
 
 
 def bounded(argv, env, timeout_s):

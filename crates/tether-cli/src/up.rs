@@ -83,8 +83,11 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded) -> u8 {
         }
     };
     let kill = CancellationToken::new();
-    // Orphans of our services are re-parented to us and reaped here.
-    let _reaper = match tether_process::Reaper::start(kill.clone()) {
+    // Orphans of our services are re-parented to us and reaped here, until
+    // the very end: a killed group's zombies must be reaped for it to empty.
+    let reaper_stop = CancellationToken::new();
+    let _reaper_stop = reaper_stop.clone().drop_guard();
+    let _reaper = match tether_process::Reaper::start(reaper_stop) {
         Ok(reaper) => Some(reaper),
         Err(e) => {
             tracing::warn!("cannot become the subreaper of the stack: {e}");

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tether_probe::Prober;
-use tether_probe::wait::WaitPolicy;
 use tether_process::{Child, Exit, Signal};
 use tether_resilience::failure::human_duration;
 use tether_resilience::{ExponentialBackoff, Failure, Health, Jitter};
@@ -61,6 +60,8 @@ pub(crate) struct Runner {
     exits: VecDeque<Instant>,
     backoff: ExponentialBackoff,
     log: Option<Arc<std::sync::Mutex<std::fs::File>>>,
+    /// Wakes this service's heartbeat writer.
+    heartbeat: watch::Sender<bool>,
 }
 
 /// How one process lifetime ended.
@@ -115,6 +116,13 @@ impl Runner {
                     None
                 }
             });
+        let (heartbeat, dirty) = watch::channel(false);
+        shared.tasks.spawn(write_heartbeats(
+            shared.rundir.heartbeat(&config.name),
+            view.subscribe(),
+            dirty,
+            shutdown.clone(),
+        ));
         Runner {
             config,
             view,
@@ -125,6 +133,7 @@ impl Runner {
             exits: VecDeque::new(),
             backoff,
             log,
+            heartbeat,
         }
     }
 
@@ -346,11 +355,14 @@ impl Runner {
         let _stop_probes = probes_stop.clone().drop_guard();
         let (ready_tx, mut ready_rx) = mpsc::channel::<Report>(16);
         if let Readiness::Probe(probe) = &self.config.ready {
-            let pacing = WaitPolicy::new(self.config.start_deadline).pacing(&probe.target);
+            let start = probes::Start::Fast {
+                cap: probe.target.default_max_interval(),
+                timeouts: probe.target.attempt_timeout(),
+            };
             self.shared.tasks.spawn(probes::run(
                 Prober::new(probe.target.clone()),
                 probe.health,
-                probes::Start::Fast(pacing),
+                start,
                 ready_tx.clone(),
                 probes_stop.clone(),
             ));
@@ -597,13 +609,14 @@ impl Runner {
             report = child.stop(signal, self.config.stop_grace) => Some(report),
             () = self.shutdown.cancelled() => None,
         };
+        let asked_to_kill = graceful.is_none();
         let stopped = match graceful {
             Some(report) => report,
             None => child.stop(Signal::KILL, Duration::ZERO).await,
         };
         match stopped {
             Ok(report) => {
-                if report.killed {
+                if report.killed && !asked_to_kill {
                     tracing::warn!(
                         "{} did not stop within {} of {}; killed its process group",
                         self.config.name,
@@ -732,16 +745,10 @@ impl Runner {
         self.write_heartbeat();
     }
 
+    /// Asks the heartbeat writer to write the current view. The write
+    /// happens on a blocking thread, never on the restart path.
     fn write_heartbeat(&self) {
-        let view = self.view.borrow().clone();
-        let path = self.shared.rundir.heartbeat(&self.config.name);
-        if let Err(e) = write_heartbeat(&path, &view) {
-            tracing::debug!(
-                "{}: cannot write heartbeat {}: {e}",
-                self.config.name,
-                path.display()
-            );
-        }
+        let _ = self.heartbeat.send(true);
     }
 
     fn emit(&self, kind: EventKind) {
@@ -787,6 +794,35 @@ fn waiting_words(dep: &Dependency, view: &ServiceView) -> String {
     match &view.last_error {
         Some(why) => format!("{} {want} (it is {}: {why})", dep.service, view.state),
         None => format!("{} {want} (it is {})", dep.service, view.state),
+    }
+}
+
+/// Writes a service's heartbeat file whenever asked, one write at a time, on
+/// a blocking thread: a burst of changes becomes one write of the latest
+/// view, and a slow disk never delays a restart. On the way out it writes
+/// the final view once more.
+async fn write_heartbeats(
+    path: std::path::PathBuf,
+    view: watch::Receiver<ServiceView>,
+    mut dirty: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    loop {
+        let last = tokio::select! {
+            () = stop.cancelled() => true,
+            changed = dirty.changed() => changed.is_err(),
+        };
+        dirty.mark_unchanged();
+        let current = view.borrow().clone();
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || write_heartbeat(&target, &current)).await;
+        if let Ok(Err(e)) = written {
+            tracing::debug!("cannot write heartbeat {}: {e}", path.display());
+        }
+        // The last state (exited, stopped) is written before going away.
+        if last {
+            return;
+        }
     }
 }
 

@@ -257,6 +257,15 @@ async fn sigterm_stops_the_stack_in_order_and_a_second_signal_kills() {
         rest.iter().any(|l| l.contains("killing every process")),
         "{rest:?}"
     );
+    // Regression: the reaper stopped with the kill, the killed group's
+    // orphan stayed a zombie, and the stop waited for it and warned falsely.
+    let mut stderr = String::new();
+    let mut err = stack.child.as_mut().unwrap().stderr.take().unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut err, &mut stderr)
+        .await
+        .unwrap();
+    assert!(!stderr.contains("did not stop within"), "{stderr}");
+    assert!(!stderr.contains("could not be killed"), "{stderr}");
 }
 
 #[tokio::test]

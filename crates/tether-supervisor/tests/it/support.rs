@@ -219,3 +219,23 @@ pub(crate) fn crash_loop(s: &mut ServiceConfig, exits: u32) {
 }
 
 pub(crate) use tether_test::procs::{alive_with, marker};
+
+/// Waits (bounded) until the heartbeat file at `path` satisfies `pred`; the
+/// file is written off the service's path, a moment after each change.
+pub(crate) async fn heartbeat_until(
+    path: &std::path::Path,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    within("the heartbeat file", async {
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if let Ok(beat) = serde_json::from_str::<serde_json::Value>(&text) {
+                if pred(&beat) {
+                    return beat;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
