@@ -12,6 +12,7 @@ import asyncio
 import time
 
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
 
 
 def main() -> None:
@@ -36,9 +37,12 @@ def main() -> None:
         return a + b
 
     @server.tool()
-    async def slow(seconds: float) -> str:
-        """Sleeps, then answers."""
-        await asyncio.sleep(seconds)
+    async def slow(seconds: float, ctx: Context) -> str:
+        """Sleeps, reporting progress every 100 ms, then answers."""
+        steps = max(1, int(seconds * 10))
+        for step in range(steps):
+            await ctx.report_progress(step + 1, steps)
+            await asyncio.sleep(seconds / steps)
         return f"slept {seconds}"
 
     if args.startup_delay > 0:

@@ -8,6 +8,7 @@
 
 mod client;
 mod exit;
+mod mcp;
 mod render;
 mod stack;
 mod up;
@@ -29,6 +30,7 @@ struct Cli {
 enum Command {
     Up(up::UpArgs),
     Wait(wait::WaitArgs),
+    Mcp(mcp::McpArgs),
     Ps(client::PsArgs),
     Logs(client::LogsArgs),
     /// Start a stopped or failed service of a running stack.
@@ -46,10 +48,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    init_logging();
+    let (json, file) = match &cli.command {
+        Command::Mcp(args) => args.log_target(),
+        _ => (false, None),
+    };
+    if let Err(e) = init_logging(json, file) {
+        eprintln!("tether: cannot open the log file: {e}");
+        return ExitCode::from(exit::USAGE);
+    }
     match cli.command {
         Command::Up(args) => up::run(args),
         Command::Wait(args) => wait::run(args),
+        Command::Mcp(args) => mcp::run(args),
         Command::Ps(args) => client::ps(args),
         Command::Logs(args) => client::logs(args),
         Command::Start(args) => client::service("start", args),
@@ -99,20 +109,39 @@ fn usage_error(e: clap::Error) -> ExitCode {
     }
 }
 
-/// Diagnostics go to stderr, at the level `TETHER_LOG` names: `off`,
-/// `error`, `warn` (the default), `info`, `debug` or `trace`.
-fn init_logging() {
+/// Diagnostics go to stderr (or `file`, appended to), as text or JSON
+/// lines, at the level `TETHER_LOG` names: `off`, `error`, `warn` (the
+/// default), `info`, `debug` or `trace`.
+fn init_logging(json: bool, file: Option<&std::path::Path>) -> std::io::Result<()> {
+    use std::sync::Mutex;
     use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let level = std::env::var("TETHER_LOG")
         .ok()
         .and_then(|v| v.trim().parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::WARN);
-    tracing_subscriber::fmt()
+    let (writer, ansi) = match file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            (BoxMakeWriter::new(Mutex::new(file)), false)
+        }
+        None => (BoxMakeWriter::new(std::io::stderr), true),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+        .with_writer(writer)
+        .with_target(false);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else if file.is_some() {
+        builder.with_ansi(false).init();
+    } else {
+        builder.with_ansi(ansi).without_time().init();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,13 +10,13 @@ use tokio::time::Instant;
 /// The deadline of one probe attempt. Each phase runs under what is left of
 /// it, and a phase that runs out becomes a timeout failure of that phase.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Attempt {
+pub struct Attempt {
     deadline: Instant,
     timeout: Duration,
 }
 
 impl Attempt {
-    pub(crate) fn new(timeout: Duration) -> Attempt {
+    pub fn new(timeout: Duration) -> Attempt {
         Attempt {
             deadline: Instant::now() + timeout,
             timeout,
@@ -24,17 +24,17 @@ impl Attempt {
     }
 
     /// The attempt's whole time budget.
-    pub(crate) fn budget(&self) -> Duration {
+    pub fn budget(&self) -> Duration {
         self.timeout
     }
 
-    pub(crate) fn remaining(&self) -> Duration {
+    pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
     /// Runs one phase of the attempt; if the attempt's time runs out first,
     /// the phase fails with a timeout naming `what`.
-    pub(crate) async fn phase<T>(
+    pub async fn phase<T>(
         &self,
         phase: Phase,
         what: impl Display,

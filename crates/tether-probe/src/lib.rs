@@ -20,7 +20,7 @@
 
 #![forbid(unsafe_code)]
 
-mod attempt;
+pub mod attempt;
 mod exec;
 mod file;
 mod mcp;
@@ -32,7 +32,7 @@ mod tcp;
 mod tls;
 mod unix;
 pub mod wait;
-mod web;
+pub mod web;
 
 use std::fmt;
 use std::time::Duration;

@@ -847,7 +847,8 @@ fn host_is_local(host: &Host) -> bool {
     }
 }
 
-fn url_is_local(url: &Url) -> bool {
+/// Whether a URL names this machine (a loopback address, `localhost`).
+pub fn url_is_local(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),

@@ -1,13 +1,17 @@
-//! A bare HTTP/1.1 client for probes: one connection per request, opened by
-//! us, so resolve, connect, TLS, send and first byte each fail as themselves.
+//! A bare HTTP/1.1 client: connections opened by us, so resolve, connect,
+//! TLS, send and first byte each fail as themselves. Probes use one
+//! connection per request ([`send`]); the MCP proxy keeps [`Connection`]s
+//! open and sends many requests over each.
 
 use std::error::Error as _;
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tether_resilience::failure::parse_retry_after;
 use tether_resilience::{Cause, Failure, Phase};
@@ -19,18 +23,27 @@ use crate::attempt::Attempt;
 use crate::target::Host;
 use crate::{tcp, tls};
 
-/// The `User-Agent` of every probe request.
-pub(crate) const USER_AGENT: &str = concat!("tether/", env!("CARGO_PKG_VERSION"));
+/// The `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("tether/", env!("CARGO_PKG_VERSION"));
 
-/// A response whose body has not been read yet. Dropping it closes the
-/// connection.
+/// A response whose body has not been read yet. Dropping it and its
+/// [`Connection`] closes the connection.
 #[derive(Debug)]
-pub(crate) struct Response {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
     body: Incoming,
-    /// Drives the connection; aborted (closing the socket) on drop.
-    _conn: ConnTask,
+    /// Drives the connection; aborted (closing the socket) when the last
+    /// holder drops it.
+    _conn: Arc<ConnTask>,
+}
+
+/// An open HTTP/1.1 connection: one request at a time, many in a row.
+#[derive(Debug)]
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    conn: Arc<ConnTask>,
+    host: HeaderValue,
 }
 
 #[derive(Debug)]
@@ -42,16 +55,17 @@ impl Drop for ConnTask {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+/// A byte stream to a server: plain TCP or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-/// Sends one request to `url` and waits for the response head, all within
-/// the attempt.
+/// Sends one request to `url` over a connection of its own and waits for
+/// the response head, all within the attempt.
 ///
 /// # Cancel safety
 ///
 /// Cancel-safe: dropping the future closes the connection.
-pub(crate) async fn send(
+pub async fn send(
     method: Method,
     url: &Url,
     headers: &HeaderMap,
@@ -59,6 +73,43 @@ pub(crate) async fn send(
     insecure: bool,
     attempt: Attempt,
 ) -> Result<Response, Failure> {
+    let mut conn = connect(url, insecure, attempt).await?;
+    match conn.request(method, url, headers, body, attempt).await {
+        Ok(response) => Ok(response),
+        Err(e) => Err(e.failure),
+    }
+}
+
+/// Opens a connection to the origin of `url` (TCP, then TLS for `https`)
+/// within the attempt.
+///
+/// # Cancel safety
+///
+/// Cancel-safe: dropping the future closes what it opened.
+pub async fn connect(url: &Url, insecure: bool, attempt: Attempt) -> Result<Connection, Failure> {
+    let io = open(url, insecure, attempt).await?;
+    let what = format!("connect to {url}");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| classify(&e, Phase::Send, &what))?;
+    let conn = Arc::new(ConnTask(tokio::spawn(async move {
+        // Errors surface through the requests; the driver just ends.
+        let _ = conn.await;
+    })));
+    Ok(Connection {
+        sender,
+        conn,
+        host: host_header(url),
+    })
+}
+
+/// Opens a byte stream to the host and port of `url`: TCP, then TLS when
+/// the scheme is `https` or `wss`.
+///
+/// # Cancel safety
+///
+/// Cancel-safe: dropping the future closes what it opened.
+pub async fn open(url: &Url, insecure: bool, attempt: Attempt) -> Result<Box<dyn Io>, Failure> {
     let host = match url.host() {
         Some(url::Host::Domain(d)) => Host::Name(d.to_string()),
         Some(url::Host::Ipv4(ip)) => Host::Ip(ip.into()),
@@ -71,9 +122,11 @@ pub(crate) async fn send(
             ));
         }
     };
-    let port = url.port_or_known_default().unwrap_or(80);
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if url.scheme() == "wss" { 443 } else { 80 });
     let stream = tcp::connect(&host, port, attempt).await?;
-    let io: Box<dyn Io> = if url.scheme() == "https" {
+    let io: Box<dyn Io> = if matches!(url.scheme(), "https" | "wss") {
         let what = format!("TLS handshake with {host}:{port}");
         let config = tls::client_config(insecure)?;
         let name = url
@@ -95,43 +148,85 @@ pub(crate) async fn send(
     } else {
         Box::new(stream)
     };
+    Ok(io)
+}
 
-    let what = format!("{method} {url}");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| classify(&e, Phase::Send, &what))?;
-    let conn = ConnTask(tokio::spawn(async move {
-        // Errors surface through the request; the driver just ends.
-        let _ = conn.await;
-    }));
+/// A request that failed, and whether it certainly never left this process
+/// (then it may be sent again on another connection, whatever it does).
+#[derive(Debug)]
+pub struct RequestError {
+    pub failure: Failure,
+    pub unsent: bool,
+}
 
-    let mut request = Request::builder()
-        .method(method.clone())
-        .uri(origin_form(url));
-    if let Some(h) = request.headers_mut() {
-        h.insert(header::HOST, host_header(url));
-        h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-        for (name, value) in headers {
-            h.insert(name, value.clone());
-        }
+impl Connection {
+    /// Whether a request can be sent now: the last response has been read
+    /// to its end and the peer has not closed the connection.
+    pub fn is_ready(&self) -> bool {
+        self.sender.is_ready()
     }
-    let request = request
-        .body(Full::new(body))
-        .map_err(|e| Failure::new(Phase::Send, Cause::ProtocolMismatch, format!("{what}: {e}")))?;
-    let exchange = async {
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| classify(&e, Phase::FirstByte, &what))
-    };
-    let response = attempt.phase(Phase::FirstByte, &what, exchange).await?;
-    let (parts, body) = response.into_parts();
-    Ok(Response {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-        _conn: conn,
-    })
+
+    /// Whether the peer closed the connection (or it failed).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// Sends one request for `url` (whose origin this connection is open
+    /// to) and waits for the response head, within the attempt.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe for the caller; the connection is then in an unknown
+    /// state and should be dropped.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        url: &Url,
+        headers: &HeaderMap,
+        body: Bytes,
+        attempt: Attempt,
+    ) -> Result<Response, RequestError> {
+        let what = format!("{method} {url}");
+        let mut request = Request::builder().method(method).uri(origin_form(url));
+        if let Some(h) = request.headers_mut() {
+            h.insert(header::HOST, self.host.clone());
+            h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+            for (name, value) in headers {
+                h.insert(name, value.clone());
+            }
+        }
+        let request = request.body(Full::new(body)).map_err(|e| RequestError {
+            failure: Failure::new(Phase::Send, Cause::ProtocolMismatch, format!("{what}: {e}")),
+            unsent: true,
+        })?;
+        let exchange = async {
+            // A connection the peer closed hands the request back unsent.
+            self.sender
+                .try_send_request(request)
+                .await
+                .map_err(|mut e| {
+                    let unsent = e.take_message().is_some();
+                    let failure = classify(e.error(), Phase::FirstByte, &what);
+                    RequestError { failure, unsent }
+                })
+        };
+        let response = match tokio::time::timeout(attempt.remaining(), exchange).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(RequestError {
+                    failure: Failure::timeout(Phase::FirstByte, attempt.budget(), &what),
+                    unsent: false,
+                });
+            }
+        };
+        let (parts, body) = response.into_parts();
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            _conn: self.conn.clone(),
+        })
+    }
 }
 
 /// How much of a body the `body=` match looks at.
@@ -208,7 +303,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 impl Response {
     /// Reads the body, keeping at most `cap` bytes; the rest is not read.
-    pub(crate) async fn read_body(
+    pub async fn read_body(
         mut self,
         cap: usize,
         what: &str,
@@ -234,7 +329,7 @@ impl Response {
     }
 
     /// The next chunk of the body, or `None` at its end.
-    pub(crate) async fn next_chunk(&mut self, what: &str) -> Result<Option<Bytes>, Failure> {
+    pub async fn next_chunk(&mut self, what: &str) -> Result<Option<Bytes>, Failure> {
         loop {
             match self.body.frame().await {
                 None => return Ok(None),
@@ -249,7 +344,7 @@ impl Response {
     }
 
     /// The media type of the body, lower-cased, without parameters.
-    pub(crate) fn content_type(&self) -> String {
+    pub fn content_type(&self) -> String {
         self.headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -259,7 +354,7 @@ impl Response {
     }
 
     /// A failure for an unwanted status, with the server's Retry-After hint.
-    pub(crate) fn status_failure(&self, what: &str) -> Failure {
+    pub fn status_failure(&self, what: &str) -> Failure {
         let retry_after = self
             .headers
             .get(header::RETRY_AFTER)

@@ -1,0 +1,611 @@
+//! `tether mcp` as an IDE runs it: the Python MCP SDK's client launches
+//! `tether mcp ...` over stdio (tests/peers/mcp_client.py) and calls tools,
+//! while the tests restart, kill and freeze real servers behind it:
+//! server-everything over streamable HTTP, legacy SSE and stdio, the Python
+//! SDK's server, and server-everything behind supergateway's WebSocket.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+use serde_json::{Value, json};
+use tether_test::{peers, within};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::time::Instant;
+
+/// The servers behind tether in these tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    EverythingHttp,
+    EverythingSse,
+    PythonHttp,
+    EverythingStdio,
+    EverythingWs,
+}
+
+/// A server that a test starts, kills, freezes and starts again on the same
+/// port.
+struct Peer {
+    kind: Kind,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Peer {
+    fn new(kind: Kind) -> Peer {
+        Peer {
+            kind,
+            port: peers::free_port(),
+            child: None,
+        }
+    }
+
+    /// The arguments after `tether mcp`.
+    fn target(&self) -> Vec<String> {
+        let port = self.port;
+        match self.kind {
+            Kind::EverythingHttp | Kind::PythonHttp => vec![format!("http://127.0.0.1:{port}/mcp")],
+            Kind::EverythingSse => vec![format!("http://127.0.0.1:{port}/sse")],
+            Kind::EverythingWs => vec![format!("ws://127.0.0.1:{port}/message")],
+            Kind::EverythingStdio => vec![
+                "--".into(),
+                peers::server_everything().display().to_string(),
+                "stdio".into(),
+            ],
+        }
+    }
+
+    /// Starts the server (a stdio server is tether's to start).
+    fn start(&mut self) {
+        let mut cmd = match self.kind {
+            Kind::EverythingStdio => return,
+            Kind::EverythingHttp => {
+                let mut cmd = Command::new(peers::server_everything());
+                cmd.arg("streamableHttp");
+                cmd
+            }
+            Kind::EverythingSse => {
+                let mut cmd = Command::new(peers::server_everything());
+                cmd.arg("sse");
+                cmd
+            }
+            Kind::PythonHttp => {
+                let mut cmd = Command::new(peers::python());
+                cmd.arg(peers::peer_script("mcp_server.py"))
+                    .arg("--port")
+                    .arg(self.port.to_string());
+                cmd
+            }
+            Kind::EverythingWs => {
+                let mut cmd = Command::new(supergateway());
+                cmd.arg("--stdio")
+                    .arg(format!("{} stdio", peers::server_everything().display()))
+                    .args(["--outputTransport", "ws", "--port"])
+                    .arg(self.port.to_string());
+                cmd
+            }
+        };
+        cmd.env("PORT", self.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    /// The server's pid: the child we started, or tether's stdio child.
+    fn pid(&self, client: &Client) -> i32 {
+        match &self.child {
+            Some(child) => i32::try_from(child.id().unwrap()).unwrap(),
+            None => {
+                let tether = children(client.pid())
+                    .into_iter()
+                    .next()
+                    .expect("tether runs");
+                children(tether)
+                    .into_iter()
+                    .next()
+                    .expect("tether runs its server")
+            }
+        }
+    }
+
+    /// Kills the server (its whole group) at once, as a crash would.
+    async fn kill(&mut self, client: &Client) {
+        match self.child.take() {
+            Some(mut child) => {
+                let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap();
+                let _ = kill_process_group(pid, Signal::KILL);
+                child.wait().await.unwrap();
+            }
+            None => {
+                let pid = self.pid(client);
+                kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL).unwrap();
+            }
+        }
+    }
+
+    async fn restart(&mut self, client: &Client) {
+        self.kill(client).await;
+        self.start();
+    }
+
+    fn signal(&self, client: &Client, signal: Signal) {
+        let pid = Pid::from_raw(self.pid(client)).unwrap();
+        match self.child {
+            Some(_) => kill_process_group(pid, signal).unwrap(),
+            None => kill_process(pid, signal).unwrap(),
+        }
+    }
+
+    /// The tool call that echoes `message`, and the text that proves it.
+    fn echo(&self, message: &str) -> (Value, String) {
+        let call = json!({"op": "call", "tool": "echo", "args": {"message": message}});
+        let text = match self.kind {
+            Kind::PythonHttp => message.to_string(),
+            _ => format!("Echo: {message}"),
+        };
+        (call, text)
+    }
+
+    /// A call that runs for a long time and reports progress.
+    fn long_call(&self) -> Value {
+        match self.kind {
+            Kind::PythonHttp => {
+                json!({"op": "call", "tool": "slow", "args": {"seconds": 60}, "progress": true, "timeout": 120})
+            }
+            _ => json!({
+                "op": "call",
+                "tool": "trigger-long-running-operation",
+                "args": {"duration": 60, "steps": 600},
+                "progress": true,
+                "timeout": 120,
+            }),
+        }
+    }
+}
+
+fn supergateway() -> PathBuf {
+    let path = peers::workspace_root().join(".tools/npm/node_modules/.bin/supergateway");
+    assert!(
+        path.exists(),
+        "{} is missing: run ./scripts/test once to install the test peers",
+        path.display()
+    );
+    path
+}
+
+/// The pids whose parent is `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == pid && state != "Z" {
+            found.push(entry.file_name().to_string_lossy().parse().unwrap_or(0));
+        }
+    }
+    found
+}
+
+/// The Python SDK client, running `tether mcp` as its stdio server.
+struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    held: Vec<Value>,
+    log: tempfile::NamedTempFile,
+    next: u32,
+}
+
+impl Client {
+    fn start(args: &[String]) -> Client {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(peers::python())
+            .arg(peers::peer_script("mcp_client.py"))
+            .arg("--stderr")
+            .arg(log.path())
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_tether"))
+            .arg("mcp")
+            .args(args)
+            .env("TETHER_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Client {
+            child,
+            stdin,
+            lines,
+            held: Vec::new(),
+            log,
+            next: 0,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id().unwrap()).unwrap()
+    }
+
+    /// Sends an operation; returns its tag.
+    async fn send(&mut self, mut op: Value) -> String {
+        self.next += 1;
+        let tag = format!("{}{}", op["op"].as_str().unwrap(), self.next);
+        op["tag"] = json!(tag);
+        let mut line = op.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+        tag
+    }
+
+    /// The next line about `tag` (a result, or a progress event).
+    async fn next_for(&mut self, tag: &str) -> Value {
+        if let Some(at) = self.held.iter().position(|v| v["tag"] == tag) {
+            return self.held.remove(at);
+        }
+        within(&format!("the client's answer to {tag}"), async {
+            loop {
+                let line = self.lines.next_line().await.unwrap().unwrap_or_else(|| {
+                    panic!("the client ended; tether's log:\n{}", self.tether_log())
+                });
+                let value: Value = serde_json::from_str(&line).unwrap();
+                if value["tag"] == tag {
+                    return value;
+                }
+                self.held.push(value);
+            }
+        })
+        .await
+    }
+
+    /// Runs an operation to its result.
+    async fn run(&mut self, op: Value) -> Value {
+        let tag = self.send(op).await;
+        loop {
+            let value = self.next_for(&tag).await;
+            if value.get("event").is_none() {
+                return value;
+            }
+        }
+    }
+
+    async fn init(&mut self) -> Value {
+        let result = self.run(json!({"op": "init", "timeout": 60})).await;
+        assert_eq!(result["ok"], true, "{result}\n{}", self.tether_log());
+        result
+    }
+
+    /// Calls echo and checks the answer.
+    async fn echo(&mut self, peer: &Peer, message: &str) {
+        let (call, text) = peer.echo(message);
+        let result = self.run(call).await;
+        assert_eq!(result["ok"], true, "{result}\n{}", self.tether_log());
+        assert_eq!(
+            result["result"]["content"][0]["text"],
+            text,
+            "{result}\n{}",
+            self.tether_log()
+        );
+    }
+
+    fn tether_log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    async fn exit(mut self) {
+        let tag = self.send(json!({"op": "exit"})).await;
+        let _ = tag;
+        let status = within("the client to exit", self.child.wait())
+            .await
+            .unwrap();
+        assert!(status.success(), "{status}\n{}", self.tether_log());
+    }
+}
+
+fn client_for(peer: &Peer, extra: &[&str]) -> Client {
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    args.extend(peer.target());
+    Client::start(&args)
+}
+
+// --- the four scenarios, for every upstream ---
+
+/// Three restarts between four calls: every call is answered by the server.
+async fn restart_between_calls(kind: Kind) {
+    let mut peer = Peer::new(kind);
+    peer.start();
+    let mut client = client_for(&peer, &[]);
+    client.init().await;
+    client.echo(&peer, "one").await;
+    for n in ["two", "three", "four"] {
+        peer.restart(&client).await;
+        client.echo(&peer, n).await;
+    }
+    let log = client.tether_log();
+    assert!(log.contains("session restored"), "{log}");
+    client.exit().await;
+}
+
+/// A server killed while a long call runs: the call fails at once with the
+/// cause (not after a timeout), and the next call works.
+async fn kill_during_a_call(kind: Kind) {
+    let mut peer = Peer::new(kind);
+    peer.start();
+    // The idle timeout is far away: an answer before it is detection.
+    let mut client = client_for(&peer, &["--idle-timeout", "60s"]);
+    client.init().await;
+    let tag = client.send(peer.long_call()).await;
+    let progress = client.next_for(&tag).await;
+    assert_eq!(progress["event"], "progress", "{progress}");
+    let killed = Instant::now();
+    peer.kill(&client).await;
+    let result = client.next_for(&tag).await;
+    let took = killed.elapsed();
+    assert_eq!(result["ok"], false, "{result}");
+    let error = &result["error"];
+    assert_eq!(error["code"], -32000, "{result}");
+    let cause = error["data"]["tether"]["cause"].as_str().unwrap();
+    assert!(
+        [
+            "reset.mid_stream",
+            "process.exited",
+            "reset.before_response"
+        ]
+        .contains(&cause),
+        "{result}"
+    );
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("may have had side effects"), "{message}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the error came only after {took:?}: {result}"
+    );
+    peer.start();
+    client.echo(&peer, "after").await;
+    client.exit().await;
+}
+
+/// A frozen server: the call fails at the idle timeout with a timeout error,
+/// tether cancels it upstream, and once the server thaws calls work again.
+async fn frozen_server(kind: Kind) {
+    let mut peer = Peer::new(kind);
+    peer.start();
+    let mut client = client_for(&peer, &["--idle-timeout", "2s", "--ping-interval", "0"]);
+    client.init().await;
+    client.echo(&peer, "warm").await;
+    peer.signal(&client, Signal::STOP);
+    let (call, _) = peer.echo("frozen");
+    let result = client.run(call).await;
+    peer.signal(&client, Signal::CONT);
+    assert_eq!(result["ok"], false, "{result}");
+    assert_eq!(result["error"]["code"], -32001, "{result}");
+    let message = result["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("idle timeout") && message.contains("sent notifications/cancelled"),
+        "{message}"
+    );
+    assert_eq!(result["error"]["data"]["tether"]["cause"], "idle.timeout");
+    let log = client.tether_log();
+    assert!(log.contains("sent notifications/cancelled"), "{log}");
+    client.echo(&peer, "thawed").await;
+    client.exit().await;
+}
+
+/// tether starts first; the client's initialize waits for the server.
+async fn server_starts_later(kind: Kind) {
+    let mut peer = Peer::new(kind);
+    let mut client = client_for(&peer, &[]);
+    let tag = client.send(json!({"op": "init", "timeout": 60})).await;
+    // Let tether find nothing there a few times.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    peer.start();
+    let result = client.next_for(&tag).await;
+    assert_eq!(result["ok"], true, "{result}\n{}", client.tether_log());
+    client.echo(&peer, "late").await;
+    client.exit().await;
+}
+
+macro_rules! scenarios {
+    ($($name:ident: $kind:expr),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[tokio::test]
+                async fn restart_between_calls() {
+                    super::restart_between_calls($kind).await;
+                }
+
+                #[tokio::test]
+                async fn kill_during_a_call() {
+                    super::kill_during_a_call($kind).await;
+                }
+
+                #[tokio::test]
+                async fn frozen_server() {
+                    super::frozen_server($kind).await;
+                }
+            }
+        )*
+    };
+}
+
+scenarios! {
+    everything_http: Kind::EverythingHttp,
+    everything_sse: Kind::EverythingSse,
+    python_http: Kind::PythonHttp,
+    everything_stdio: Kind::EverythingStdio,
+    everything_ws: Kind::EverythingWs,
+}
+
+#[tokio::test]
+async fn everything_http_starts_later() {
+    server_starts_later(Kind::EverythingHttp).await;
+}
+
+#[tokio::test]
+async fn everything_sse_starts_later() {
+    server_starts_later(Kind::EverythingSse).await;
+}
+
+#[tokio::test]
+async fn python_http_starts_later() {
+    server_starts_later(Kind::PythonHttp).await;
+}
+
+#[tokio::test]
+async fn everything_ws_starts_later() {
+    server_starts_later(Kind::EverythingWs).await;
+}
+
+// --- framing, straight on tether's stdio ---
+
+/// tether with a stdio server-everything, spoken to line by line.
+struct Raw {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Raw {
+    fn start(extra: &[&str]) -> Raw {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg("mcp")
+            .args(extra)
+            .arg("--")
+            .arg(peers::server_everything())
+            .arg("stdio")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Raw {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    async fn write(&mut self, line: &[u8]) {
+        self.stdin.write_all(line).await.unwrap();
+        self.stdin.write_all(b"\n").await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// The next answer with `id` (notifications and other answers are
+    /// skipped); every stdout line must be a JSON-RPC message.
+    async fn answer(&mut self, id: &Value) -> Value {
+        within(&format!("the answer to {id}"), async {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("tether is running");
+                let message: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout carried a non-JSON line ({e}): {line}"));
+                assert_eq!(message["jsonrpc"], "2.0", "{line}");
+                if message.get("method").is_none() && &message["id"] == id {
+                    return message;
+                }
+            }
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_messages_get_errors_and_the_session_goes_on() {
+    let mut raw = Raw::start(&["--max-message", "4K"]);
+    raw.write(br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#).await;
+    let init = raw.answer(&json!(1)).await;
+    assert!(init["result"]["protocolVersion"].is_string(), "{init}");
+    raw.write(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .await;
+
+    raw.write(b"{this is not json").await;
+    let parse = raw.answer(&Value::Null).await;
+    assert_eq!(parse["error"]["code"], -32700, "{parse}");
+
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"{}"}}}}}}"#,
+        "x".repeat(8192)
+    );
+    raw.write(big.as_bytes()).await;
+    let too_big = raw.answer(&json!(7)).await;
+    assert_eq!(too_big["error"]["code"], -32600, "{too_big}");
+    assert!(
+        too_big["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4096-byte limit"),
+        "{too_big}"
+    );
+
+    raw.write(br#"{"jsonrpc":"2.0","id":"s","method":42}"#)
+        .await;
+    let invalid = raw.answer(&json!("s")).await;
+    assert_eq!(invalid["error"]["code"], -32600, "{invalid}");
+
+    raw.write(br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"message":"still here"}}}"#).await;
+    let echo = raw.answer(&json!(8)).await;
+    assert_eq!(
+        echo["result"]["content"][0]["text"], "Echo: still here",
+        "{echo}"
+    );
+
+    // Closing stdin ends tether, and with it the server.
+    drop(raw.stdin);
+    let status = within("tether to exit", raw.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn bad_arguments_are_usage_errors() {
+    for (args, code, words) in [
+        (vec!["mcp"], 2, "required"),
+        (vec!["mcp", "ftp://x/"], 2, "unsupported scheme"),
+        (
+            vec!["mcp", "--", "/no/such/server"],
+            127,
+            "cannot run the MCP server",
+        ),
+        (
+            vec!["mcp", "--timeout", "tools/call", "http://127.0.0.1:1/mcp"],
+            2,
+            "METHOD=IDLE",
+        ),
+        (
+            vec!["mcp", "--max-message", "5T", "http://127.0.0.1:1/mcp"],
+            2,
+            "unit",
+        ),
+    ] {
+        let run = crate::support::run(&args).await;
+        assert_eq!(run.code(), code, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(words), "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
+    }
+}

@@ -1,0 +1,1132 @@
+//! The MCP session core, without I/O: messages and events in, [`Action`]s
+//! out. The driver (`driver.rs`) owns the sockets, the child process and
+//! the clock; this owns every decision.
+//!
+//! # States of the upstream link
+//!
+//! ```text
+//!            connect                 connected            replayed initialize answered
+//!   Down ─────────────▶ Connecting ─────────────▶ Handshaking ─────────────▶ Ready
+//!    ▲  ◀── connect failed ──┘                        │                        │
+//!    └───────────────── lost (reset, exit, session gone, ping unanswered) ─────┘
+//! ```
+//!
+//! `Handshaking` is skipped until the client's own `initialize` has been
+//! answered once (its first `initialize` simply goes through), and in the
+//! stateless 2026-07-28 era, which has no handshake.
+//!
+//! # Invariants
+//!
+//! - Every client request is answered exactly once: by the upstream's
+//!   response (with the client's id), or by an error that names the cause.
+//! - A request is sent again after a reconnect only if it never left
+//!   (`not_sent`) or is free of side effects ([`resendable`]).
+//! - Upstream ids are tether's own, never reused within a run, so a late
+//!   answer from an old connection cannot be taken for a new one's.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tether_resilience::failure::human_duration;
+use tether_resilience::{Backoff, Cause, ExponentialBackoff, Failure, Jitter, Phase, Reconnect};
+use tether_resilience::{Safety, Verdict};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::jsonrpc::{self, Kind};
+
+/// Per-request timeouts: a request fails when nothing (no answer, no
+/// progress) came for `idle`, or when it has run for `total`, whichever
+/// comes first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub idle: Duration,
+    pub total: Duration,
+    /// Overrides by method (`tools/call`, ...).
+    pub per_method: HashMap<String, (Duration, Duration)>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            idle: Duration::from_secs(300),
+            total: Duration::from_secs(3600),
+            per_method: HashMap::new(),
+        }
+    }
+}
+
+impl Timeouts {
+    fn for_method(&self, method: &str) -> (Duration, Duration) {
+        self.per_method
+            .get(method)
+            .copied()
+            .unwrap_or((self.idle, self.total))
+    }
+}
+
+/// How the core behaves.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The upstream as messages name it (`http://127.0.0.1:3001/mcp`,
+    /// `stdio server npx ...`).
+    pub upstream: String,
+    pub timeouts: Timeouts,
+    /// Ping an idle upstream this often; `None`: never.
+    pub ping_interval: Option<Duration>,
+    /// A ping (or the replayed handshake) unanswered for this long means
+    /// the connection is dead.
+    pub ping_timeout: Duration,
+    /// Reconnect pacing while nobody waits.
+    pub reconnect: Backoff,
+    /// Reconnect pacing while requests wait: its cap is at most 100 ms.
+    pub demand: Backoff,
+}
+
+impl SessionConfig {
+    pub fn new(upstream: impl Into<String>) -> SessionConfig {
+        SessionConfig {
+            upstream: upstream.into(),
+            timeouts: Timeouts::default(),
+            ping_interval: Some(Duration::from_secs(30)),
+            ping_timeout: Duration::from_secs(10),
+            reconnect: Backoff::reconnect(),
+            demand: demand_pacing(Duration::from_millis(5), Duration::from_millis(50)),
+        }
+    }
+}
+
+/// A demand pacing from `initial` growing ×1.5 ±20 % to `cap` (at most
+/// 100 ms).
+pub fn demand_pacing(initial: Duration, cap: Duration) -> Backoff {
+    let cap = cap.min(Duration::from_millis(100));
+    let initial = initial.min(cap);
+    Backoff::try_new(initial, cap, 1.5, 0.2).unwrap_or_else(|_| Backoff::reconnect())
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write this message to the client.
+    ToClient(Value),
+    /// Send this message over the current upstream connection.
+    ToUpstream(Value),
+    /// Open a new upstream connection for generation `generation`.
+    Connect { generation: u64 },
+    /// Drop the current upstream connection.
+    Disconnect,
+}
+
+/// The protocol era the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// Not known until the client's first request.
+    Unknown,
+    /// `initialize` and sessions (2024-11-05 to 2025-11-25).
+    Legacy,
+    /// Stateless, every request carries its own `_meta` (2026-07-28).
+    Modern,
+}
+
+#[derive(Debug)]
+enum Link {
+    Down { retry_at: Instant },
+    Connecting,
+    Handshaking { deadline: Instant },
+    Ready,
+}
+
+/// A client request not answered yet.
+#[derive(Debug)]
+struct Pending {
+    client_id: Value,
+    method: String,
+    message: Value,
+    safety: Safety,
+    /// The id it went upstream with, while in flight.
+    upstream_id: Option<u64>,
+    /// Re-sends after reconnects, for the logs.
+    resent: u32,
+    idle: Duration,
+    idle_deadline: Instant,
+    total_deadline: Instant,
+    total: Duration,
+}
+
+/// What an upstream id belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outstanding {
+    Client(u64),
+    Replay,
+    Ping { deadline: Instant },
+    Reapply,
+}
+
+/// The client's handshake, kept for replay.
+#[derive(Debug)]
+struct Handshake {
+    params: Value,
+    /// The first result the client saw: later servers must match it.
+    result: Option<Value>,
+}
+
+/// The session core.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    link: Link,
+    generation: u64,
+    era: Era,
+    handshake: Option<Handshake>,
+    /// `notifications/initialized` went out on this generation.
+    initialized: bool,
+    /// The upstream changed so that the client's session cannot go on.
+    incompatible: Option<Failure>,
+    /// Client requests by arrival.
+    pending: BTreeMap<u64, Pending>,
+    next_seq: u64,
+    by_client: HashMap<String, u64>,
+    by_upstream: HashMap<u64, Outstanding>,
+    next_upstream_id: u64,
+    /// Client notifications waiting for a connection.
+    notes: VecDeque<Value>,
+    /// Requests the upstream made of the client on this generation.
+    server_requests: HashSet<String>,
+    /// State to re-apply on a new session.
+    log_level: Option<Value>,
+    subscriptions: BTreeSet<String>,
+    /// Tools whose annotations say readOnlyHint or idempotentHint.
+    safe_tools: HashSet<String>,
+    reconnect: Reconnect,
+    demand: ExponentialBackoff,
+    last_failure: Option<Failure>,
+    last_traffic: Instant,
+    client_closed: bool,
+    actions: Vec<Action>,
+}
+
+/// At most this many client notifications wait for a connection.
+const MAX_QUEUED_NOTES: usize = 1024;
+
+/// Methods free of side effects (or idempotent), which may be sent again
+/// when nobody knows whether the upstream saw them.
+const RESENDABLE: [&str; 14] = [
+    "initialize",
+    "ping",
+    "server/discover",
+    "tools/list",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "completion/complete",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "tasks/get",
+];
+
+impl Session {
+    pub fn new(config: SessionConfig, now: Instant) -> Session {
+        let demand = config.demand.start(Jitter::new());
+        let reconnect = Reconnect::new(config.reconnect, Jitter::new());
+        Session {
+            config,
+            link: Link::Down { retry_at: now },
+            generation: 0,
+            era: Era::Unknown,
+            handshake: None,
+            initialized: false,
+            incompatible: None,
+            pending: BTreeMap::new(),
+            next_seq: 0,
+            by_client: HashMap::new(),
+            by_upstream: HashMap::new(),
+            next_upstream_id: 1,
+            notes: VecDeque::new(),
+            server_requests: HashSet::new(),
+            log_level: None,
+            subscriptions: BTreeSet::new(),
+            safe_tools: HashSet::new(),
+            reconnect,
+            demand,
+            last_failure: None,
+            last_traffic: now,
+            client_closed: false,
+            actions: Vec::new(),
+        }
+    }
+
+    /// The actions decided since the last call, in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// The generation of the current (or coming) upstream connection.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn era(&self) -> Era {
+        self.era
+    }
+
+    /// Whether the upstream is connected and its session set up.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.link, Link::Ready)
+    }
+
+    /// Client requests not answered yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    // --- from the client ---
+
+    /// A message from the client.
+    pub fn on_client(&mut self, message: Value, now: Instant) {
+        match jsonrpc::kind(&message) {
+            Kind::Request { id, method } => self.client_request(id, method, message, now),
+            Kind::Notification { method } => self.client_notification(&method, message),
+            Kind::Response { id } => self.client_response(&id, message),
+            Kind::Invalid { id, reason } => {
+                let id = id.unwrap_or(Value::Null);
+                self.emit_client(jsonrpc::error(
+                    id,
+                    jsonrpc::INVALID_REQUEST,
+                    format!("invalid request: {reason}"),
+                    None,
+                ));
+            }
+        }
+    }
+
+    /// The client closed its side: nothing more will be asked.
+    pub fn on_client_closed(&mut self) {
+        self.client_closed = true;
+    }
+
+    fn client_request(&mut self, id: Value, method: String, message: Value, now: Instant) {
+        let key = jsonrpc::id_key(&id);
+        if self.by_client.contains_key(&key) {
+            self.emit_client(jsonrpc::error(
+                id,
+                jsonrpc::INVALID_REQUEST,
+                format!("request id {key} is already in use by a request still in flight"),
+                None,
+            ));
+            return;
+        }
+        if self.era == Era::Unknown {
+            self.era = if method == "initialize" {
+                Era::Legacy
+            } else if method == "server/discover" || modern_meta(&message) {
+                Era::Modern
+            } else {
+                Era::Legacy
+            };
+        }
+        if method == "initialize" {
+            let params = jsonrpc::params(&message).clone();
+            match &mut self.handshake {
+                Some(handshake) => handshake.params = params,
+                None => {
+                    self.handshake = Some(Handshake {
+                        params,
+                        result: None,
+                    });
+                }
+            }
+        }
+        if let Some(failure) = &self.incompatible {
+            let failure = failure.clone();
+            self.answer_failure(&id, &method, &message, &failure, "");
+            return;
+        }
+        if method == "ping" && !self.is_ready() {
+            // The client asks whether its endpoint is alive: it is.
+            self.emit_client(json!({ "jsonrpc": "2.0", "id": id, "result": {} }));
+            return;
+        }
+        let (idle, total) = self.config.timeouts.for_method(&method);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_client.insert(key, seq);
+        self.pending.insert(
+            seq,
+            Pending {
+                client_id: id,
+                method,
+                message,
+                safety: Safety::NotSent,
+                upstream_id: None,
+                resent: 0,
+                idle,
+                idle_deadline: now + idle,
+                total_deadline: now + total,
+                total,
+            },
+        );
+        if self.is_ready() {
+            self.send_pending(seq);
+        } else {
+            self.hurry(now);
+        }
+    }
+
+    fn client_notification(&mut self, method: &str, message: Value) {
+        match method {
+            "notifications/initialized" => {
+                // After a replay tether has sent its own.
+                if self.is_ready() && !self.initialized {
+                    self.initialized = true;
+                    self.emit_upstream(message);
+                }
+            }
+            "notifications/cancelled" => {
+                let params = jsonrpc::params(&message);
+                let Some(request) = params.get("requestId") else {
+                    return;
+                };
+                let Some(seq) = self.by_client.remove(&jsonrpc::id_key(request)) else {
+                    return;
+                };
+                let Some(pending) = self.pending.remove(&seq) else {
+                    return;
+                };
+                if let Some(upstream_id) = pending.upstream_id {
+                    self.by_upstream.remove(&upstream_id);
+                    let mut params = params.clone();
+                    if let Some(object) = params.as_object_mut() {
+                        object.insert("requestId".into(), upstream_id.into());
+                    }
+                    self.emit_upstream(jsonrpc::notification(method, Some(params)));
+                }
+            }
+            _ => {
+                if self.is_ready() {
+                    self.emit_upstream(message);
+                } else {
+                    if self.notes.len() >= MAX_QUEUED_NOTES {
+                        self.notes.pop_front();
+                        warn!(
+                            upstream = %self.config.upstream,
+                            "dropped the oldest of {MAX_QUEUED_NOTES} client notifications waiting for the upstream"
+                        );
+                    }
+                    self.notes.push_back(message);
+                }
+            }
+        }
+    }
+
+    fn client_response(&mut self, id: &Value, message: Value) {
+        if self.server_requests.remove(&jsonrpc::id_key(id)) && self.is_ready() {
+            self.emit_upstream(message);
+        } else {
+            debug!(id = %id, "dropped the client's answer to a request of an earlier upstream session");
+        }
+    }
+
+    // --- from the upstream ---
+
+    /// The upstream connection of generation `generation` is up.
+    pub fn on_connected(&mut self, generation: u64, now: Instant) {
+        if generation != self.generation || !matches!(self.link, Link::Connecting) {
+            return;
+        }
+        self.reconnect.connected(now);
+        self.last_traffic = now;
+        self.initialized = false;
+        let replay = match (&self.handshake, self.era) {
+            (Some(handshake), Era::Legacy) if handshake.result.is_some() => {
+                Some(handshake.params.clone())
+            }
+            _ => None,
+        };
+        match replay {
+            Some(params) => {
+                let id = self.upstream_id(Outstanding::Replay);
+                self.emit_upstream(jsonrpc::request(id, "initialize", params));
+                self.link = Link::Handshaking {
+                    deadline: now + self.config.ping_timeout,
+                };
+            }
+            None => {
+                info!(upstream = %self.config.upstream, "connected to the upstream");
+                self.become_ready();
+            }
+        }
+    }
+
+    /// A connection attempt failed.
+    pub fn on_connect_failed(&mut self, generation: u64, failure: Failure, now: Instant) {
+        if generation != self.generation || !matches!(self.link, Link::Connecting) {
+            return;
+        }
+        debug!(upstream = %self.config.upstream, cause = %failure.cause, "{}", failure.detail);
+        let delay = self.reconnect.failed();
+        self.down(failure, delay, now);
+    }
+
+    /// The connection of generation `generation` is gone.
+    pub fn on_lost(&mut self, generation: u64, failure: Failure, now: Instant) {
+        if generation != self.generation {
+            return;
+        }
+        self.lost(failure, now);
+    }
+
+    /// One request sent on generation `generation` failed in transport (an HTTP
+    /// status, a connection reset).
+    pub fn on_request_failed(
+        &mut self,
+        generation: u64,
+        upstream_id: u64,
+        failure: Failure,
+        now: Instant,
+    ) {
+        if generation != self.generation {
+            return;
+        }
+        let breaks = breaks_link(&failure);
+        match self.by_upstream.remove(&upstream_id) {
+            Some(Outstanding::Client(seq)) => {
+                if breaks {
+                    // A request the server refused unseen may go again,
+                    // whatever it does; the link drop decides the others.
+                    if failure.safety == Safety::NotSent
+                        && let Some(pending) = self.pending.get_mut(&seq)
+                    {
+                        pending.safety = Safety::NotSent;
+                        pending.upstream_id = None;
+                    }
+                    self.lost(failure, now);
+                } else if let Some(pending) = self.pending.remove(&seq) {
+                    self.by_client.remove(&jsonrpc::id_key(&pending.client_id));
+                    let failure = failure.with_safety(pending.safety);
+                    self.answer_failure(
+                        &pending.client_id,
+                        &pending.method,
+                        &pending.message,
+                        &failure,
+                        "",
+                    );
+                }
+            }
+            Some(Outstanding::Replay) => self.lost(failure, now),
+            Some(Outstanding::Ping { .. } | Outstanding::Reapply) | None => {
+                if breaks {
+                    self.lost(failure, now);
+                }
+            }
+        }
+    }
+
+    /// A message from the upstream of generation `generation`.
+    pub fn on_upstream(&mut self, generation: u64, message: Value, now: Instant) {
+        if generation != self.generation
+            || matches!(self.link, Link::Down { .. } | Link::Connecting)
+        {
+            return;
+        }
+        self.last_traffic = now;
+        match jsonrpc::kind(&message) {
+            Kind::Response { id } => self.upstream_response(&id, message, now),
+            Kind::Request { id, .. } => {
+                self.server_requests.insert(jsonrpc::id_key(&id));
+                self.emit_client(message);
+            }
+            Kind::Notification { method } => {
+                if method == "notifications/progress" {
+                    self.progressed(&message, now);
+                }
+                self.emit_client(message);
+            }
+            Kind::Invalid { reason, .. } => {
+                warn!(upstream = %self.config.upstream, "ignored an invalid message from the upstream: {reason}");
+            }
+        }
+    }
+
+    fn progressed(&mut self, message: &Value, now: Instant) {
+        let Some(token) = jsonrpc::params(message).get("progressToken") else {
+            return;
+        };
+        for pending in self.pending.values_mut() {
+            if jsonrpc::progress_token(&pending.message) == Some(token) {
+                pending.idle_deadline = now + pending.idle;
+            }
+        }
+    }
+
+    fn upstream_response(&mut self, id: &Value, message: Value, now: Instant) {
+        let Some(outstanding) = id.as_u64().and_then(|id| self.by_upstream.remove(&id)) else {
+            debug!(id = %id, "ignored a late or unknown answer from the upstream");
+            return;
+        };
+        self.reconnect.exchanged();
+        match outstanding {
+            Outstanding::Client(seq) => self.client_answer(seq, message, now),
+            Outstanding::Replay => self.replay_answered(&message, now),
+            Outstanding::Ping { .. } => {
+                // Any answer, even -32601 "method not found", says alive.
+            }
+            Outstanding::Reapply => {
+                if let Some(error) = message.get("error") {
+                    warn!(upstream = %self.config.upstream, "restoring session state failed: {error}");
+                }
+            }
+        }
+    }
+
+    fn client_answer(&mut self, seq: u64, mut message: Value, now: Instant) {
+        if let Some(error) = message.get("error")
+            && self.era == Era::Legacy
+            && self.handshake.as_ref().is_some_and(|h| h.result.is_some())
+            && jsonrpc::is_session_lost_error(error)
+        {
+            // The server lost our session and did not run the request.
+            let text = error.get("message").and_then(Value::as_str).unwrap_or("");
+            if let Some(pending) = self.pending.get_mut(&seq) {
+                pending.safety = Safety::NotSent;
+                pending.upstream_id = None;
+            }
+            let failure = Failure::new(
+                Phase::FirstByte,
+                Cause::SessionLost,
+                format!(
+                    "{}: the server no longer knows the session ({text})",
+                    self.config.upstream
+                ),
+            )
+            .with_safety(Safety::NotSent);
+            self.lost(failure, now);
+            return;
+        }
+        let Some(pending) = self.pending.remove(&seq) else {
+            return;
+        };
+        self.by_client.remove(&jsonrpc::id_key(&pending.client_id));
+        if message.get("result").is_some() {
+            self.learn(&pending, &message);
+        }
+        if let Some(object) = message.as_object_mut() {
+            object.insert("id".into(), pending.client_id);
+        }
+        self.emit_client(message);
+    }
+
+    /// Keeps what a successful answer says about session state.
+    fn learn(&mut self, pending: &Pending, answer: &Value) {
+        let params = jsonrpc::params(&pending.message);
+        let result = &answer["result"];
+        match pending.method.as_str() {
+            "initialize" => {
+                if let Some(handshake) = &mut self.handshake
+                    && handshake.result.is_none()
+                {
+                    handshake.result = Some(result.clone());
+                }
+                self.initialized = false;
+            }
+            "logging/setLevel" => self.log_level = params.get("level").cloned(),
+            "resources/subscribe" => {
+                if let Some(uri) = params.get("uri").and_then(Value::as_str) {
+                    self.subscriptions.insert(uri.to_string());
+                }
+            }
+            "resources/unsubscribe" => {
+                if let Some(uri) = params.get("uri").and_then(Value::as_str) {
+                    self.subscriptions.remove(uri);
+                }
+            }
+            "tools/list" => {
+                for tool in result["tools"].as_array().into_iter().flatten() {
+                    let Some(name) = tool.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let hints = &tool["annotations"];
+                    let safe = hints["readOnlyHint"] == Value::Bool(true)
+                        || hints["idempotentHint"] == Value::Bool(true);
+                    if safe {
+                        self.safe_tools.insert(name.to_string());
+                    } else {
+                        self.safe_tools.remove(name);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn replay_answered(&mut self, message: &Value, now: Instant) {
+        let Some(result) = message.get("result") else {
+            let error = message.get("error").cloned().unwrap_or(Value::Null);
+            let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+            let text = error.get("message").and_then(Value::as_str).unwrap_or("");
+            let failure = Failure::jsonrpc(
+                code,
+                text,
+                format!("initialize (replayed) at {}", self.config.upstream),
+            );
+            self.lost(failure, now);
+            return;
+        };
+        if let Some(failure) = self.incompatibility(result) {
+            warn!(upstream = %self.config.upstream, "{}", failure.detail);
+            self.incompatible = Some(failure.clone());
+            let waiting: Vec<u64> = self.pending.keys().copied().collect();
+            for seq in waiting {
+                self.fail_pending(seq, &failure, "");
+            }
+        }
+        self.initialized = true;
+        self.emit_upstream(jsonrpc::notification("notifications/initialized", None));
+        if let Some(level) = self.log_level.clone() {
+            let id = self.upstream_id(Outstanding::Reapply);
+            self.emit_upstream(jsonrpc::request(
+                id,
+                "logging/setLevel",
+                json!({ "level": level }),
+            ));
+        }
+        for uri in self.subscriptions.clone() {
+            let id = self.upstream_id(Outstanding::Reapply);
+            self.emit_upstream(jsonrpc::request(
+                id,
+                "resources/subscribe",
+                json!({ "uri": uri }),
+            ));
+        }
+        // The new server's lists may differ from the old one's.
+        for capability in ["tools", "prompts", "resources"] {
+            if result["capabilities"].get(capability).is_some() {
+                self.emit_client(jsonrpc::notification(
+                    &format!("notifications/{capability}/list_changed"),
+                    None,
+                ));
+            }
+        }
+        info!(upstream = %self.config.upstream, "session restored on the restarted upstream");
+        self.become_ready();
+    }
+
+    /// Why the new server cannot carry on the client's session, if it
+    /// cannot: another protocol version, or a capability the client was
+    /// promised is gone.
+    fn incompatibility(&self, result: &Value) -> Option<Failure> {
+        let first = self.handshake.as_ref()?.result.as_ref()?;
+        let was = first["protocolVersion"].as_str().unwrap_or("");
+        let now = result["protocolVersion"].as_str().unwrap_or("");
+        let detail = if was != now {
+            format!(
+                "{} restarted speaking protocol version {now:?}, but this session negotiated {was:?}; restart the client to reconnect",
+                self.config.upstream
+            )
+        } else {
+            let lost: Vec<&str> = first["capabilities"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(name, _)| name.as_str())
+                .filter(|name| result["capabilities"].get(*name).is_none())
+                .collect();
+            if lost.is_empty() {
+                return None;
+            }
+            format!(
+                "{} restarted without the capabilities {} it offered before; restart the client to reconnect",
+                self.config.upstream,
+                lost.join(", ")
+            )
+        };
+        Some(
+            Failure::new(Phase::FirstByte, Cause::ProtocolMismatch, detail)
+                .with_verdict(Verdict::Permanent),
+        )
+    }
+
+    // --- time ---
+
+    /// Does what is due at `now`: connection attempts, timeouts, pings.
+    pub fn on_tick(&mut self, now: Instant) {
+        if let Link::Down { retry_at } = self.link
+            && now >= retry_at
+            && !self.client_closed
+        {
+            self.generation += 1;
+            self.link = Link::Connecting;
+            self.actions.push(Action::Connect {
+                generation: self.generation,
+            });
+        }
+        if let Link::Handshaking { deadline } = self.link
+            && now >= deadline
+        {
+            let failure = Failure::timeout(
+                Phase::FirstByte,
+                self.config.ping_timeout,
+                format!("initialize (replayed) at {}", self.config.upstream),
+            );
+            self.lost(failure, now);
+        }
+        self.expire(now);
+        self.keepalive(now);
+    }
+
+    /// When [`Session::on_tick`] next has something to do.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        let mut next = match self.link {
+            Link::Down { retry_at } if !self.client_closed => Some(retry_at),
+            Link::Handshaking { deadline } => Some(deadline),
+            _ => None,
+        };
+        let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        for pending in self.pending.values() {
+            earliest(pending.idle_deadline.min(pending.total_deadline));
+        }
+        for outstanding in self.by_upstream.values() {
+            if let Outstanding::Ping { deadline } = outstanding {
+                earliest(*deadline);
+            }
+        }
+        if let Some(due) = self.ping_due() {
+            earliest(due);
+        }
+        next
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now >= p.idle_deadline || now >= p.total_deadline)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in due {
+            let Some(pending) = self.pending.remove(&seq) else {
+                continue;
+            };
+            self.by_client.remove(&jsonrpc::id_key(&pending.client_id));
+            let what = jsonrpc::describe(&pending.method, &pending.message);
+            let total = now >= pending.total_deadline;
+            let (failure, cancelled) = match pending.upstream_id {
+                Some(upstream_id) => {
+                    self.by_upstream.remove(&upstream_id);
+                    // `initialize` must not be cancelled.
+                    let cancel = pending.method != "initialize";
+                    if cancel {
+                        self.emit_upstream(jsonrpc::notification(
+                            "notifications/cancelled",
+                            Some(json!({
+                                "requestId": upstream_id,
+                                "reason": "tether: request timed out",
+                            })),
+                        ));
+                        info!(upstream = %self.config.upstream, request = %what, "sent notifications/cancelled after the timeout");
+                    }
+                    let detail = if total {
+                        format!(
+                            "{what} ran for {}, its total limit, without an answer from {}",
+                            human_duration(pending.total),
+                            self.config.upstream
+                        )
+                    } else {
+                        format!(
+                            "no answer or progress from {} for {what} in {} (idle timeout)",
+                            self.config.upstream,
+                            human_duration(pending.idle)
+                        )
+                    };
+                    let cause = if total {
+                        Cause::ResponseTimeout
+                    } else {
+                        Cause::IdleTimeout
+                    };
+                    let phase = if total { Phase::Stream } else { Phase::Idle };
+                    (
+                        Failure::new(phase, cause, detail).with_safety(pending.safety),
+                        cancel,
+                    )
+                }
+                None => {
+                    let waited = if total { pending.total } else { pending.idle };
+                    let why = match &self.last_failure {
+                        Some(f) => format!("; last error: {}", f.detail),
+                        None => String::new(),
+                    };
+                    let detail = format!(
+                        "{what} waited {} for {}, which is not reachable{why}",
+                        human_duration(waited),
+                        self.config.upstream
+                    );
+                    let cause = self
+                        .last_failure
+                        .as_ref()
+                        .map_or(Cause::ConnectTimeout, |f| f.cause);
+                    let failure =
+                        Failure::new(Phase::Connect, cause, detail).with_safety(Safety::NotSent);
+                    (failure, false)
+                }
+            };
+            let note = if cancelled {
+                "; sent notifications/cancelled upstream"
+            } else {
+                ""
+            };
+            let message = format!("{}{note}", failure.detail);
+            warn!(upstream = %self.config.upstream, cause = %failure.cause, "{message}");
+            self.emit_client(jsonrpc::error(
+                pending.client_id,
+                jsonrpc::REQUEST_TIMEOUT,
+                format!("tether: {message}"),
+                Some(jsonrpc::failure_data(
+                    &failure,
+                    &self.config.upstream,
+                    &pending.method,
+                )),
+            ));
+        }
+    }
+
+    fn ping_due(&self) -> Option<Instant> {
+        let interval = self.config.ping_interval?;
+        let idle = matches!(self.link, Link::Ready)
+            && self.era == Era::Legacy
+            && self.pending.is_empty()
+            && self.by_upstream.is_empty()
+            && self.handshake.as_ref().is_some_and(|h| h.result.is_some());
+        idle.then_some(self.last_traffic + interval)
+    }
+
+    fn keepalive(&mut self, now: Instant) {
+        let overdue = self
+            .by_upstream
+            .values()
+            .any(|o| matches!(o, Outstanding::Ping { deadline } if now >= *deadline));
+        if overdue {
+            let failure = Failure::new(
+                Phase::Idle,
+                Cause::IdleTimeout,
+                format!(
+                    "{} did not answer a ping in {}",
+                    self.config.upstream,
+                    human_duration(self.config.ping_timeout)
+                ),
+            );
+            self.lost(failure, now);
+            return;
+        }
+        if self.ping_due().is_some_and(|due| now >= due) {
+            let id = self.upstream_id(Outstanding::Ping {
+                deadline: now + self.config.ping_timeout,
+            });
+            self.last_traffic = now;
+            self.emit_upstream(jsonrpc::request(id, "ping", json!({})));
+        }
+    }
+
+    // --- internals ---
+
+    fn become_ready(&mut self) {
+        self.link = Link::Ready;
+        self.demand.reset();
+        let waiting: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.upstream_id.is_none())
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in waiting {
+            self.send_pending(seq);
+        }
+        while let Some(note) = self.notes.pop_front() {
+            self.emit_upstream(note);
+        }
+    }
+
+    fn send_pending(&mut self, seq: u64) {
+        let id = self.upstream_id(Outstanding::Client(seq));
+        let Some(pending) = self.pending.get_mut(&seq) else {
+            return;
+        };
+        let mut message = pending.message.clone();
+        if let Some(object) = message.as_object_mut() {
+            object.insert("id".into(), id.into());
+        }
+        if pending.safety != Safety::NotSent || pending.resent > 0 {
+            info!(request = %jsonrpc::describe(&pending.method, &pending.message), "re-sent after reconnecting");
+        }
+        pending.upstream_id = Some(id);
+        pending.safety = Safety::SentUnacked;
+        self.emit_upstream(message);
+    }
+
+    fn upstream_id(&mut self, outstanding: Outstanding) -> u64 {
+        let id = self.next_upstream_id;
+        self.next_upstream_id += 1;
+        self.by_upstream.insert(id, outstanding);
+        id
+    }
+
+    /// The link is gone: decide the fate of every request in flight and
+    /// schedule the reconnect.
+    fn lost(&mut self, failure: Failure, now: Instant) {
+        if matches!(self.link, Link::Down { .. } | Link::Connecting) {
+            return;
+        }
+        warn!(upstream = %self.config.upstream, cause = %failure.cause, "lost the upstream: {}", failure.detail);
+        self.actions.push(Action::Disconnect);
+        self.by_upstream.clear();
+        self.server_requests.clear();
+        self.initialized = false;
+        let in_flight: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.upstream_id.is_some() || p.safety != Safety::NotSent)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in in_flight {
+            let Some(pending) = self.pending.get_mut(&seq) else {
+                continue;
+            };
+            pending.upstream_id = None;
+            if pending.safety == Safety::NotSent
+                || resendable(&pending.method, &pending.message, &self.safe_tools)
+            {
+                pending.safety = Safety::NotSent;
+                pending.resent += 1;
+            } else {
+                let safety = pending.safety;
+                self.fail_pending(
+                    seq,
+                    &failure.clone().with_safety(safety),
+                    "; not sent again because it may have had side effects",
+                );
+            }
+        }
+        let delay = self.reconnect.disconnected(now);
+        self.down(failure, delay, now);
+    }
+
+    fn down(&mut self, failure: Failure, delay: Duration, now: Instant) {
+        if failure.is_permanent() && !self.pending.is_empty() {
+            // Waiting cannot help: answer now, keep retrying slowly.
+            let waiting: Vec<u64> = self.pending.keys().copied().collect();
+            for seq in waiting {
+                self.fail_pending(seq, &failure, "");
+            }
+        }
+        self.last_failure = Some(failure);
+        self.link = Link::Down {
+            retry_at: now + delay,
+        };
+        self.hurry(now);
+    }
+
+    /// With requests waiting, the next attempt comes within the demand
+    /// pacing (at most 100 ms away).
+    fn hurry(&mut self, now: Instant) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Link::Down { retry_at } = self.link {
+            let soon = now + self.demand.next_delay();
+            if soon < retry_at {
+                self.link = Link::Down { retry_at: soon };
+            }
+        }
+    }
+
+    fn fail_pending(&mut self, seq: u64, failure: &Failure, why: &str) {
+        let Some(pending) = self.pending.remove(&seq) else {
+            return;
+        };
+        self.by_client.remove(&jsonrpc::id_key(&pending.client_id));
+        if let Some(id) = pending.upstream_id {
+            self.by_upstream.remove(&id);
+        }
+        self.answer_failure(
+            &pending.client_id,
+            &pending.method,
+            &pending.message,
+            failure,
+            why,
+        );
+    }
+
+    fn answer_failure(
+        &mut self,
+        id: &Value,
+        method: &str,
+        message: &Value,
+        failure: &Failure,
+        why: &str,
+    ) {
+        let what = jsonrpc::describe(method, message);
+        let text = format!("tether: {what} failed: {}{why}", failure.detail);
+        warn!(upstream = %self.config.upstream, cause = %failure.cause, safety = failure.safety.as_str(), "{text}");
+        self.emit_client(jsonrpc::error(
+            id.clone(),
+            jsonrpc::UPSTREAM_ERROR,
+            text,
+            Some(jsonrpc::failure_data(
+                failure,
+                &self.config.upstream,
+                method,
+            )),
+        ));
+    }
+
+    fn emit_client(&mut self, message: Value) {
+        self.actions.push(Action::ToClient(message));
+    }
+
+    fn emit_upstream(&mut self, message: Value) {
+        self.actions.push(Action::ToUpstream(message));
+    }
+}
+
+/// Whether a request may be sent again when nobody knows whether the
+/// upstream ran it: side-effect-free methods, and tools whose annotations
+/// (hints, from the last `tools/list`) say read-only or idempotent.
+pub fn resendable(method: &str, message: &Value, safe_tools: &HashSet<String>) -> bool {
+    if RESENDABLE.contains(&method) {
+        return true;
+    }
+    method == "tools/call"
+        && jsonrpc::params(message)
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|name| safe_tools.contains(name))
+}
+
+/// Whether a request's transport failure means the whole link is gone,
+/// rather than only that request.
+pub fn breaks_link(failure: &Failure) -> bool {
+    matches!(
+        failure.cause,
+        Cause::ConnectRefused
+            | Cause::ConnectTimeout
+            | Cause::ConnectUnreachable
+            | Cause::PathMissing
+            | Cause::DnsTemporary
+            | Cause::TlsHandshake
+            | Cause::ResetBeforeResponse
+            | Cause::ResetMidStream
+            | Cause::SessionLost
+            | Cause::ProcessExited
+            | Cause::Http(502..=504)
+    )
+}
+
+/// Whether a request carries the 2026-07-28 era's per-request metadata.
+fn modern_meta(message: &Value) -> bool {
+    jsonrpc::params(message)
+        .get("_meta")
+        .and_then(|meta| meta.get("io.modelcontextprotocol/protocolVersion"))
+        .is_some()
+}

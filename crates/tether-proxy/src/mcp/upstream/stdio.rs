@@ -1,0 +1,256 @@
+//! A stdio MCP server that tether starts, and starts again when it ends:
+//! messages are lines on its stdin and stdout, its stderr is passed on and
+//! its last lines name the cause when it dies.
+
+use std::collections::VecDeque;
+use std::process::{Command, Stdio as StdStdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tether_process::{Child, Signal};
+use tether_resilience::{Cause, Failure, Phase};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{Events, Limits, Link, Outbound, StderrSink, UpEvent};
+use crate::mcp::frame::{Line, LineReader, sniff_id};
+
+/// How many stderr lines a failure quotes.
+const STDERR_TAIL: usize = 5;
+/// How long a stopping server gets after its stdin closes, then after
+/// SIGTERM, before SIGKILL.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// The command of a stdio server.
+#[derive(Clone)]
+pub struct Stdio {
+    argv: Vec<String>,
+    limits: Limits,
+    stderr: StderrSink,
+}
+
+impl std::fmt::Debug for Stdio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stdio").field("argv", &self.argv).finish()
+    }
+}
+
+impl Stdio {
+    /// `argv` is not empty.
+    pub fn new(argv: Vec<String>, limits: Limits, stderr: StderrSink) -> Stdio {
+        Stdio {
+            argv,
+            limits,
+            stderr,
+        }
+    }
+
+    /// How messages name it.
+    pub fn name(&self) -> String {
+        format!("stdio server `{}`", self.argv.join(" "))
+    }
+
+    /// Starts the server.
+    pub fn connect(&self, events: Events) -> Result<Link, Failure> {
+        let name = self.name();
+        let Some((program, args)) = self.argv.split_first() else {
+            return Err(Failure::new(
+                Phase::Spawn,
+                Cause::ProcessNotStarted,
+                "no stdio server command",
+            ));
+        };
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(StdStdio::piped())
+            .stdout(StdStdio::piped())
+            .stderr(StdStdio::piped());
+        let child = tether_process::spawn(&mut command).map_err(|e| {
+            Failure::from_io(&e, Phase::Spawn, format!("start {name}"))
+                .with_detail(format!("start {name}: {e}"))
+        })?;
+        debug!(pid = child.id(), "started {name}");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(
+            child,
+            rx,
+            events,
+            name,
+            self.limits,
+            self.stderr.clone(),
+        ));
+        Ok(Link::new(tx, task))
+    }
+}
+
+/// Kills the server's group if the task is dropped (aborted) before it
+/// could stop the server itself.
+struct KillOnDrop {
+    child: Child,
+    stopped: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.signal_group(Signal::KILL);
+        }
+    }
+}
+
+async fn run(
+    mut child: Child,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    events: Events,
+    name: String,
+    limits: Limits,
+    sink: StderrSink,
+) {
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let mut guard = KillOnDrop {
+        child,
+        stopped: false,
+    };
+    let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
+        events.lost(Failure::new(
+            Phase::Spawn,
+            Cause::ProcessNotStarted,
+            format!("{name}: no pipes"),
+        ));
+        return;
+    };
+    // A writer of its own, so a server that stops reading (frozen, busy)
+    // never stalls this loop.
+    let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut write_tx = Some(write_tx);
+    tokio::spawn(write_lines(stdin, write_rx, name.clone()));
+    let mut lines = LineReader::new(stdout, limits.max_message);
+    let mut errors = BufReader::new(stderr).lines();
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut stderr_open = true;
+    let why: Failure = loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(Outbound::Message(message)) => {
+                    let mut line = message.to_string().into_bytes();
+                    line.push(b'\n');
+                    if let Some(tx) = &write_tx {
+                        let _ = tx.send(line);
+                    }
+                }
+                Some(Outbound::Close) | None => {
+                    // MCP's stdio shutdown: close stdin, wait, then signal.
+                    drop(write_tx.take());
+                    let quiet = tokio::time::timeout(GRACE, guard.child.wait()).await;
+                    if quiet.is_err() || guard.child.group_alive() {
+                        let _ = guard.child.stop(Signal::TERM, GRACE).await;
+                    }
+                    guard.stopped = true;
+                    return;
+                }
+            },
+            line = lines.next() => match line {
+                Ok(Some(Line::Data(bytes))) => match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(message) => events.message(message),
+                    Err(e) => warn!("{name} wrote a line to stdout that is not JSON ({e}); ignored"),
+                },
+                Ok(Some(Line::TooLong { limit, head })) => {
+                    let failure = Failure::new(
+                        Phase::Stream,
+                        Cause::LimitReached,
+                        format!("{name} sent a message larger than the {limit}-byte limit"),
+                    );
+                    match sniff_id(&head).and_then(|id| id.as_u64()) {
+                        Some(id) => events.send(UpEvent::RequestFailed { id, failure }),
+                        None => warn!("{}; ignored", failure.detail),
+                    }
+                }
+                Ok(None) | Err(_) => break closed_stdout(&mut guard.child, &name, &mut errors, &mut tail, &sink).await,
+            },
+            line = errors.next_line(), if stderr_open => match line {
+                Ok(Some(line)) => keep(&mut tail, &line, &sink),
+                _ => stderr_open = false,
+            },
+        }
+    };
+    let _ = guard.child.stop(Signal::TERM, GRACE).await;
+    guard.stopped = true;
+    events.lost(why);
+}
+
+async fn write_lines(
+    mut stdin: tokio::process::ChildStdin,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    name: String,
+) {
+    while let Some(line) = rx.recv().await {
+        if let Err(e) = stdin.write_all(&line).await {
+            debug!("write to {name}: {e}");
+            return;
+        }
+    }
+    // Dropping stdin closes it: the server's cue to exit.
+    let _ = stdin.shutdown().await;
+}
+
+/// The server closed its stdout: wait a little for its exit and the rest of
+/// its stderr, then say what happened.
+async fn closed_stdout(
+    child: &mut Child,
+    name: &str,
+    errors: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    tail: &mut VecDeque<String>,
+    sink: &StderrSink,
+) -> Failure {
+    let wait = Duration::from_millis(500);
+    let exit = tokio::time::timeout(wait, async {
+        let exit = child.wait().await;
+        // Its last words, until its stderr closes too.
+        while let Ok(Some(line)) = errors.next_line().await {
+            keep(tail, &line, sink);
+        }
+        exit
+    })
+    .await;
+    let last = if tail.is_empty() {
+        String::new()
+    } else {
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("; last stderr: {}", lines.join(" | "))
+    };
+    match exit {
+        Ok(Ok(exit)) => Failure::new(
+            Phase::Exit,
+            Cause::ProcessExited,
+            format!("{name} {exit}{last}"),
+        ),
+        _ => Failure::new(
+            Phase::Stream,
+            Cause::ResetMidStream,
+            format!("{name} closed its stdout{last}"),
+        ),
+    }
+}
+
+fn keep(tail: &mut VecDeque<String>, line: &str, sink: &StderrSink) {
+    sink(line);
+    if tail.len() == STDERR_TAIL {
+        tail.pop_front();
+    }
+    let mut line = line.trim().to_string();
+    if line.len() > 300 {
+        let mut cut = 300;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    if !line.is_empty() {
+        tail.push_back(line);
+    }
+}
