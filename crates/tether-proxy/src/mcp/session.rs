@@ -1130,3 +1130,430 @@ fn modern_meta(message: &Value) -> bool {
         .and_then(|meta| meta.get("io.modelcontextprotocol/protocolVersion"))
         .is_some()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session driven by hand: every test names its own instants.
+    struct Harness {
+        session: Session,
+        t: Instant,
+    }
+
+    fn init_request(id: i64) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}})
+    }
+
+    fn init_result(version: &str) -> Value {
+        json!({"protocolVersion": version, "capabilities": {"tools": {"listChanged": true}, "logging": {}}, "serverInfo": {"name": "s", "version": "1"}})
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let mut config = SessionConfig::new("test-upstream");
+            config.timeouts.idle = Duration::from_secs(10);
+            config.timeouts.total = Duration::from_secs(60);
+            let t = Instant::now();
+            Harness {
+                session: Session::new(config, t),
+                t,
+            }
+        }
+
+        fn at(&mut self, after: Duration) -> Instant {
+            self.t += after;
+            self.t
+        }
+
+        fn tick(&mut self) -> Vec<Action> {
+            self.session.on_tick(self.t);
+            self.session.take_actions()
+        }
+
+        fn client(&mut self, message: Value) -> Vec<Action> {
+            self.session.on_client(message, self.t);
+            self.session.take_actions()
+        }
+
+        fn upstream(&mut self, message: Value) -> Vec<Action> {
+            let generation = self.session.generation();
+            self.session.on_upstream(generation, message, self.t);
+            self.session.take_actions()
+        }
+
+        /// Connects the link that the last tick asked for.
+        fn connect(&mut self) -> Vec<Action> {
+            let actions = self.tick();
+            assert!(
+                actions.iter().any(|a| matches!(a, Action::Connect { .. })),
+                "{actions:?}"
+            );
+            let generation = self.session.generation();
+            self.session.on_connected(generation, self.t);
+            self.session.take_actions()
+        }
+
+        fn lose(&mut self, cause: Cause) -> Vec<Action> {
+            let generation = self.session.generation();
+            self.session.on_lost(
+                generation,
+                Failure::new(Phase::Stream, cause, "gone"),
+                self.t,
+            );
+            self.session.take_actions()
+        }
+
+        /// Runs the client's first handshake through a fresh link.
+        fn handshake(&mut self) {
+            self.connect();
+            let sent = upstream_messages(&self.client(init_request(0)));
+            let id = sent[0]["id"].clone();
+            let answered = self
+                .upstream(json!({"jsonrpc": "2.0", "id": id, "result": init_result("2025-06-18")}));
+            assert_eq!(client_messages(&answered)[0]["id"], 0);
+            let note =
+                self.client(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+            assert_eq!(upstream_messages(&note).len(), 1);
+        }
+
+        /// Reconnects after a loss (the retry time passes) and answers the
+        /// replayed initialize; returns what the session did then.
+        fn reconnect(&mut self, version: &str) -> Vec<Action> {
+            let wake = self.session.next_wakeup().unwrap();
+            self.t = self.t.max(wake);
+            let replay = upstream_messages(&self.connect());
+            assert_eq!(replay[0]["method"], "initialize", "{replay:?}");
+            assert_eq!(replay[0]["params"]["clientInfo"]["name"], "c");
+            let id = replay[0]["id"].clone();
+            self.upstream(json!({"jsonrpc": "2.0", "id": id, "result": init_result(version)}))
+        }
+    }
+
+    fn client_messages(actions: &[Action]) -> Vec<Value> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ToClient(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn upstream_messages(actions: &[Action]) -> Vec<Value> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ToUpstream(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn call(id: i64, tool: &str) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {}}})
+    }
+
+    #[test]
+    fn a_restart_replays_the_session_and_restores_its_state() {
+        let mut h = Harness::new();
+        h.handshake();
+        // State to restore: a log level and a subscription.
+        for (id, method, params) in [
+            (1, "logging/setLevel", json!({"level": "debug"})),
+            (2, "resources/subscribe", json!({"uri": "demo://1"})),
+        ] {
+            let sent = upstream_messages(
+                &h.client(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})),
+            );
+            h.upstream(json!({"jsonrpc": "2.0", "id": sent[0]["id"], "result": {}}));
+        }
+        let lost = h.lose(Cause::ResetMidStream);
+        assert!(lost.contains(&Action::Disconnect));
+        // A request made while the server is down waits, then goes.
+        let waiting = h.client(call(3, "echo"));
+        assert!(upstream_messages(&waiting).is_empty());
+        let restored = h.reconnect("2025-06-18");
+        let up = upstream_messages(&restored);
+        let methods: Vec<&str> = up.iter().map(|m| m["method"].as_str().unwrap()).collect();
+        assert_eq!(
+            methods,
+            [
+                "notifications/initialized",
+                "logging/setLevel",
+                "resources/subscribe",
+                "tools/call"
+            ]
+        );
+        assert_eq!(up[1]["params"]["level"], "debug");
+        assert_eq!(up[2]["params"]["uri"], "demo://1");
+        // The duplicate initialize result is swallowed; the client hears
+        // that the lists may have changed.
+        let down = client_messages(&restored);
+        assert_eq!(
+            down,
+            [json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})]
+        );
+        // The re-sent call's answer goes back under the client's id.
+        let answer =
+            h.upstream(json!({"jsonrpc": "2.0", "id": up[3]["id"], "result": {"content": []}}));
+        assert_eq!(client_messages(&answer)[0]["id"], 3);
+        assert_eq!(h.session.pending(), 0);
+    }
+
+    #[test]
+    fn only_safe_requests_are_sent_again() {
+        let mut h = Harness::new();
+        h.handshake();
+        // The tool list says which tools are safe to repeat.
+        let list = upstream_messages(
+            &h.client(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})),
+        );
+        h.upstream(
+            json!({"jsonrpc": "2.0", "id": list[0]["id"], "result": {"tools": [
+                {"name": "read", "annotations": {"readOnlyHint": true}},
+                {"name": "put", "annotations": {"idempotentHint": true}},
+                {"name": "launch", "annotations": {"readOnlyHint": false}},
+                {"name": "plain"},
+            ]}}),
+        );
+        for (id, tool) in [(2, "read"), (3, "put"), (4, "launch"), (5, "plain")] {
+            h.client(call(id, tool));
+        }
+        h.client(
+            json!({"jsonrpc": "2.0", "id": 6, "method": "resources/read", "params": {"uri": "x"}}),
+        );
+        let lost = client_messages(&h.lose(Cause::ResetMidStream));
+        let failed: Vec<i64> = lost.iter().map(|m| m["id"].as_i64().unwrap()).collect();
+        assert_eq!(failed, [4, 5]);
+        for message in &lost {
+            assert_eq!(message["error"]["code"], jsonrpc::UPSTREAM_ERROR);
+            let data = &message["error"]["data"]["tether"];
+            assert_eq!(data["cause"], "reset.mid_stream");
+            assert_eq!(data["safety"], "sent_unacked");
+            assert_eq!(data["upstream"], "test-upstream");
+            assert!(
+                message["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("side effects")
+            );
+        }
+        let resent = upstream_messages(&h.reconnect("2025-06-18"));
+        let names: Vec<&str> = resent
+            .iter()
+            .filter(|m| m.get("id").is_some() && m["method"] != "initialize")
+            .map(|m| {
+                m["params"]["name"]
+                    .as_str()
+                    .or(m["params"]["uri"].as_str())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(names, ["read", "put", "x"]);
+    }
+
+    #[test]
+    fn a_request_the_server_never_saw_goes_again_whatever_it_does() {
+        let mut h = Harness::new();
+        h.handshake();
+        let sent = upstream_messages(&h.client(call(1, "launch")));
+        let id = sent[0]["id"].as_u64().unwrap();
+        let generation = h.session.generation();
+        // 404 on a known session: refused unseen.
+        let failure =
+            Failure::new(Phase::FirstByte, Cause::SessionLost, "gone").with_safety(Safety::NotSent);
+        h.session.on_request_failed(generation, id, failure, h.t);
+        let actions = h.session.take_actions();
+        assert!(client_messages(&actions).is_empty(), "{actions:?}");
+        let resent = upstream_messages(&h.reconnect("2025-06-18"));
+        assert!(
+            resent.iter().any(|m| m["params"]["name"] == "launch"),
+            "{resent:?}"
+        );
+        // A session-lost error answer means the same.
+        let mut h = Harness::new();
+        h.handshake();
+        let sent = upstream_messages(&h.client(call(1, "launch")));
+        let answer = h.upstream(json!({"jsonrpc": "2.0", "id": sent[0]["id"], "error": {"code": -32600, "message": "Session not found"}}));
+        assert!(answer.contains(&Action::Disconnect), "{answer:?}");
+        assert!(client_messages(&answer).is_empty());
+    }
+
+    #[test]
+    fn idle_timeout_cancels_upstream_and_progress_resets_it_but_not_the_total() {
+        let mut h = Harness::new();
+        h.handshake();
+        let mut request = call(1, "slow");
+        request["params"]["_meta"] = json!({"progressToken": "p1"});
+        let sent = upstream_messages(&h.client(request));
+        let upstream_id = sent[0]["id"].clone();
+        // Progress every 9 s keeps it alive past the 10 s idle timeout...
+        for _ in 0..6 {
+            h.at(Duration::from_secs(9));
+            let progress = h.upstream(json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "p1", "progress": 1}}));
+            assert_eq!(
+                client_messages(&progress).len(),
+                1,
+                "progress passes through"
+            );
+            assert!(client_messages(&h.tick()).is_empty());
+        }
+        // ...but not past the 60 s total.
+        h.at(Duration::from_secs(7));
+        let expired = h.tick();
+        let answer = &client_messages(&expired)[0];
+        assert_eq!(answer["id"], 1);
+        assert_eq!(answer["error"]["code"], jsonrpc::REQUEST_TIMEOUT);
+        assert_eq!(
+            answer["error"]["data"]["tether"]["cause"],
+            "response.timeout"
+        );
+        let cancel = &upstream_messages(&expired)[0];
+        assert_eq!(cancel["method"], "notifications/cancelled");
+        assert_eq!(cancel["params"]["requestId"], upstream_id);
+        // A late answer is dropped.
+        let late = h.upstream(json!({"jsonrpc": "2.0", "id": upstream_id, "result": {}}));
+        assert!(client_messages(&late).is_empty());
+
+        // Without progress: the idle timeout.
+        h.client(call(2, "slow"));
+        h.at(Duration::from_secs(10));
+        let expired = client_messages(&h.tick());
+        assert_eq!(
+            expired[0]["error"]["data"]["tether"]["cause"],
+            "idle.timeout"
+        );
+        assert!(
+            expired[0]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("idle timeout")
+        );
+    }
+
+    #[test]
+    fn a_request_waiting_for_a_dead_upstream_fails_with_the_last_cause() {
+        let mut h = Harness::new();
+        h.tick();
+        let generation = h.session.generation();
+        h.session.on_connect_failed(
+            generation,
+            Failure::new(
+                Phase::Connect,
+                Cause::ConnectRefused,
+                "connect to 127.0.0.1:1: connection refused",
+            ),
+            h.t,
+        );
+        h.client(call(1, "echo"));
+        // Demand: the next attempt within 100 ms.
+        let wake = h.session.next_wakeup().unwrap();
+        assert!(wake <= h.t + Duration::from_millis(100), "{:?}", wake - h.t);
+        h.at(Duration::from_secs(10));
+        let expired = client_messages(&h.tick());
+        let error = &expired[0]["error"];
+        assert_eq!(error["data"]["tether"]["cause"], "connect.refused");
+        assert_eq!(error["data"]["tether"]["safety"], "not_sent");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("connection refused"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn pings_keep_an_idle_link_and_method_not_found_counts_as_alive() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.at(Duration::from_secs(30));
+        let ping = upstream_messages(&h.tick());
+        assert_eq!(ping[0]["method"], "ping");
+        // A server without ping answers -32601: alive.
+        h.upstream(json!({"jsonrpc": "2.0", "id": ping[0]["id"], "error": {"code": -32601, "message": "Method not found"}}));
+        h.at(Duration::from_secs(11));
+        assert!(!h.tick().contains(&Action::Disconnect));
+        assert!(h.session.is_ready());
+        // An unanswered ping ends the link.
+        h.at(Duration::from_secs(30));
+        let ping = upstream_messages(&h.tick());
+        assert_eq!(ping[0]["method"], "ping");
+        h.at(Duration::from_secs(10));
+        assert!(h.tick().contains(&Action::Disconnect));
+        assert!(!h.session.is_ready());
+    }
+
+    #[test]
+    fn an_incompatible_restart_is_an_error_not_a_silent_change() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.lose(Cause::ProcessExited);
+        h.client(call(1, "echo"));
+        let restored = client_messages(&h.reconnect("2024-11-05"));
+        let error = restored.iter().find(|m| m["id"] == 1).unwrap();
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("protocol version"),
+            "{error}"
+        );
+        let later = client_messages(&h.client(call(2, "echo")));
+        assert_eq!(
+            later[0]["error"]["data"]["tether"]["cause"],
+            "protocol.mismatch"
+        );
+    }
+
+    #[test]
+    fn server_requests_and_cancellations_keep_their_ids_straight() {
+        let mut h = Harness::new();
+        h.handshake();
+        // A sampling request from the server reaches the client as it is.
+        let sampling =
+            json!({"jsonrpc": "2.0", "id": 99, "method": "sampling/createMessage", "params": {}});
+        assert_eq!(client_messages(&h.upstream(sampling.clone())), [sampling]);
+        let reply = json!({"jsonrpc": "2.0", "id": 99, "result": {"content": {}}});
+        assert_eq!(upstream_messages(&h.client(reply.clone())), [reply.clone()]);
+        // The client's cancellation names the upstream's id for the request.
+        let sent = upstream_messages(&h.client(call(7, "slow")));
+        let cancel = upstream_messages(&h.client(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7, "reason": "user"}})));
+        assert_eq!(cancel[0]["params"]["requestId"], sent[0]["id"]);
+        assert_eq!(cancel[0]["params"]["reason"], "user");
+        assert_eq!(h.session.pending(), 0);
+        // An answer to a server request from before a restart is dropped.
+        h.upstream(json!({"jsonrpc": "2.0", "id": 100, "method": "roots/list"}));
+        h.lose(Cause::ResetMidStream);
+        h.reconnect("2025-06-18");
+        let stale = h.client(json!({"jsonrpc": "2.0", "id": 100, "result": {"roots": []}}));
+        assert!(upstream_messages(&stale).is_empty());
+        // Duplicate ids in flight are refused.
+        h.client(call(8, "slow"));
+        let dup = client_messages(&h.client(call(8, "slow")));
+        assert_eq!(dup[0]["error"]["code"], jsonrpc::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn the_modern_era_passes_through_without_a_handshake() {
+        let mut h = Harness::new();
+        h.connect();
+        let discover = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+        let sent = upstream_messages(&h.client(discover));
+        assert_eq!(sent[0]["method"], "server/discover");
+        assert_eq!(h.session.era(), Era::Modern);
+        h.lose(Cause::ResetMidStream);
+        // Re-sent (side-effect free) with no initialize before it.
+        let wake = h.session.next_wakeup().unwrap();
+        h.t = wake;
+        let again = upstream_messages(&h.connect());
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0]["method"], "server/discover");
+        // No pings in the stateless era.
+        h.upstream(json!({"jsonrpc": "2.0", "id": again[0]["id"], "result": {}}));
+        h.at(Duration::from_secs(120));
+        assert!(upstream_messages(&h.tick()).is_empty());
+    }
+}
