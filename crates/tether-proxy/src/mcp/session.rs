@@ -1517,7 +1517,7 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": 99, "method": "sampling/createMessage", "params": {}});
         assert_eq!(client_messages(&h.upstream(sampling.clone())), [sampling]);
         let reply = json!({"jsonrpc": "2.0", "id": 99, "result": {"content": {}}});
-        assert_eq!(upstream_messages(&h.client(reply.clone())), [reply.clone()]);
+        assert_eq!(upstream_messages(&h.client(reply.clone())), [reply]);
         // The client's cancellation names the upstream's id for the request.
         let sent = upstream_messages(&h.client(call(7, "slow")));
         let cancel = upstream_messages(&h.client(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7, "reason": "user"}})));
