@@ -281,7 +281,8 @@ pub(crate) fn run(args: McpArgs) -> ExitCode {
         (Upstream::Stdio(_), _) => {
             demand_pacing(Duration::from_millis(50), Duration::from_millis(100))
         }
-        (_, true) => demand_pacing(Duration::from_millis(5), Duration::from_millis(50)),
+        // tether wait's local pacing: a refused loopback connect costs ~50 µs.
+        (_, true) => demand_pacing(Duration::from_millis(5), Duration::from_millis(12)),
         (_, false) => demand_pacing(Duration::from_millis(100), Duration::from_millis(100)),
     };
     let runtime = match crate::runtime() {

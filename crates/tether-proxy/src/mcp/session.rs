@@ -92,7 +92,7 @@ impl SessionConfig {
             ping_interval: Some(Duration::from_secs(30)),
             ping_timeout: Duration::from_secs(10),
             reconnect: Backoff::reconnect(),
-            demand: demand_pacing(Duration::from_millis(5), Duration::from_millis(50)),
+            demand: demand_pacing(Duration::from_millis(5), Duration::from_millis(12)),
         }
     }
 }
