@@ -192,7 +192,9 @@ where
                         link = Some(new);
                         session.on_connected(generation, now);
                     }
-                    Ok(stale) => tokio::spawn(stale.close(CLOSE)).abort(),
+                    Ok(stale) => {
+                        tokio::spawn(stale.close(CLOSE));
+                    }
                     Err(failure) => session.on_connect_failed(generation, failure, now),
                 }
             }

@@ -153,17 +153,8 @@ impl Http {
     /// the legacy transport (and its session); anything else means
     /// streamable HTTP.
     async fn detect(&self) -> Result<Option<LegacyStream>, Failure> {
-        let attempt = Attempt::new(self.timeout);
         let what = format!("GET {}", self.url);
-        let response = web::send(
-            Method::GET,
-            &self.url,
-            &self.get_headers(),
-            Bytes::new(),
-            self.insecure,
-            attempt,
-        )
-        .await?;
+        let response = self.get_events().await?;
         if !response.status.is_success() || response.content_type() != "text/event-stream" {
             return Ok(None);
         }
@@ -179,15 +170,7 @@ impl Http {
     async fn open_sse(&self) -> Result<LegacyStream, Failure> {
         let attempt = Attempt::new(self.timeout);
         let what = format!("GET {} (legacy SSE transport)", self.url);
-        let response = web::send(
-            Method::GET,
-            &self.url,
-            &self.get_headers(),
-            Bytes::new(),
-            self.insecure,
-            attempt,
-        )
-        .await?;
+        let response = self.get_events().await?;
         if !response.status.is_success() {
             return Err(response.status_failure(&what));
         }
@@ -204,13 +187,23 @@ impl Http {
         endpoint(response, &self.url, &what, self.limits, attempt).await
     }
 
-    fn get_headers(&self) -> HeaderMap {
+    /// GETs the URL asking for an event stream, on a connection of its own.
+    async fn get_events(&self) -> Result<Response, Failure> {
         let mut headers = self.headers.clone();
         headers.insert(
             header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
         );
-        headers
+        let attempt = Attempt::new(self.timeout);
+        web::send(
+            Method::GET,
+            &self.url,
+            &headers,
+            Bytes::new(),
+            self.insecure,
+            attempt,
+        )
+        .await
     }
 
     fn streamable_link(&self, warm: Option<Connection>, events: Events) -> Link {
@@ -436,16 +429,7 @@ async fn post(shared: Arc<Shared>, message: Value) -> Posted {
         shared.give_back(conn);
         let text = String::from_utf8_lossy(&body);
         let failure = if sent_session && session_lost(status, &text) {
-            Failure::new(
-                Phase::FirstByte,
-                Cause::SessionLost,
-                format!(
-                    "{what}: HTTP {}: the server no longer knows the session{}",
-                    status.as_u16(),
-                    quote(&text)
-                ),
-            )
-            .with_safety(Safety::NotSent)
+            session_gone(&what, status, &text)
         } else {
             // The server refused it (4xx) or failed on it (5xx).
             let safety = if status.is_client_error() {
@@ -662,18 +646,7 @@ async fn get_stream(shared: Arc<Shared>) {
                 .unwrap_or_default();
             let text = String::from_utf8_lossy(&body);
             if sent_session && session_lost(status, &text) {
-                shared.events.lost(
-                    Failure::new(
-                        Phase::FirstByte,
-                        Cause::SessionLost,
-                        format!(
-                            "{what}: HTTP {}: the server no longer knows the session{}",
-                            status.as_u16(),
-                            quote(&text)
-                        ),
-                    )
-                    .with_safety(Safety::NotSent),
-                );
+                shared.events.lost(session_gone(&what, status, &text));
             } else if status != StatusCode::METHOD_NOT_ALLOWED {
                 debug!("{}: no server stream", failure.detail);
             }
@@ -756,6 +729,20 @@ fn session_lost(status: StatusCode, body: &str) -> bool {
         400 => body.contains("session") || body.contains("not initialized"),
         _ => false,
     }
+}
+
+/// The server forgot the session, so it did not run the request.
+fn session_gone(what: &str, status: StatusCode, body: &str) -> Failure {
+    Failure::new(
+        Phase::FirstByte,
+        Cause::SessionLost,
+        format!(
+            "{what}: HTTP {}: the server no longer knows the session{}",
+            status.as_u16(),
+            quote(body)
+        ),
+    )
+    .with_safety(Safety::NotSent)
 }
 
 fn quote(body: &str) -> String {
@@ -977,16 +964,7 @@ async fn legacy_post(
                 || (status == StatusCode::BAD_REQUEST && lower.contains("session"))
             {
                 // The session lives in the endpoint URL; the server forgot it.
-                Failure::new(
-                    Phase::FirstByte,
-                    Cause::SessionLost,
-                    format!(
-                        "{what}: HTTP {}: the server no longer knows the session{}",
-                        status.as_u16(),
-                        quote(&text)
-                    ),
-                )
-                .with_safety(Safety::NotSent)
+                session_gone(&what, status, &text)
             } else {
                 let detail = format!("{}{}", failure.detail, quote(&text));
                 failure.with_detail(detail)
