@@ -31,6 +31,16 @@ pub(crate) const NOT_RUNNING: u8 = 7;
 pub(crate) const CANNOT_EXECUTE: u8 = 126;
 /// The command after `--` was not found.
 pub(crate) const NOT_FOUND: u8 = 127;
+/// The exit code for a command `find_program` rejected: not found (127) or
+/// not executable (126), as a shell says.
+pub(crate) fn cannot_run(why: &str) -> u8 {
+    if why.contains("not found") || why.contains("does not exist") {
+        NOT_FOUND
+    } else {
+        CANNOT_EXECUTE
+    }
+}
+
 /// Interrupted by SIGINT (128 + 2) or SIGTERM (128 + 15).
 pub(crate) const SIGINT: u8 = 130;
 pub(crate) const SIGTERM: u8 = 143;

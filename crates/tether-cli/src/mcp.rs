@@ -18,6 +18,7 @@ use tether_proxy::mcp::{SessionConfig, Timeouts, Upstream, serve};
 use url::Url;
 
 use crate::exit;
+use crate::wait::positive_duration;
 
 /// An always-up MCP endpoint on stdin/stdout, in front of a server that may
 /// restart.
@@ -121,14 +122,6 @@ impl McpArgs {
     }
 }
 
-fn positive_duration(text: &str) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
-    if d.is_zero() {
-        return Err("must be more than zero".to_string());
-    }
-    Ok(d)
-}
-
 fn header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = text
         .split_once(':')
@@ -192,12 +185,10 @@ fn upstream(args: &McpArgs, sink: StderrSink) -> Result<(Upstream, bool), (u8, S
     };
     if let Some(program) = args.command.first() {
         if let Err(why) = find_program(program) {
-            let code = if why.contains("not found") || why.contains("does not exist") {
-                exit::NOT_FOUND
-            } else {
-                exit::CANNOT_EXECUTE
-            };
-            return Err((code, format!("cannot run the MCP server: {why}")));
+            return Err((
+                exit::cannot_run(&why),
+                format!("cannot run the MCP server: {why}"),
+            ));
         }
         let stdio = Stdio::new(args.command.clone(), limits, sink);
         return Ok((Upstream::Stdio(stdio), true));

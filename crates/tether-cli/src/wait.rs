@@ -76,7 +76,7 @@ pub(crate) struct WaitArgs {
     quiet: bool,
 }
 
-fn positive_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn positive_duration(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     if d.is_zero() {
         return Err("must be more than zero (for a long wait, say so: 1h)".to_string());
@@ -99,12 +99,7 @@ pub(crate) fn run(args: WaitArgs) -> ExitCode {
         // Fail before waiting, not 60 s later.
         if let Err(why) = find_program(program) {
             eprintln!("tether: cannot run the command: {why}");
-            let code = if why.contains("not found") || why.contains("does not exist") {
-                exit::NOT_FOUND
-            } else {
-                exit::CANNOT_EXECUTE
-            };
-            return ExitCode::from(code);
+            return ExitCode::from(exit::cannot_run(&why));
         }
     }
 

@@ -38,6 +38,11 @@ pub fn server_everything() -> PathBuf {
     tool("npm/node_modules/.bin/mcp-server-everything")
 }
 
+/// The `supergateway` launcher installed from npm (the WebSocket peer).
+pub fn supergateway() -> PathBuf {
+    tool("npm/node_modules/.bin/supergateway")
+}
+
 /// A test peer script under `tests/peers/` of the workspace.
 pub fn peer_script(name: &str) -> PathBuf {
     let path = workspace_root().join("tests/peers").join(name);

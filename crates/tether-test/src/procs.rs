@@ -63,3 +63,30 @@ pub async fn until_gone(marker: &str) -> Vec<String> {
     }
     alive_with(marker)
 }
+
+/// The pids of the live (not zombie) children of `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...; the command name may hold ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == pid
+            && state != "Z"
+            && let Ok(child) = entry.file_name().to_string_lossy().parse()
+        {
+            found.push(child);
+        }
+    }
+    found
+}

@@ -4,13 +4,12 @@
 //! server-everything over streamable HTTP, legacy SSE and stdio, the Python
 //! SDK's server, and server-everything behind supergateway's WebSocket.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 use serde_json::{Value, json};
-use tether_test::{peers, within};
+use tether_test::{peers, procs, within};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
@@ -79,7 +78,7 @@ impl Peer {
                 cmd
             }
             Kind::EverythingWs => {
-                let mut cmd = Command::new(supergateway());
+                let mut cmd = Command::new(peers::supergateway());
                 cmd.arg("--stdio")
                     .arg(format!("{} stdio", peers::server_everything().display()))
                     .args(["--outputTransport", "ws", "--port"])
@@ -101,11 +100,11 @@ impl Peer {
         match &self.child {
             Some(child) => i32::try_from(child.id().unwrap()).unwrap(),
             None => {
-                let tether = children(client.pid())
+                let tether = procs::children(client.pid())
                     .into_iter()
                     .next()
                     .expect("tether runs");
-                children(tether)
+                procs::children(tether)
                     .into_iter()
                     .next()
                     .expect("tether runs its server")
@@ -166,37 +165,6 @@ impl Peer {
             }),
         }
     }
-}
-
-fn supergateway() -> PathBuf {
-    let path = peers::workspace_root().join(".tools/npm/node_modules/.bin/supergateway");
-    assert!(
-        path.exists(),
-        "{} is missing: run ./scripts/test once to install the test peers",
-        path.display()
-    );
-    path
-}
-
-/// The pids whose parent is `pid`.
-fn children(pid: i32) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("");
-        let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == pid && state != "Z" {
-            found.push(entry.file_name().to_string_lossy().parse().unwrap_or(0));
-        }
-    }
-    found
 }
 
 /// The Python SDK client, running `tether mcp` as its stdio server.
@@ -608,4 +576,19 @@ async fn bad_arguments_are_usage_errors() {
         assert!(run.stderr.contains(words), "{args:?}: {}", run.stderr);
         assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
     }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_ends_tether_cleanly() {
+    let mut raw = Raw::start(&[]);
+    // The client closes its end of tether's stdout, then asks something.
+    drop(raw.lines);
+    raw.stdin
+        .write_all(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .await
+        .unwrap();
+    raw.stdin.write_all(b"\n").await.unwrap();
+    raw.stdin.flush().await.unwrap();
+    let status = within("tether to exit", raw.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
 }

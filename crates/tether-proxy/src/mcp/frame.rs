@@ -7,9 +7,6 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// The default largest message: 64 MiB.
-pub const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
-
 /// How much of an oversized line is kept, to find its id.
 const HEAD: usize = 1024;
 

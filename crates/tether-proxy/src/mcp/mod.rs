@@ -105,6 +105,7 @@ where
     let mut link: Option<Link> = None;
     let mut connecting: Option<Connecting> = None;
     let mut closed_at: Option<Instant> = None;
+    let mut writer_gone = false;
     tokio::pin!(shutdown);
 
     loop {
@@ -202,6 +203,7 @@ where
             () = &mut shutdown => break,
             _ = &mut writer => {
                 // The client stopped reading: nobody is left to serve.
+                writer_gone = true;
                 break;
             }
         }
@@ -211,7 +213,9 @@ where
         link.close(CLOSE).await;
     }
     drop(out_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    if !writer_gone {
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    }
     Ok(())
 }
 

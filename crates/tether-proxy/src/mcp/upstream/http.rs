@@ -465,7 +465,7 @@ async fn post(shared: Arc<Shared>, message: Value) -> Posted {
     }
     match response.content_type().as_str() {
         "text/event-stream" => {
-            answer_stream(&shared, conn, response, id, &what).await;
+            answer_stream(&shared, conn, response, id, initialize, &what).await;
         }
         _ => {
             let read = response
@@ -501,12 +501,6 @@ async fn post(shared: Arc<Shared>, message: Value) -> Posted {
             }
         }
     }
-    if initialize {
-        // Keep the negotiated version for the header of later requests.
-        if lock(&shared.version).is_none() {
-            debug!("no protocol version seen in the initialize answer yet");
-        }
-    }
     Posted::Nothing
 }
 
@@ -518,6 +512,7 @@ async fn answer_stream(
     conn: Connection,
     mut response: Response,
     id: Option<u64>,
+    initialize: bool,
     what: &str,
 ) {
     let mut parser = SseParser::new(shared.limits.max_message);
@@ -529,8 +524,8 @@ async fn answer_stream(
                 Ok(Some(chunk)) => match parser.push(&chunk) {
                     Ok(events) => {
                         // An initialize answer fixes the version header.
-                        for event in &events {
-                            if id.is_some() && event.data.contains("protocolVersion") {
+                        if initialize {
+                            for event in &events {
                                 note_version(shared, event.data.as_bytes());
                             }
                         }
