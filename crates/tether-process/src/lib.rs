@@ -21,9 +21,11 @@
 #![forbid(unsafe_code)]
 
 mod child;
+pub mod procfs;
 mod reaper;
 
 pub use child::{Child, Exit, StopReport, signal_name, signal_number, spawn};
+pub use procfs::{Identity, Liveness};
 pub use reaper::Reaper;
 
 /// Signal numbers, for callers that configure them (`SIGTERM` = 15, ...).
