@@ -53,15 +53,29 @@ pub struct StopReport {
 /// Spawns `command` in a process group of its own and takes ownership of it.
 ///
 /// The command's stdin, stdout and stderr settings are kept; piped streams
-/// become asynchronous handles on the returned child.
+/// become asynchronous handles on the returned child. The child gets
+/// SIGKILL when the thread that spawned it ends (`PR_SET_PDEATHSIG`), so
+/// nothing tether starts outlives a tether that was killed; spawn from a
+/// thread that lives as long as the child should (a runtime's thread, never
+/// a blocking-pool thread).
 ///
 /// # Errors
 ///
 /// The spawn's own error (the program does not exist, is not executable, a
 /// bad working directory, ...), or an error opening the pidfd.
 pub fn spawn(command: &mut Command) -> io::Result<Child> {
+    spawn_with(command, None)
+}
+
+/// [`spawn`], joining the cgroup whose `cgroup.procs` is `cgroup_procs`
+/// before `exec`.
+pub(crate) fn spawn_with(
+    command: &mut Command,
+    cgroup_procs: Option<std::os::fd::BorrowedFd<'_>>,
+) -> io::Result<Child> {
     use std::os::unix::process::CommandExt;
     command.process_group(0);
+    crate::preexec::arm(command, cgroup_procs)?;
     // Registering under the lock the reaper also takes means the reaper
     // never sees this pid unowned, even if the child dies at once.
     let mut owned = owned();
@@ -113,7 +127,7 @@ pub fn spawn(command: &mut Command) -> io::Result<Child> {
 // valid; an `OwnedFd` does, by construction, so the call is sound and this
 // crate needs no unsafe code.
 #[allow(deprecated)]
-fn watch(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+pub(crate) fn watch(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     AsyncFd::new(fd)
 }
 

@@ -18,15 +18,21 @@
 //! - Dropping a [`Child`] that has not been reaped kills its whole group and
 //!   hands it to whoever reaps (its own task, or the [`Reaper`]).
 
-#![forbid(unsafe_code)]
+// Unsafe code is denied everywhere but in `preexec`, the one place that
+// needs it (what a child does between fork and exec), and says why.
+#![deny(unsafe_code)]
 
+pub mod cgroup;
 mod child;
+mod preexec;
 pub mod procfs;
 mod reaper;
+mod scope;
 
 pub use child::{Child, Exit, StopReport, signal_name, signal_number, spawn};
 pub use procfs::{Identity, Liveness};
 pub use reaper::Reaper;
+pub use scope::{Member, Scope, ScopeStop, processes_with, signal_member};
 
 /// Signal numbers, for callers that configure them (`SIGTERM` = 15, ...).
 pub use rustix::process::Signal;

@@ -18,6 +18,8 @@ fn sh(script: &str) -> Command {
     cmd
 }
 
+mod scope;
+
 use tether_test::procs::{alive_with, marker, until_alive, until_gone};
 
 #[tokio::test]
