@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 /// What a password is replaced with.
-pub const MASK: &str = "***";
+const MASK: &str = "***";
 
 /// Replaces the password of every `scheme://user:password@` in `text` with
 /// `***`, keeping the user name. Borrows when there is nothing to hide.
