@@ -6,13 +6,17 @@
 //! | form | waits for |
 //! |---|---|
 //! | `tcp://HOST:PORT`, `HOST:PORT` | a TCP listener that accepts |
-//! | `unix:///PATH`, `unix:PATH`, `unix:@NAME` | a Unix stream socket that accepts (`@` = abstract) |
-//! | `http://…`, `https://…` | an HTTP answer with a wanted status (`#status=200,204`, `#body=ok`, `#header=Name:Value`, `#method=HEAD`, `#insecure`) |
-//! | `file:///PATH`, `file:PATH` | a file that exists (`?max-age=30s` for a fresh heartbeat, `#state=ready,busy`) |
+//! | `unix:///PATH`, `unix:PATH`, `unix:@NAME` | a Unix stream socket that accepts (`@` = abstract; at most 107 bytes) |
+//! | `http://…`, `https://…` | an HTTP answer with a wanted status (`#status=200,204`, `#body=ok`, `#header=Name:Value`, `#method=HEAD`, `#insecure`); `user:password@` is sent as basic auth |
+//! | `file:///PATH`, `file:PATH` | a file (not a directory) that exists (`?max-age=30s` for a fresh heartbeat, `#state=ready,busy`; a heartbeat with a `writer` is judged by identity, see the file probe) |
 //! | `exec:COMMAND ARGS…` | a command that exits with a wanted code (`#code=0`); argv, never a shell |
 //! | `mcp+http://…`, `mcp+https://…` | an MCP server that completes its handshake (`#era=auto|legacy|modern`) |
 //!
 //! Every kind also takes `#timeout=DURATION`, a fixed per-attempt timeout.
+//!
+//! Secrets never leave as text: [`Target`]'s `Display`, [`TargetError`]s and
+//! every probe message show URL passwords and header values as `***`; use
+//! [`display_url`] for any URL put into words.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -78,7 +82,9 @@ pub enum SocketPath {
     Abstract(String),
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` shows the URL without its password and header values as
+/// `Sensitive`, as every other text does.
+#[derive(Clone)]
 pub struct HttpSpec {
     pub url: Url,
     pub method: Method,
@@ -111,7 +117,8 @@ pub struct ExecSpec {
     pub codes: Vec<i32>,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` hides secrets as [`HttpSpec`]'s does.
+#[derive(Clone)]
 pub struct McpSpec {
     pub url: Url,
     pub era: Era,
@@ -271,6 +278,32 @@ impl std::str::FromStr for Target {
 
     fn from_str(s: &str) -> Result<Target, TargetError> {
         Target::parse(s)
+    }
+}
+
+// === impl HttpSpec, McpSpec ===
+
+impl fmt::Debug for HttpSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSpec")
+            .field("url", &format_args!("{}", display_url(&self.url)))
+            .field("method", &self.method)
+            .field("status", &self.status)
+            .field("body", &self.body)
+            .field("headers", &self.headers)
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl fmt::Debug for McpSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpSpec")
+            .field("url", &format_args!("{}", display_url(&self.url)))
+            .field("era", &self.era)
+            .field("headers", &self.headers)
+            .field("insecure", &self.insecure)
+            .finish()
     }
 }
 
@@ -722,8 +755,10 @@ fn parse_headers(options: &Options) -> Result<Vec<(HeaderName, HeaderValue)>, St
                 .ok_or_else(|| format!("header '{h}' needs NAME:VALUE"))?;
             let name = HeaderName::from_bytes(name.trim().as_bytes())
                 .map_err(|_| format!("'{}' is not a valid header name", name.trim()))?;
-            let value = HeaderValue::from_str(value.trim())
+            let mut value = HeaderValue::from_str(value.trim())
                 .map_err(|_| format!("the value of header '{name}' has invalid characters"))?;
+            // Never shown, not even by `Debug`.
+            value.set_sensitive(true);
             Ok((name, value))
         })
         .collect()
@@ -1145,6 +1180,18 @@ mod tests {
         );
         let e = bad("https://me:s3cret@h:99999/");
         assert!(e.starts_with("target 'https://me:***@h:99999/'"), "{e}");
+        // Not even `Debug` shows them.
+        let debug = format!("{:?}", ok("http://me:s3cret@h/#header=X-Key:k3y"));
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("k3y"),
+            "{debug}"
+        );
+        assert!(debug.contains("http://me:***@h/"), "{debug}");
+        let debug = format!("{:?}", ok("mcp+http://me:s3cret@h/#header=X-Key:k3y"));
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("k3y"),
+            "{debug}"
+        );
         // Not a URL target: the text stays as it was.
         assert!(bad("exec:true#header=a:b").contains("exec:true#header=a:b"));
     }
