@@ -442,7 +442,7 @@ impl fmt::Display for DisplayUrl<'_> {
 /// values of `header=` options of URL targets replaced by `***`.
 fn redact_input(text: &str) -> String {
     let text = scrub_passwords(text);
-    let (scheme, _) = split_scheme(&text);
+    let (scheme, _) = split_scheme(text.trim_start());
     let is_url =
         matches!(scheme, Some("http" | "https")) || scheme.is_some_and(|s| s.starts_with("mcp+"));
     let Some((body, fragment)) = text.split_once('#').filter(|_| is_url) else {
@@ -1192,6 +1192,8 @@ mod tests {
             !debug.contains("s3cret") && !debug.contains("k3y"),
             "{debug}"
         );
+        let e = bad("  http://h/#status=700&header=X-Key:k3y");
+        assert!(!e.contains("k3y"), "{e}");
         // Not a URL target: the text stays as it was.
         assert!(bad("exec:true#header=a:b").contains("exec:true#header=a:b"));
     }
