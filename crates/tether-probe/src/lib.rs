@@ -40,7 +40,7 @@ use std::time::Duration;
 use tether_resilience::Failure;
 
 pub use mcp::{LEGACY_VERSION, MODERN_VERSION};
-pub use target::{Target, TargetError, parse_duration};
+pub use target::{Target, TargetError, display_url, parse_duration};
 pub use wait::{Check, WaitEvent, WaitPolicy, WaitReport, wait_all};
 
 /// A successful probe, with what it saw (`HTTP 200`, `accepted`, ...).

@@ -20,7 +20,7 @@ use tether_resilience::{Cause, Failure, Phase, Verdict};
 use crate::Ready;
 use crate::attempt::Attempt;
 use crate::sse::SseParser;
-use crate::target::{Era, McpSpec};
+use crate::target::{Era, McpSpec, display_url};
 use crate::web::{self, Response};
 
 /// The newest legacy-era protocol version we offer in `initialize`.
@@ -87,7 +87,7 @@ pub(crate) async fn probe(
                 Cause::ProtocolMismatch,
                 format!(
                     "{asked} at {}: the server answered as {answered}; drop the era option or set era=auto",
-                    spec.url
+                    display_url(&spec.url)
                 ),
             ))
         }
@@ -121,7 +121,7 @@ fn initialized_notification() -> Bytes {
 }
 
 async fn legacy(spec: &McpSpec, attempt: Attempt) -> Result<Outcome, Failure> {
-    let what = format!("initialize at {}", spec.url);
+    let what = format!("initialize at {}", display_url(&spec.url));
     let headers = post_headers(spec, &[]);
     let body = Bytes::from(initialize_request().to_string());
     let response = web::send(
@@ -169,7 +169,7 @@ async fn legacy(spec: &McpSpec, attempt: Attempt) -> Result<Outcome, Failure> {
     if let Some(id) = &session {
         extra.push((HeaderName::from_static(SESSION_HEADER), id.clone()));
     }
-    let what_note = format!("notifications/initialized at {}", spec.url);
+    let what_note = format!("notifications/initialized at {}", display_url(&spec.url));
     let note = web::send(
         Method::POST,
         &spec.url,
@@ -221,7 +221,7 @@ async fn end_session(spec: &McpSpec, extra: &[(HeaderName, HeaderValue)], attemp
 }
 
 async fn legacy_sse(spec: &McpSpec, attempt: Attempt) -> Result<Ready, Failure> {
-    let what = format!("GET {} (legacy SSE transport)", spec.url);
+    let what = format!("GET {} (legacy SSE transport)", display_url(&spec.url));
     let mut headers = HeaderMap::new();
     headers.insert(
         header::ACCEPT,
@@ -263,7 +263,7 @@ async fn legacy_sse(spec: &McpSpec, attempt: Attempt) -> Result<Ready, Failure> 
         )
     })?;
 
-    let what_init = format!("initialize at {endpoint}");
+    let what_init = format!("initialize at {}", display_url(&endpoint));
     let posted = web::send(
         Method::POST,
         &endpoint,
@@ -299,7 +299,10 @@ async fn legacy_sse(spec: &McpSpec, attempt: Attempt) -> Result<Ready, Failure> 
     )
     .await?;
     if !note.status.is_success() {
-        return Err(note.status_failure(&format!("notifications/initialized at {endpoint}")));
+        return Err(note.status_failure(&format!(
+            "notifications/initialized at {}",
+            display_url(&endpoint)
+        )));
     }
     // Dropping the GET stream ends the session.
     Ok(Ready::new(format!(
@@ -337,7 +340,7 @@ fn initialize_result(message: &Value, what: &str) -> Result<(String, String), Fa
 // --- modern era ---
 
 async fn modern(spec: &McpSpec, attempt: Attempt) -> Result<Outcome, Failure> {
-    let what = format!("server/discover at {}", spec.url);
+    let what = format!("server/discover at {}", display_url(&spec.url));
     let request = json!({
         "jsonrpc": "2.0",
         "id": 1,

@@ -6,13 +6,17 @@
 //! | form | waits for |
 //! |---|---|
 //! | `tcp://HOST:PORT`, `HOST:PORT` | a TCP listener that accepts |
-//! | `unix:///PATH`, `unix:PATH`, `unix:@NAME` | a Unix stream socket that accepts (`@` = abstract) |
-//! | `http://…`, `https://…` | an HTTP answer with a wanted status (`#status=200,204`, `#body=ok`, `#header=Name:Value`, `#method=HEAD`, `#insecure`) |
-//! | `file:///PATH`, `file:PATH` | a file that exists (`?max-age=30s` for a fresh heartbeat, `#state=ready,busy`) |
+//! | `unix:///PATH`, `unix:PATH`, `unix:@NAME` | a Unix stream socket that accepts (`@` = abstract; at most 107 bytes) |
+//! | `http://…`, `https://…` | an HTTP answer with a wanted status (`#status=200,204`, `#body=ok`, `#header=Name:Value`, `#method=HEAD`, `#insecure`); `user:password@` is sent as basic auth |
+//! | `file:///PATH`, `file:PATH` | a file (not a directory) that exists (`?max-age=30s` for a fresh heartbeat, `#state=ready,busy`; a heartbeat with a `writer` is judged by identity, see the file probe) |
 //! | `exec:COMMAND ARGS…` | a command that exits with a wanted code (`#code=0`); argv, never a shell |
 //! | `mcp+http://…`, `mcp+https://…` | an MCP server that completes its handshake (`#era=auto|legacy|modern`) |
 //!
 //! Every kind also takes `#timeout=DURATION`, a fixed per-attempt timeout.
+//!
+//! Secrets never leave as text: [`Target`]'s `Display`, [`TargetError`]s and
+//! every probe message show URL passwords and header values as `***`; use
+//! [`display_url`] for any URL put into words.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -24,7 +28,11 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use percent_encoding::percent_decode_str;
 use tether_resilience::AttemptTimeout;
+use tether_resilience::failure::scrub_passwords;
 use url::Url;
+
+/// What a secret is shown as.
+const MASK: &str = "***";
 
 /// A parsed target: what to probe, and how.
 #[derive(Debug, Clone)]
@@ -74,7 +82,9 @@ pub enum SocketPath {
     Abstract(String),
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` shows the URL without its password and header values as
+/// `Sensitive`, as every other text does.
+#[derive(Clone)]
 pub struct HttpSpec {
     pub url: Url,
     pub method: Method,
@@ -107,7 +117,8 @@ pub struct ExecSpec {
     pub codes: Vec<i32>,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` hides secrets as [`HttpSpec`]'s does.
+#[derive(Clone)]
 pub struct McpSpec {
     pub url: Url,
     pub era: Era,
@@ -147,7 +158,7 @@ impl Target {
     /// Parses one target word. Does no I/O.
     pub fn parse(text: &str) -> Result<Target, TargetError> {
         let err = |reason: String| TargetError {
-            target: text.to_string(),
+            target: redact_input(text),
             reason,
         };
         let text = text.trim();
@@ -270,6 +281,32 @@ impl std::str::FromStr for Target {
     }
 }
 
+// === impl HttpSpec, McpSpec ===
+
+impl fmt::Debug for HttpSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSpec")
+            .field("url", &format_args!("{}", display_url(&self.url)))
+            .field("method", &self.method)
+            .field("status", &self.status)
+            .field("body", &self.body)
+            .field("headers", &self.headers)
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl fmt::Debug for McpSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpSpec")
+            .field("url", &format_args!("{}", display_url(&self.url)))
+            .field("era", &self.era)
+            .field("headers", &self.headers)
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
 // === impl StatusSet ===
 
 impl StatusSet {
@@ -371,6 +408,55 @@ impl fmt::Display for TargetError {
 }
 
 impl std::error::Error for TargetError {}
+
+/// A URL as shown to users: its password, if any, replaced by `***`; the
+/// user name stays. Use it wherever a URL goes into a message, a failure's
+/// detail, a [`Ready`](crate::Ready) text or a log line:
+/// `format!("GET {}", display_url(&url))`. (Failure details are scrubbed
+/// again by `tether_resilience`, but only of `scheme://user:password@`
+/// forms; this is the one place that knows what a URL is.)
+pub fn display_url(url: &Url) -> DisplayUrl<'_> {
+    DisplayUrl(url)
+}
+
+/// A URL formatted without its password; see [`display_url`].
+#[derive(Debug, Clone, Copy)]
+pub struct DisplayUrl<'a>(&'a Url);
+
+impl fmt::Display for DisplayUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.password().is_none() {
+            return f.write_str(self.0.as_str());
+        }
+        let mut shown = self.0.clone();
+        match shown.set_password(Some(MASK)) {
+            Ok(()) => f.write_str(shown.as_str()),
+            // A URL that has a password can carry one, so this does not
+            // happen; if it did, the textual scrubber still hides it.
+            Err(()) => f.write_str(&scrub_passwords(self.0.as_str())),
+        }
+    }
+}
+
+/// A target's text as typed, for error messages: URL passwords and the
+/// values of `header=` options of URL targets replaced by `***`.
+fn redact_input(text: &str) -> String {
+    let text = scrub_passwords(text);
+    let (scheme, _) = split_scheme(text.trim_start());
+    let is_url =
+        matches!(scheme, Some("http" | "https")) || scheme.is_some_and(|s| s.starts_with("mcp+"));
+    let Some((body, fragment)) = text.split_once('#').filter(|_| is_url) else {
+        return text.into_owned();
+    };
+    let options: Vec<String> = fragment
+        .split('&')
+        .map(|item| match item.split_once(':') {
+            Some((name, _)) if item.starts_with("header=") => format!("{name}:{MASK}"),
+            _ => item.to_string(),
+        })
+        .collect();
+    format!("{body}#{}", options.join("&"))
+}
 
 /// Parses a duration as tether's flags and options take it: `500ms`, `30s`,
 /// `1m30s`, or a bare number of seconds (`2.5`).
@@ -497,7 +583,7 @@ impl Options {
             .0
             .iter()
             .map(|(k, v)| match (k.as_str(), v.split_once(':')) {
-                ("header", Some((name, _))) => format!("header={name}:***"),
+                ("header", Some((name, _))) => format!("header={name}:{MASK}"),
                 (_, _) if v.is_empty() => k.clone(),
                 _ => format!("{k}={v}"),
             })
@@ -584,6 +670,12 @@ fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
+/// The longest socket path (or abstract name) a Unix socket address holds:
+/// `sun_path` is 108 bytes, with a NUL after a path or before an abstract
+/// name. A longer one can never be connected to, so it is refused here
+/// instead of being retried until the deadline.
+pub const MAX_SOCKET_PATH: usize = 107;
+
 fn parse_unix(rest: &str, _whole: &str) -> Result<Target, String> {
     let (path, options) = split_options(rest, &[], "unix")?;
     let path = match path.strip_prefix("//") {
@@ -600,7 +692,19 @@ fn parse_unix(rest: &str, _whole: &str) -> Result<Target, String> {
     }
     let spec = match path.strip_prefix('@') {
         Some("") => return Err("missing abstract socket name after '@'".to_string()),
+        Some(name) if name.len() > MAX_SOCKET_PATH => {
+            return Err(format!(
+                "abstract unix socket name is {} bytes long; the kernel takes at most {MAX_SOCKET_PATH}",
+                name.len()
+            ));
+        }
         Some(name) => SocketPath::Abstract(name.to_string()),
+        None if path.len() > MAX_SOCKET_PATH => {
+            return Err(format!(
+                "unix socket path is {} bytes long; the kernel takes at most {MAX_SOCKET_PATH}",
+                path.len()
+            ));
+        }
         None => SocketPath::File(PathBuf::from(path)),
     };
     let shown = match &spec {
@@ -639,12 +743,7 @@ fn url_options(url: &mut Url, allowed: &[&str], kind: &str) -> Result<Options, S
 }
 
 fn shown_url(url: &Url, options: &Options, prefix: &str) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        // Cannot fail: the URL has a host, so it can carry a password.
-        let _ = shown.set_password(Some("***"));
-    }
-    format!("{prefix}{shown}{}", options.shown())
+    format!("{prefix}{}{}", display_url(url), options.shown())
 }
 
 fn parse_headers(options: &Options) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
@@ -656,8 +755,10 @@ fn parse_headers(options: &Options) -> Result<Vec<(HeaderName, HeaderValue)>, St
                 .ok_or_else(|| format!("header '{h}' needs NAME:VALUE"))?;
             let name = HeaderName::from_bytes(name.trim().as_bytes())
                 .map_err(|_| format!("'{}' is not a valid header name", name.trim()))?;
-            let value = HeaderValue::from_str(value.trim())
+            let mut value = HeaderValue::from_str(value.trim())
                 .map_err(|_| format!("the value of header '{name}' has invalid characters"))?;
+            // Never shown, not even by `Debug`.
+            value.set_sensitive(true);
             Ok((name, value))
         })
         .collect()
@@ -1032,6 +1133,69 @@ mod tests {
         assert!(bad("unix://run/x").contains("the path must be absolute"));
         assert!(bad("unix:").contains("missing socket path"));
         assert!(bad("unix:@").contains("missing abstract socket name"));
+    }
+
+    #[test]
+    fn unix_paths_over_the_kernel_limit_are_refused() {
+        let longest = format!("/{}", "a".repeat(MAX_SOCKET_PATH - 1));
+        assert!(ok(&format!("unix://{longest}")).is_local());
+        let long = format!("/{}", "a".repeat(129));
+        assert_eq!(
+            bad(&format!("unix://{long}")),
+            format!(
+                "target 'unix://{long}': unix socket path is 130 bytes long; the kernel takes at most 107"
+            )
+        );
+        assert!(
+            bad(&format!("unix:rel/{}", "b".repeat(104)))
+                .ends_with("unix socket path is 108 bytes long; the kernel takes at most 107")
+        );
+        // Bytes, not characters: 54 two-byte letters are 108 bytes.
+        assert!(bad(&format!("unix:/{}", "é".repeat(54))).contains("is 109 bytes long"));
+        ok(&format!("unix:@{}", "n".repeat(MAX_SOCKET_PATH)));
+        assert!(bad(&format!("unix:@{}", "n".repeat(108))).ends_with(
+            "abstract unix socket name is 108 bytes long; the kernel takes at most 107"
+        ));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_every_shown_text() {
+        let url = Url::parse("http://user:pw%40x@h:8080/p?q=1").unwrap();
+        assert_eq!(
+            display_url(&url).to_string(),
+            "http://user:***@h:8080/p?q=1"
+        );
+        let url = Url::parse("https://only-user@h/").unwrap();
+        assert_eq!(display_url(&url).to_string(), "https://only-user@h/");
+        assert_eq!(
+            ok("mcp+https://me:s3cret@h/mcp#header=X-Key:k3y").to_string(),
+            "mcp+https://me:***@h/mcp#header=X-Key:***"
+        );
+        // Parse errors show the target as typed, without its secrets.
+        let e = bad("http://me:s3cret@h/#status=700&header=Authorization:Bearer%20t0ken");
+        assert!(!e.contains("s3cret") && !e.contains("t0ken"), "{e}");
+        assert!(
+            e.starts_with("target 'http://me:***@h/#status=700&header=Authorization:***'"),
+            "{e}"
+        );
+        let e = bad("https://me:s3cret@h:99999/");
+        assert!(e.starts_with("target 'https://me:***@h:99999/'"), "{e}");
+        // Not even `Debug` shows them.
+        let debug = format!("{:?}", ok("http://me:s3cret@h/#header=X-Key:k3y"));
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("k3y"),
+            "{debug}"
+        );
+        assert!(debug.contains("http://me:***@h/"), "{debug}");
+        let debug = format!("{:?}", ok("mcp+http://me:s3cret@h/#header=X-Key:k3y"));
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("k3y"),
+            "{debug}"
+        );
+        let e = bad("  http://h/#status=700&header=X-Key:k3y");
+        assert!(!e.contains("k3y"), "{e}");
+        // Not a URL target: the text stays as it was.
+        assert!(bad("exec:true#header=a:b").contains("exec:true#header=a:b"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use percent_encoding::percent_decode_str;
 use tether_resilience::failure::parse_retry_after;
 use tether_resilience::{Cause, Failure, Phase};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,7 +21,7 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 use crate::attempt::Attempt;
-use crate::target::Host;
+use crate::target::{Host, display_url};
 use crate::{tcp, tls};
 
 /// The `User-Agent` of every request.
@@ -88,7 +89,7 @@ pub async fn send(
 /// Cancel-safe: dropping the future closes what it opened.
 pub async fn connect(url: &Url, insecure: bool, attempt: Attempt) -> Result<Connection, Failure> {
     let io = open(url, insecure, attempt).await?;
-    let what = format!("connect to {url}");
+    let what = format!("connect to {}", display_url(url));
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| classify(&e, Phase::Send, &what))?;
@@ -118,7 +119,7 @@ pub async fn open(url: &Url, insecure: bool, attempt: Attempt) -> Result<Box<dyn
             return Err(Failure::new(
                 Phase::Resolve,
                 Cause::DnsNxdomain,
-                format!("{url}: no host"),
+                format!("{}: no host", display_url(url)),
             ));
         }
     };
@@ -186,13 +187,19 @@ impl Connection {
         body: Bytes,
         attempt: Attempt,
     ) -> Result<Response, RequestError> {
-        let what = format!("{method} {url}");
+        let what = format!("{method} {}", display_url(url));
         let mut request = Request::builder().method(method).uri(origin_form(url));
         if let Some(h) = request.headers_mut() {
             h.insert(header::HOST, self.host.clone());
             h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
             for (name, value) in headers {
                 h.insert(name, value.clone());
+            }
+            // An explicit Authorization header wins over the URL's user.
+            if !h.contains_key(header::AUTHORIZATION) {
+                if let Some(auth) = basic_auth(url) {
+                    h.insert(header::AUTHORIZATION, auth);
+                }
             }
         }
         let request = request.body(Full::new(body)).map_err(|e| RequestError {
@@ -238,7 +245,7 @@ pub(crate) async fn probe(
     spec: &crate::target::HttpSpec,
     attempt: Attempt,
 ) -> Result<crate::Ready, Failure> {
-    let what = format!("{} {}", spec.method, spec.url);
+    let what = format!("{} {}", spec.method, display_url(&spec.url));
     let mut headers = HeaderMap::new();
     for (name, value) in &spec.headers {
         headers.append(name, value.clone());
@@ -396,6 +403,25 @@ fn classify(err: &hyper::Error, phase: Phase, what: &str) -> Failure {
     Failure::new(phase, Cause::ResetBeforeResponse, format!("{what}: {err}"))
 }
 
+/// `Basic base64(user:password)` for a URL with user information
+/// (`http://user:pw@host/`), both parts percent-decoded; `None` without. The
+/// value is marked sensitive, so hyper never logs it.
+pub fn basic_auth(url: &Url) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    let user = url.username();
+    let password = url.password();
+    if user.is_empty() && password.is_none() {
+        return None;
+    }
+    let mut credentials: Vec<u8> = percent_decode_str(user).collect();
+    credentials.push(b':');
+    credentials.extend(percent_decode_str(password.unwrap_or_default()));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&credentials);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// `/path?query`, the request target of an HTTP/1.1 request to an origin.
 fn origin_form(url: &Url) -> String {
     match url.query() {
@@ -426,5 +452,21 @@ mod tests {
         let url = Url::parse("https://example.com").unwrap();
         assert_eq!(origin_form(&url), "/");
         assert_eq!(host_header(&url), "example.com");
+    }
+
+    #[test]
+    fn basic_auth_from_the_url() {
+        let auth = |text: &str| basic_auth(&Url::parse(text).unwrap());
+        // RFC 7617's example: Aladdin:open sesame.
+        let value = auth("http://Aladdin:open%20sesame@h/").unwrap();
+        assert_eq!(value, "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert!(value.is_sensitive());
+        assert_eq!(
+            auth("https://u%40x:p%3Aw@h/").unwrap(),
+            "Basic dUB4OnA6dw=="
+        );
+        assert_eq!(auth("http://user@h/").unwrap(), "Basic dXNlcjo=");
+        assert_eq!(auth("http://:pw@h/").unwrap(), "Basic OnB3");
+        assert_eq!(auth("http://h/"), None);
     }
 }

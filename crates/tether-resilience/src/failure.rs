@@ -6,10 +6,19 @@
 //! [`Failure`]. Callers add the words: `detail` always names the thing and the
 //! cause, lower-case, without a trailing period, such as
 //! `connect to 127.0.0.1:8051: connection refused`.
+//!
+//! A detail never carries a URL password: every constructor and
+//! [`Failure::with_detail`] pass the words through [`scrub_passwords`],
+//! which turns `scheme://user:password@` into `scheme://user:***@`, and
+//! `Display` scrubs again for a detail someone assigned to the public field
+//! directly. Callers should still format URLs without their passwords; this
+//! is the net under them.
 
 use std::fmt;
 use std::io;
 use std::time::{Duration, SystemTime};
+
+pub use crate::scrub::scrub_passwords;
 
 /// Where in the life of an exchange a failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -379,7 +388,7 @@ impl Symptom {
 
 impl Failure {
     /// A failure whose origin, safety and verdict follow from its cause and
-    /// phase.
+    /// phase. URL passwords in `detail` are replaced by `***`.
     pub fn new(phase: Phase, cause: Cause, detail: impl Into<String>) -> Failure {
         Failure {
             phase,
@@ -388,7 +397,7 @@ impl Failure {
             safety: Safety::from_phase(phase),
             verdict: cause.default_verdict(),
             retry_after: None,
-            detail: detail.into(),
+            detail: scrubbed(detail.into()),
         }
     }
 
@@ -503,9 +512,10 @@ impl Failure {
         self
     }
 
-    /// Replaces the words, keeping the classification.
+    /// Replaces the words, keeping the classification. URL passwords in
+    /// `detail` are replaced by `***`.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Failure {
-        self.detail = detail.into();
+        self.detail = scrubbed(detail.into());
         self
     }
 
@@ -524,7 +534,17 @@ impl Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.detail)
+        // Scrubbed when built; again here for a detail set through the field.
+        f.write_str(&scrub_passwords(&self.detail))
+    }
+}
+
+/// `detail` without URL passwords, reusing its allocation when there are
+/// none.
+fn scrubbed(detail: String) -> String {
+    match scrub_passwords(&detail) {
+        std::borrow::Cow::Borrowed(_) => detail,
+        std::borrow::Cow::Owned(clean) => clean,
     }
 }
 
@@ -945,6 +965,48 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn details_never_keep_url_passwords() {
+        let url = "http://admin:hunter2@db.internal:8080/health";
+        let built = [
+            Failure::new(Phase::Connect, Cause::ConnectRefused, format!("GET {url}")),
+            Failure::from_io(&os(libc::ECONNREFUSED), Phase::Connect, url),
+            Failure::http_status(401, None, format!("GET {url}")),
+            Failure::jsonrpc(-32603, "boom", url),
+            Failure::timeout(Phase::FirstByte, Duration::from_secs(1), url),
+            Failure::tls(TlsError::Handshake, url, "closed"),
+            Failure::new(Phase::Connect, Cause::ConnectRefused, "x").with_detail(url),
+        ];
+        for f in built {
+            assert!(!f.detail.contains("hunter2"), "{}", f.detail);
+            assert!(f.detail.contains("admin:***@db.internal"), "{}", f.detail);
+        }
+        // A detail assigned through the public field is scrubbed on display.
+        let mut f = Failure::new(Phase::Connect, Cause::ConnectRefused, "x");
+        f.detail = format!("{url}: refused");
+        assert_eq!(
+            f.to_string(),
+            "http://admin:***@db.internal:8080/health: refused"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_password_survives_a_failure(
+            user in "[a-z0-9]{1,8}",
+            password in "[A-Z0-9@:!$&'()*+,;=~._%-]{1,16}",
+            words in "[a-z :]{0,20}",
+        ) {
+            let password = format!("PW{password}");
+            let detail = format!("GET https://{user}:{password}@host/x{words}");
+            let f = Failure::new(Phase::FirstByte, Cause::Http(503), detail.clone());
+            proptest::prop_assert!(!f.detail.contains(&password), "{}", f.detail);
+            let f = f.with_detail(format!("{detail}; again {detail}"));
+            proptest::prop_assert!(!f.detail.contains(&password), "{}", f.detail);
+            proptest::prop_assert!(!f.to_string().contains(&password));
+        }
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //!   clamped floor) that classify before they sleep;
 //! - [`breaker`]: a circuit breaker (consecutive failures or a windowed success
 //!   rate, doubling open penalty with jitter, one probe, a rise threshold);
-//! - [`health`]: rise/fall hysteresis with state-dependent probe intervals.
+//! - [`health`]: rise/fall hysteresis with state-dependent probe intervals;
+//! - [`failure::scrub_passwords`]: `scheme://user:password@` to
+//!   `scheme://user:***@` in any text; every `Failure` detail passes through
+//!   it.
 //!
 //! # Invariants
 //!
@@ -32,6 +35,7 @@ pub mod failure;
 pub mod health;
 mod jitter;
 pub mod retry;
+mod scrub;
 
 pub use backoff::{Backoff, ExponentialBackoff, FullJitter, Reconnect};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};

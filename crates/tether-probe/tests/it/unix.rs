@@ -1,6 +1,7 @@
 use std::os::linux::net::SocketAddrExt;
 use std::time::Duration;
 
+use tether_probe::Target;
 use tether_resilience::{Cause, Verdict};
 use tokio::net::UnixListener;
 
@@ -78,4 +79,32 @@ async fn full_backlog_means_not_accepting() {
     .await;
     assert_eq!(f.cause, Cause::ConnectTimeout);
     assert!(f.detail.contains("not accepting"), "{}", f.detail);
+}
+
+#[tokio::test]
+async fn a_path_over_the_kernel_limit_is_refused_before_any_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("s".repeat(130));
+    let text = format!("unix://{}", long.display());
+    let e = Target::parse(&text).unwrap_err();
+    let bytes = long.as_os_str().len();
+    assert_eq!(
+        e.reason(),
+        format!("unix socket path is {bytes} bytes long; the kernel takes at most 107")
+    );
+    // The longest path that fits is a target, and is waited for as usual.
+    let base = dir.path().as_os_str().len() + 1;
+    let fits = dir.path().join("s".repeat(107 - base));
+    assert_eq!(fits.as_os_str().len(), 107);
+    let f = fails(&format!("unix://{}", fits.display()), SHORT).await;
+    assert_eq!(
+        (f.cause, f.verdict),
+        (Cause::PathMissing, Verdict::Transient)
+    );
+    let name = "n".repeat(108);
+    let e = Target::parse(&format!("unix:@{name}")).unwrap_err();
+    assert_eq!(
+        e.reason(),
+        "abstract unix socket name is 108 bytes long; the kernel takes at most 107"
+    );
 }
