@@ -6,8 +6,11 @@
 //! A slot is idle while no request is in flight on it: before its first
 //! request (a client that sent nothing, or only part of a request head, is
 //! idle), and between requests. A request is in flight from the moment its
-//! head is parsed until hyper drops its response body (an event stream stays
-//! in flight for as long as it streams).
+//! head is parsed until hyper drops its response body: an event stream stays
+//! in flight for as long as it streams, and since bodies go to hyper in
+//! 64 KiB chunks, a large response to a client that reads slowly stays in
+//! flight until hyper has taken its last chunk (what hyper still buffers
+//! after that is lost if the connection is then closed to make room).
 //!
 //! At the limit, a newcomer takes the slot of the connection idle the
 //! longest, which is told to close; when none is idle, the newcomer is

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{self, EventStream};
-use crate::limits::{Arrival, InFlight, Limits, Requests, Slot, StreamPermit, is_milestone};
+use crate::limits::{Arrival, InFlight, Limits, Slot, StreamPermit, is_milestone};
 use crate::metrics::{self, Metrics};
 use crate::page::{self, Page};
 use crate::snapshot::{Event, Snapshot};
@@ -580,7 +580,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, slot: Slot, shared: Arc
     let grace = shared.options.shutdown_grace;
     let stop = shared.stop.clone();
     let evict = slot.evict_token().clone();
-    let requests: Requests = slot.requests();
+    let requests = slot.requests();
     let service = service_fn(move |req: Request<Incoming>| {
         let in_flight = requests.begin();
         let response = shared.respond(&req).map(|body| Tracked {
@@ -598,9 +598,10 @@ async fn connection(stream: TcpStream, peer: SocketAddr, slot: Slot, shared: Arc
         result = conn.as_mut() => result,
         () = evict.cancelled() => {
             if slot.is_idle() {
-                // Dropping the connection closes it. (hyper's graceful
-                // shutdown would keep one that sent part of its first
-                // request head open until the header read timeout.)
+                // Returning drops the connection, which closes its socket
+                // before the slot is freed. (hyper's graceful shutdown would
+                // keep one that sent part of its first request head open
+                // until the header read timeout.)
                 tracing::debug!(%peer, "status connection closed to make room for a new one");
                 Ok(())
             } else {
