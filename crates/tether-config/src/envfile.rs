@@ -4,6 +4,10 @@
 //! key is allowed. A value is taken as written, up to a ` #` comment, and
 //! trimmed; in single quotes it is taken as is; in double quotes `\n`, `\t`,
 //! `\"`, `\$` and `\\` are escapes. A later line wins over an earlier one.
+//! A value may not hold a NUL byte, nor a `KEY=VALUE` pass what the kernel
+//! takes for one variable.
+
+use crate::exec::{self, MAX_STRING, NUL_IN_ARG};
 
 /// A line that is not `KEY=VALUE`: its 1-based number and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +47,13 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(String, String)>, BadLine> {
             )));
         }
         let value = parse_value(value.trim_start()).map_err(bad)?;
+        if value.contains('\0') {
+            return Err(bad(format!("{name}: {NUL_IN_ARG}")));
+        }
+        let len = name.len() + 1 + value.len();
+        if len > MAX_STRING {
+            return Err(bad(format!("{name}: {}", exec::too_long(len))));
+        }
         set(&mut vars, name.to_string(), value);
     }
     Ok(vars)
@@ -191,5 +202,27 @@ mod tests {
             "unexpected 'y' after the closing quote"
         );
         assert_eq!(bad("exportA").reason, "expected KEY=VALUE, found 'exportA'");
+    }
+
+    #[test]
+    fn refuses_what_exec_cannot_take() {
+        let bad = |text: &str| parse(text).unwrap_err();
+        assert_eq!(
+            bad("A=1\nTOKEN=a\0b\n"),
+            BadLine {
+                line: 2,
+                reason: "TOKEN: contains a NUL byte, which no program argument or environment \
+                         value can hold"
+                    .into()
+            }
+        );
+        // The whole `KEY=VALUE` counts: 131071 bytes fit, one more does not.
+        let fits = format!("AB={}", "x".repeat(MAX_STRING - 3));
+        assert_eq!(vars(&fits)[0].1.len(), MAX_STRING - 3);
+        let over = format!("AB={}", "x".repeat(MAX_STRING - 2));
+        assert_eq!(
+            bad(&over).reason,
+            "AB: is 128.0 KiB long; the kernel takes at most 128 KiB per argument or variable"
+        );
     }
 }

@@ -157,7 +157,9 @@ pub static KEYS: &[Key] = &[
         default: DefaultValue::Value(r#""SIGTERM""#),
         example: r#""SIGINT""#,
         doc: "The signal sent to the service's whole process group to stop it: a name \
-              (`\"SIGTERM\"`, `\"TERM\"`) or a number (`15`).",
+              (`\"SIGTERM\"`, `\"TERM\"`) or a number (`15`). It must be one that ends a \
+              process: SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGCONT, SIGCHLD, SIGWINCH and \
+              SIGURG are refused.",
     },
     Key {
         name: "stop_grace",
@@ -268,7 +270,9 @@ pub static KEYS: &[Key] = &[
         example: r#"["python3", "app.py"]"#,
         doc: "The program and its arguments, as an array: never run through a shell. A \
               program with a `/` is relative to the config file's directory; one without is \
-              looked up in `PATH`. It must exist and be executable when the file is loaded.",
+              looked up in `PATH`. It must exist and be executable when the file is loaded. \
+              No argument may hold a NUL byte or pass 128 KiB, and `command`, `pre_start` and \
+              `env` together may not pass 1 MiB: the kernel would refuse to run the program.",
     },
     Key {
         name: "env",
@@ -277,7 +281,9 @@ pub static KEYS: &[Key] = &[
         default: DefaultValue::Described("none"),
         example: r#"{ PORT = "8081", DEBUG = true }"#,
         doc: "Variables added to tether's own environment; they win over `env_file`. Values \
-              are strings; integers and booleans are taken as written.",
+              are strings; integers and booleans are taken as written. A name may not be \
+              empty or hold `=`, nothing may hold a NUL byte, and each `NAME=value` (from \
+              `env_file` too) is at most 128 KiB.",
     },
     Key {
         name: "env_file",

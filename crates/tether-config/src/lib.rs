@@ -25,6 +25,7 @@
 
 mod envfile;
 mod error;
+mod exec;
 mod keys;
 mod read;
 mod resolve;

@@ -17,6 +17,7 @@ use tether_supervisor::config::{Condition, CrashLoop, RestartPolicy, defaults};
 use toml_edit::{Document, Item, TableLike, Value};
 
 use crate::error::ConfigError;
+use crate::exec::{self, MAX_STRING, NUL_IN_ARG, NUL_IN_PATH, NUL_IN_TARGET};
 use crate::keys::{self, DefaultValue, Key, Scope, Type};
 use crate::suggest::{closest, did_you_mean};
 
@@ -277,6 +278,9 @@ impl<'a> Reader<'a> {
                 if path.is_empty() {
                     return Err(self.error(at, "empty path".to_string()));
                 }
+                if path.contains('\0') {
+                    return Err(self.error(at, NUL_IN_PATH.to_string()));
+                }
                 Val::Str(path.to_string())
             }
             Type::Duration | Type::DurationOrZero => {
@@ -394,14 +398,20 @@ impl<'a> Reader<'a> {
     /// `None`: neither a string nor an integer.
     fn signal(&self, item: &Item, at: &At) -> Option<Result<i32, ConfigError>> {
         if let Some(n) = item.as_integer() {
-            return Some(
-                i32::try_from(n)
-                    .ok()
-                    .and_then(|n| tether_process::signal_number(&n.to_string()))
-                    .ok_or_else(|| self.error(at, format!("signal {n} is out of range (1 to 64)"))),
-            );
+            let number = i32::try_from(n)
+                .ok()
+                .and_then(|n| tether_process::signal_number(&n.to_string()))
+                .ok_or_else(|| self.error(at, format!("signal {n} is out of range (1 to 64)")));
+            return Some(number.and_then(|n| match exec::not_ending_number(n) {
+                Some(why) => Err(self.error(at, why)),
+                None => Ok(n),
+            }));
         }
         let text = item.as_str()?;
+        // Before the lookup: tether-process does not name every one of them.
+        if let Some(why) = exec::not_ending_name(text) {
+            return Some(Err(self.error(at, why)));
+        }
         Some(tether_process::signal_number(text).ok_or_else(|| {
             // Compared without the SIG prefix, which every name shares.
             let upper = text.trim().to_ascii_uppercase();
@@ -449,6 +459,17 @@ impl<'a> Reader<'a> {
                     ),
                 ));
             };
+            let what = || match index {
+                0 => "the program".to_string(),
+                n => format!("argument {n}"),
+            };
+            if word.contains('\0') {
+                return Err(self.error(&value_at, format!("{} {NUL_IN_ARG}", what())));
+            }
+            if word.len() > MAX_STRING {
+                let message = format!("{} {}", what(), exec::too_long(word.len()));
+                return Err(self.error(&value_at, message));
+            }
             if index == 0 {
                 if word.is_empty() {
                     return Err(self.error(&value_at, "empty program name".to_string()));
@@ -482,7 +503,10 @@ impl<'a> Reader<'a> {
                 key: join(&at.key, name),
                 span: key_span(table, name).unwrap_or_else(|| at.span.clone()),
             };
-            if name.is_empty() || name.contains(['=', '\0']) {
+            if name.contains('\0') {
+                return Err(self.error(&name_at, NUL_IN_ARG.to_string()));
+            }
+            if name.is_empty() || name.contains('=') {
                 return Err(self.error(
                     &name_at,
                     format!("'{name}' is not a variable name (it may not be empty or hold '=')"),
@@ -508,6 +532,14 @@ impl<'a> Reader<'a> {
                     ));
                 }
             };
+            if value.contains('\0') {
+                return Err(self.error(&value_at, NUL_IN_ARG.to_string()));
+            }
+            // The kernel's limit is on the whole `NAME=value`.
+            let len = name.len() + 1 + value.len();
+            if len > MAX_STRING {
+                return Err(self.error(&value_at, exec::too_long(len)));
+            }
             vars.push((name.to_string(), value));
         }
         Ok(vars)
@@ -585,6 +617,9 @@ impl<'a> Reader<'a> {
 
     fn probe(&self, name: &str, item: &Item, at: &At) -> Result<RawProbe, ConfigError> {
         if let Some(text) = item.as_str() {
+            if text.contains('\0') {
+                return Err(self.error(at, NUL_IN_TARGET.to_string()));
+            }
             if text.trim() == "notify" {
                 return Ok(RawProbe::Notify);
             }
@@ -610,6 +645,9 @@ impl<'a> Reader<'a> {
         self.each(Scope::Probe, table, &at.key, at, |key, val, at| {
             match (key.name, val) {
                 ("target", Val::Str(text)) => {
+                    if text.contains('\0') {
+                        return Err(self.error(&at, NUL_IN_TARGET.to_string()));
+                    }
                     if text.trim() == "notify" {
                         return Err(self.error(
                             &at,
@@ -901,6 +939,7 @@ fn toml_string(text: &str) -> String {
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
             c => out.push(c),
         }
     }

@@ -21,6 +21,7 @@ use tether_supervisor::config::{
 
 use crate::envfile;
 use crate::error::ConfigError;
+use crate::exec::{self, MAX_TOTAL};
 use crate::read::{At, Command, Pacing, RawProbe, RawService, RawStack, Settings, Source, Sp};
 use crate::suggest::did_you_mean;
 
@@ -68,9 +69,15 @@ pub(crate) fn resolve(
             .command
             .as_ref()
             .ok_or_else(|| resolver.error(&hook.at, "missing 'command'".to_string()))?;
+        let command = resolver.command(command)?;
+        let env = resolver.env(None, &hook.env)?;
+        let total = exec::exec_bytes(command.iter().map(String::as_str)) + exec::env_bytes(&env);
+        if total > MAX_TOTAL {
+            return Err(resolver.error(&hook.at, exec::too_much("command and env", total)));
+        }
         hooks.push(HookConfig {
-            command: resolver.command(command)?,
-            env: resolver.env(None, &hook.env)?,
+            command,
+            env,
             cwd: Some(resolver.cwd(hook.cwd.as_ref())?),
             name,
         });
@@ -112,6 +119,14 @@ impl Resolver<'_> {
             Some(pre_start) => Some(self.command(pre_start)?),
             None => None,
         };
+        let argv = service
+            .command
+            .iter()
+            .chain(service.pre_start.iter().flatten());
+        let total = exec::exec_bytes(argv.map(String::as_str)) + exec::env_bytes(&service.env);
+        if total > MAX_TOTAL {
+            return Err(self.error(&raw.at, exec::too_much("command, pre_start and env", total)));
+        }
         service.depends_on = raw
             .depends_on
             .iter()

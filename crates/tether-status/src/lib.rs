@@ -10,7 +10,7 @@
 //! - `/api/services`: the snapshot as JSON;
 //! - `/api/events`: the events as server-sent events;
 //! - `/metrics`: Prometheus text format (state, restarts, uptime, probe
-//!   durations and failures by cause);
+//!   durations and failures by cause, and the server's own connections);
 //! - `/`: a self-contained HTML page that reloads itself.
 //!
 //! # Invariants
@@ -22,12 +22,19 @@
 //!   127.0.0.1).
 //! - Every connection, event streams included, is a task owned by [`serve`]
 //!   and ends on shutdown; nothing is detached.
+//! - Clients cannot take what the rest of the process needs: at most
+//!   [`ServeOptions::max_connections`] connections (an idle one makes room
+//!   for a newcomer, else the newcomer gets 503) and
+//!   [`ServeOptions::max_event_streams`] event streams, counted in
+//!   `/metrics`. The counters are the server's own; the [`Snapshot`] stays
+//!   what the caller fills.
 //! - Everything from the snapshot is escaped for where it goes: JSON,
 //!   Prometheus label values, HTML.
 
 #![forbid(unsafe_code)]
 
 mod events;
+mod limits;
 mod metrics;
 mod page;
 mod server;

@@ -7,14 +7,19 @@
 
 use std::fmt::{self, Display, Formatter};
 
+use crate::limits::Stats;
 use crate::snapshot::{ServiceStatus, Snapshot, State};
 
 /// The `Content-Type` of the text format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The snapshot's metrics at `now_unix_ms`, ready to print with `to_string()`.
+/// The snapshot's metrics at `now_unix_ms`, then the server's own, ready to
+/// print with `to_string()`.
 pub(crate) struct Metrics<'a> {
     pub(crate) snapshot: &'a Snapshot,
+    /// The server's connection counters: its own state, not the stack's, so
+    /// they come from the server rather than the snapshot.
+    pub(crate) server: Stats,
     pub(crate) now_unix_ms: u64,
 }
 
@@ -148,7 +153,56 @@ impl Display for Metrics<'_> {
             "Seconds since the stack started.",
         )?;
         let uptime = seconds(self.snapshot.started_at_unix_ms, self.now_unix_ms);
-        writeln!(f, "tether_stack_uptime_seconds {}", Float(uptime))
+        writeln!(f, "tether_stack_uptime_seconds {}", Float(uptime))?;
+
+        let server = &self.server;
+        family(
+            f,
+            "tether_status_connections",
+            "gauge",
+            "Connections the status server has open, this one included.",
+        )?;
+        writeln!(f, "tether_status_connections {}", server.connections)?;
+        family(
+            f,
+            "tether_status_connections_refused_total",
+            "counter",
+            "Connections answered 503 because every connection had a request in flight.",
+        )?;
+        writeln!(
+            f,
+            "tether_status_connections_refused_total {}",
+            server.connections_refused
+        )?;
+        family(
+            f,
+            "tether_status_connections_evicted_total",
+            "counter",
+            "Idle connections closed to make room for a new one at the limit.",
+        )?;
+        writeln!(
+            f,
+            "tether_status_connections_evicted_total {}",
+            server.connections_evicted
+        )?;
+        family(
+            f,
+            "tether_status_event_streams",
+            "gauge",
+            "Event streams (/api/events) the status server has open.",
+        )?;
+        writeln!(f, "tether_status_event_streams {}", server.event_streams)?;
+        family(
+            f,
+            "tether_status_event_streams_refused_total",
+            "counter",
+            "Event streams answered 503 because the most allowed were open.",
+        )?;
+        writeln!(
+            f,
+            "tether_status_event_streams_refused_total {}",
+            server.event_streams_refused
+        )
     }
 }
 
@@ -250,6 +304,7 @@ mod tests {
         };
         let text = Metrics {
             snapshot: &snapshot,
+            server: Stats::default(),
             now_unix_ms: 1_000,
         }
         .to_string();

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{self, EventStream};
+use crate::limits::{Arrival, InFlight, Limits, Slot, StreamPermit, is_milestone};
 use crate::metrics::{self, Metrics};
 use crate::page::{self, Page};
 use crate::snapshot::{Event, Snapshot};
@@ -38,6 +39,24 @@ pub struct ServeOptions {
     /// it is sending (to a client that reads slowly) before it is closed.
     /// Default 2 s.
     pub shutdown_grace: Duration,
+    /// The most connections served at once, so that clients cannot take
+    /// the descriptors the rest of the process needs. Default 128; 0 is
+    /// taken as 1.
+    ///
+    /// A connection that arrives at the limit takes the place of the one
+    /// idle the longest (no request in flight: it sent nothing yet, only
+    /// part of a request head, or is between requests), which is closed at
+    /// once. When every connection has a request in flight, the newcomer is
+    /// answered `503 Service Unavailable` with `Retry-After: 1` and closed.
+    /// So clients that hold idle connections cannot keep `/health` from
+    /// answering, and the server holds at most a few sockets beyond the
+    /// limit while the ones it closed go away.
+    pub max_connections: usize,
+    /// The most `/api/events` streams open at once; beyond it they get
+    /// `503 Service Unavailable`. Default 16. A stream is a request in
+    /// flight for as long as it lasts, so keep this well below
+    /// `max_connections` to leave room for the other routes.
+    pub max_event_streams: usize,
 }
 
 /// Binding the status server's address failed.
@@ -109,8 +128,15 @@ pub async fn serve(
 ///   `data: <the Event as JSON>`), `event: lagged` with
 ///   `{"dropped": N}` when the client fell behind, and a `: keep-alive`
 ///   comment after [`ServeOptions::keep_alive`] of silence;
-/// - `/metrics`: Prometheus text format 0.0.4;
+/// - `/metrics`: Prometheus text format 0.0.4, with the server's own
+///   connection counters after the snapshot's metrics;
 /// - `/`: an HTML page that reloads itself every 2 s.
+///
+/// At most [`ServeOptions::max_connections`] connections and
+/// [`ServeOptions::max_event_streams`] event streams are served at once
+/// (see there for what happens beyond). A client has 10 s to send each
+/// request head, the first one included: a connection that sends nothing
+/// is closed after 10 s.
 ///
 /// # Errors
 ///
@@ -134,7 +160,10 @@ pub async fn serve_with(
     // A child token, so a broken listener can end the connections without
     // cancelling the caller's token.
     let stop = shutdown.child_token();
+    let limits = Limits::new(options.max_connections, options.max_event_streams);
     let shared = Arc::new(Shared {
+        refusal: refusal(limits.max_connections()),
+        limits,
         snapshot,
         events,
         options,
@@ -154,10 +183,10 @@ pub async fn serve_with(
                     tracing::warn!(%err, "status connection task ended abnormally");
                 }
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(connection(stream, peer, Arc::clone(&shared)));
-                }
+            // Not while too many connections beyond the limit are still
+            // closing: they go away at once, and then this loop goes on.
+            accepted = listener.accept(), if shared.limits.can_accept() => match accepted {
+                Ok((stream, peer)) => admit(stream, peer, &shared, &mut connections),
                 Err(err) if is_about_one_connection(&err) => {
                     tracing::debug!(%err, "status server: accept failed for one connection");
                 }
@@ -191,18 +220,36 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 const JSON: &str = "application/json";
 
+/// How many bytes of the response body go to hyper at a time, so that a
+/// large response to a client that reads slowly stays in flight (and its
+/// connection busy) until hyper has taken most of it.
+const CHUNK: usize = 64 * 1024;
+
 /// What every connection needs.
 struct Shared {
+    limits: Arc<Limits>,
+    /// The whole answer to a connection refused at the limit.
+    refusal: Vec<u8>,
     snapshot: watch::Receiver<Snapshot>,
     events: broadcast::Sender<Event>,
     options: ServeOptions,
     stop: CancellationToken,
 }
 
-/// A response body: a fixed buffer, or an event stream.
+/// A response body: a fixed buffer (handed out in chunks), or an event
+/// stream with its permit.
 enum Body {
-    Full(Option<Bytes>),
-    Events(Box<EventStream>),
+    Full(Bytes),
+    Events {
+        stream: Box<EventStream>,
+        _permit: StreamPermit,
+    },
+}
+
+/// A response body that keeps its connection busy until hyper drops it.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
 }
 
 /// The routes, each answering GET and HEAD.
@@ -220,6 +267,8 @@ impl Default for ServeOptions {
         Self {
             keep_alive: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(2),
+            max_connections: 128,
+            max_event_streams: 16,
         }
     }
 }
@@ -275,31 +324,51 @@ impl hyper::body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let chunk = match self.get_mut() {
-            Body::Full(bytes) => Poll::Ready(bytes.take()),
-            Body::Events(stream) => stream.poll_next(cx),
+            Body::Full(bytes) if bytes.is_empty() => Poll::Ready(None),
+            Body::Full(bytes) => Poll::Ready(Some(bytes.split_to(bytes.len().min(CHUNK)))),
+            Body::Events { stream, .. } => stream.poll_next(cx),
         };
         chunk.map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Full(bytes) => bytes.is_none(),
-            Body::Events(stream) => stream.is_ended(),
+            Body::Full(bytes) => bytes.is_empty(),
+            Body::Events { stream, .. } => stream.is_ended(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Events(_) => SizeHint::default(),
+            Body::Full(bytes) => SizeHint::with_exact(bytes.len() as u64),
+            Body::Events { .. } => SizeHint::default(),
         }
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
 impl Body {
     fn full(bytes: impl Into<Bytes>) -> Self {
-        let bytes = bytes.into();
-        Body::Full(if bytes.is_empty() { None } else { Some(bytes) })
+        Body::Full(bytes.into())
     }
 }
 
@@ -346,6 +415,7 @@ impl Shared {
             Route::Metrics => {
                 let text = Metrics {
                     snapshot: &self.snapshot.borrow(),
+                    server: self.limits.stats(),
                     now_unix_ms: now_unix_ms(),
                 }
                 .to_string();
@@ -366,28 +436,158 @@ impl Shared {
             }
             Route::Events => {
                 // A HEAD request subscribes to nothing.
-                let body = if head {
-                    Body::full(Bytes::new())
-                } else {
-                    Body::Events(Box::new(EventStream::new(
-                        &self.events,
-                        self.options.keep_alive,
-                        self.stop.clone(),
-                    )))
+                if head {
+                    return response(
+                        StatusCode::OK,
+                        events::CONTENT_TYPE,
+                        Body::full(Bytes::new()),
+                    );
+                }
+                let permit = match self.limits.open_event_stream() {
+                    Ok(permit) => permit,
+                    Err(refused) => return self.too_many_event_streams(refused),
                 };
-                response(StatusCode::OK, events::CONTENT_TYPE, body)
+                let stream =
+                    EventStream::new(&self.events, self.options.keep_alive, self.stop.clone());
+                response(
+                    StatusCode::OK,
+                    events::CONTENT_TYPE,
+                    Body::Events {
+                        stream: Box::new(stream),
+                        _permit: permit,
+                    },
+                )
             }
         }
     }
 }
 
-/// Serves one connection until the client closes it, or until shutdown
-/// plus the grace period.
-async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+impl Shared {
+    /// The answer to an event stream beyond the limit; `refused` counts
+    /// them so far.
+    fn too_many_event_streams(&self, refused: u64) -> Response<Body> {
+        let max = self.limits.max_event_streams();
+        if is_milestone(refused) {
+            tracing::warn!(
+                limit = max,
+                refused,
+                "status server at its limit of {max} event streams: refusing more with 503"
+            );
+        }
+        let body = serde_json::json!({
+            "error": format!("too many event streams: all {max} the status server allows are open"),
+        });
+        let mut response = json(StatusCode::SERVICE_UNAVAILABLE, &body);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    }
+}
+
+/// Gives an accepted connection its slot and task, making room or refusing
+/// it at the limit.
+fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, connections: &mut JoinSet<()>) {
+    match shared.limits.arrive(tokio::time::Instant::now()) {
+        Arrival::Admitted {
+            slot,
+            evicted,
+            pressure,
+        } => {
+            if evicted {
+                warn_at_limit(shared, pressure);
+            }
+            connections.spawn(connection(stream, peer, slot, Arc::clone(shared)));
+        }
+        Arrival::Refused { pressure } => {
+            warn_at_limit(shared, pressure);
+            refuse(stream, peer, &shared.refusal);
+        }
+    }
+}
+
+/// The warning for the `pressure`th connection that found the server full,
+/// logged at milestones only.
+fn warn_at_limit(shared: &Shared, pressure: u64) {
+    if !is_milestone(pressure) {
+        return;
+    }
+    let max = shared.limits.max_connections();
+    let stats = shared.limits.stats();
+    tracing::warn!(
+        limit = max,
+        evicted = stats.connections_evicted,
+        refused = stats.connections_refused,
+        "status server at its limit of {max} connections: closing the one idle the longest \
+         for each newcomer, refusing newcomers with 503 when none is idle"
+    );
+}
+
+/// Answers a connection refused at the limit without ever waiting on it:
+/// one non-blocking write of the whole 503 into its empty send buffer, then
+/// close.
+fn refuse(stream: TcpStream, peer: SocketAddr, answer: &[u8]) {
+    tracing::debug!(%peer, "status connection refused: too many connections");
+    // A std stream writes at once; tokio's would wait for a readiness event
+    // that a socket accepted a moment ago has not had yet.
+    let mut stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::debug!(%peer, %err, "status connection refused before its answer");
+            return;
+        }
+    };
+    if let Err(err) = stream.write(answer) {
+        tracing::debug!(%peer, %err, "status connection refused before its answer");
+    }
+    // Read what the client already sent (bounded, without waiting): a socket
+    // closed with unread data answers with a reset, which may throw away
+    // the 503 before the client reads it.
+    let mut sink = [0; 4096];
+    for _ in 0..4 {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+/// The whole answer to a connection refused at the limit.
+fn refusal(max_connections: usize) -> Vec<u8> {
+    let body = serde_json::json!({
+        "error": format!(
+            "too many connections: all {max_connections} the status server allows have a request in flight"
+        ),
+    });
+    let body = format!("{body}\n");
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\n\
+         content-type: {JSON}\r\n\
+         content-length: {}\r\n\
+         cache-control: no-store\r\n\
+         retry-after: 1\r\n\
+         connection: close\r\n\
+         \r\n\
+         {body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Serves one connection until the client closes it, until it is closed to
+/// make room for another, or until shutdown plus the grace period.
+async fn connection(stream: TcpStream, peer: SocketAddr, slot: Slot, shared: Arc<Shared>) {
     let grace = shared.options.shutdown_grace;
     let stop = shared.stop.clone();
+    let evict = slot.evict_token().clone();
+    let requests = slot.requests();
     let service = service_fn(move |req: Request<Incoming>| {
-        std::future::ready(Ok::<_, Infallible>(shared.respond(&req)))
+        let in_flight = requests.begin();
+        let response = shared.respond(&req).map(|body| Tracked {
+            body,
+            _in_flight: in_flight,
+        });
+        std::future::ready(Ok::<_, Infallible>(response))
     });
     let mut builder = http1::Builder::new();
     builder
@@ -396,6 +596,20 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        () = evict.cancelled() => {
+            if slot.is_idle() {
+                // Returning drops the connection, which closes its socket
+                // before the slot is freed. (hyper's graceful shutdown would
+                // keep one that sent part of its first request head open
+                // until the header read timeout.)
+                tracing::debug!(%peer, "status connection closed to make room for a new one");
+                Ok(())
+            } else {
+                // A request began since it was chosen: finish it, then close.
+                conn.as_mut().graceful_shutdown();
+                tokio::time::timeout(grace, conn).await.unwrap_or(Ok(()))
+            }
+        }
         () = stop.cancelled() => {
             // Finish the response in flight (event streams end by themselves
             // on `stop`), then close; a client that does not read is cut off.

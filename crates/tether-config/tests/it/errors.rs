@@ -903,3 +903,323 @@ fn hooks_must_be_tables() {
         "expected an array of tables, found a string",
     );
 }
+
+// --- what the kernel takes at exec ---
+
+const NUL: &str = "contains a NUL byte, which no program argument or environment value can hold";
+const TOO_LONG: &str = "the kernel takes at most 128 KiB per argument or variable";
+
+#[test]
+fn a_nul_byte_in_a_command_is_refused() {
+    check(
+        r#"
+[services.web]
+command = ["sh", "-c", "echo a\u0000b"]
+"#,
+        2,
+        "\"echo",
+        "services.web.command",
+        &format!("argument 2 {NUL}"),
+    );
+    check(
+        r#"
+[services.web]
+command = ["sh"]
+pre_start = ["s\u0000h"]
+"#,
+        3,
+        "\"s\\u",
+        "services.web.pre_start",
+        &format!("the program {NUL}"),
+    );
+    check(
+        r#"
+[services.web]
+command = ["sh"]
+
+[[hooks]]
+command = ["sh", "\u0000"]
+"#,
+        5,
+        "\"\\u",
+        "hooks[1].command",
+        &format!("argument 1 {NUL}"),
+    );
+}
+
+#[test]
+fn a_nul_byte_in_env_is_refused() {
+    check(
+        r#"
+[services.web]
+command = ["sh"]
+env = { TOKEN = "ab\u0000cd" }
+"#,
+        3,
+        "\"ab",
+        "services.web.env.TOKEN",
+        NUL,
+    );
+    check(
+        r#"
+[services.web]
+command = ["sh"]
+env = { "TO\u0000KEN" = "x" }
+"#,
+        3,
+        "\"TO",
+        r#"services.web.env."TO\u0000KEN""#,
+        NUL,
+    );
+    check(
+        r#"
+[services.web]
+command = ["sh"]
+
+[[hooks]]
+command = ["sh"]
+env = { A = "\u0000" }
+"#,
+        6,
+        "\"\\u",
+        "hooks[1].env.A",
+        NUL,
+    );
+    // An env file holds the byte itself.
+    let dir = Dir::new();
+    let env = dir.write("app.env", "A=1\nTOKEN=ab\0cd\n");
+    let toml = "[services.web]\ncommand = [\"sh\"]\nenv_file = \"app.env\"\n";
+    let e = dir.err(toml);
+    assert_at(
+        &e,
+        toml,
+        3,
+        "\"app.env\"",
+        "services.web.env_file",
+        &format!("{}:2: TOKEN: {NUL}", env.display()),
+    );
+}
+
+#[test]
+fn a_nul_byte_in_a_path_is_refused() {
+    let service = "[services.web]\ncommand = [\"sh\"]\n";
+    for (line, key) in [
+        (r#"cwd = "wo\u0000rk""#, "services.web.cwd"),
+        (r#"log_file = "web\u0000.log""#, "services.web.log_file"),
+        (r#"log_dir = "logs\u0000""#, "services.web.log_dir"),
+        (r#"env_file = "\u0000.env""#, "services.web.env_file"),
+    ] {
+        check(
+            &format!("{service}{line}\n"),
+            3,
+            "\"",
+            key,
+            "contains a NUL byte, which no path can hold",
+        );
+    }
+    check(
+        &format!("[defaults]\nlog_dir = \"a\\u0000\"\n{service}"),
+        2,
+        "\"",
+        "defaults.log_dir",
+        "contains a NUL byte, which no path can hold",
+    );
+    check(
+        &format!("{service}[[hooks]]\ncommand = [\"sh\"]\ncwd = \"\\u0000\"\n"),
+        5,
+        "\"",
+        "hooks[1].cwd",
+        "contains a NUL byte, which no path can hold",
+    );
+}
+
+#[test]
+fn a_nul_byte_in_a_probe_target_is_refused() {
+    let message =
+        "contains a NUL byte, which no target (address, path or program argument) can hold";
+    let service = "[services.web]\ncommand = [\"sh\"]\n";
+    check(
+        &format!("{service}ready = \"exec:true \\u0000\"\n"),
+        3,
+        "\"exec",
+        "services.web.ready",
+        message,
+    );
+    check(
+        &format!("{service}live = {{ target = \"file:/tmp/a\\u0000b\" }}\n"),
+        3,
+        "\"file",
+        "services.web.live.target",
+        message,
+    );
+}
+
+#[test]
+fn an_argument_longer_than_the_kernel_takes_is_refused() {
+    // 10 MiB in one argument, as a file on disk would hold it.
+    let big = "x".repeat(10 * 1024 * 1024);
+    check(
+        &format!("[services.web]\ncommand = [\"sh\", \"-c\", \"{big}\"]\n"),
+        2,
+        "\"xxx",
+        "services.web.command",
+        &format!("argument 2 is 10.0 MiB long; {TOO_LONG}"),
+    );
+    // 131071 bytes and the closing NUL are what the kernel takes.
+    let dir = Dir::new();
+    let fits = "x".repeat(131_071);
+    dir.ok(&format!("[services.web]\ncommand = [\"sh\", \"{fits}\"]\n"));
+    check(
+        &format!("[services.web]\ncommand = [\"sh\"]\npre_start = [\"sh\", \"{fits}x\"]\n"),
+        3,
+        "\"xxx",
+        "services.web.pre_start",
+        &format!("argument 1 is 128.0 KiB long; {TOO_LONG}"),
+    );
+}
+
+#[test]
+fn a_variable_longer_than_the_kernel_takes_is_refused() {
+    let big = "x".repeat(10 * 1024 * 1024);
+    check(
+        &format!("[services.web]\ncommand = [\"sh\"]\nenv = {{ TOKEN = \"{big}\" }}\n"),
+        3,
+        "\"xxx",
+        "services.web.env.TOKEN",
+        &format!("is 10.0 MiB long; {TOO_LONG}"),
+    );
+    // The whole `TOKEN=value` counts: six bytes of name and `=`.
+    let dir = Dir::new();
+    let fits = "x".repeat(131_071 - 6);
+    dir.ok(&format!(
+        "[services.web]\ncommand = [\"sh\"]\nenv = {{ TOKEN = \"{fits}\" }}\n"
+    ));
+    check(
+        &format!("[services.web]\ncommand = [\"sh\"]\nenv = {{ TOKEN = \"{fits}x\" }}\n"),
+        3,
+        "\"xxx",
+        "services.web.env.TOKEN",
+        &format!("is 128.0 KiB long; {TOO_LONG}"),
+    );
+    let env = dir.write("app.env", &format!("TOKEN={}\n", "x".repeat(200 * 1024)));
+    let toml = "[services.web]\ncommand = [\"sh\"]\nenv_file = \"app.env\"\n";
+    let e = dir.err(toml);
+    assert_at(
+        &e,
+        toml,
+        3,
+        "\"app.env\"",
+        "services.web.env_file",
+        &format!("{}:1: TOKEN: is 200.0 KiB long; {TOO_LONG}", env.display()),
+    );
+}
+
+#[test]
+fn a_program_with_more_than_1_mib_of_arguments_and_environment_is_refused() {
+    // Each variable fits; ten of them (1.2 MiB) do not.
+    let value = "x".repeat(120 * 1024);
+    let vars = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("V{i} = \"{value}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let dir = Dir::new();
+    dir.ok(&format!(
+        "[services.web]\ncommand = [\"sh\"]\nenv = {{ {} }}\n",
+        vars(8)
+    ));
+    let over = "together are 1.2 MiB; tether takes at most 1 MiB, since the kernel takes about \
+                2 MiB of arguments and environment per program, tether's own environment \
+                included";
+    check(
+        &format!(
+            "[services.web]\ncommand = [\"sh\"]\nenv = {{ {} }}\n",
+            vars(10)
+        ),
+        1,
+        "web",
+        "services.web",
+        &format!("command, pre_start and env {over}"),
+    );
+    // pre_start counts with command.
+    let args: Vec<String> = (0..5).map(|_| format!("\"{value}\"")).collect();
+    check(
+        &format!(
+            "[services.web]\ncommand = [\"sh\", {args}]\npre_start = [\"sh\", {args}]\n",
+            args = args.join(", ")
+        ),
+        1,
+        "web",
+        "services.web",
+        &format!("command, pre_start and env {over}"),
+    );
+    check(
+        &format!(
+            "[services.web]\ncommand = [\"sh\"]\n\n[[hooks]]\ncommand = [\"sh\"]\nenv = {{ {} }}\n",
+            vars(10)
+        ),
+        4,
+        "[[hooks]]",
+        "hooks[1]",
+        &format!("command and env {over}"),
+    );
+}
+
+#[test]
+fn an_env_name_may_not_be_empty_or_hold_an_equals_sign() {
+    let service = "[services.web]\ncommand = [\"sh\"]\n";
+    check(
+        &format!("{service}env = {{ \"\" = \"x\" }}\n"),
+        3,
+        "\"\"",
+        "services.web.env.\"\"",
+        "'' is not a variable name (it may not be empty or hold '=')",
+    );
+    check(
+        &format!("{service}env = {{ \"A=B\" = \"x\" }}\n"),
+        3,
+        "\"A=B\"",
+        "services.web.env.\"A=B\"",
+        "'A=B' is not a variable name (it may not be empty or hold '=')",
+    );
+}
+
+#[test]
+fn a_stop_signal_that_does_not_end_a_process_is_refused() {
+    let service = "[services.web]\ncommand = [\"sh\"]\n";
+    let instead = "use SIGTERM, SIGINT, SIGQUIT, SIGHUP or SIGKILL";
+    for (name, number, what) in [
+        ("SIGSTOP", 19, "only pauses a process"),
+        ("SIGTSTP", 20, "only pauses a process"),
+        ("SIGTTIN", 21, "only pauses a process"),
+        ("SIGTTOU", 22, "only pauses a process"),
+        ("SIGCONT", 18, "only resumes a stopped process"),
+        ("SIGCHLD", 17, "is ignored by default"),
+        ("SIGWINCH", 28, "is ignored by default"),
+        ("SIGURG", 23, "is ignored by default"),
+    ] {
+        check(
+            &format!("{service}stop_signal = \"{name}\"\n"),
+            3,
+            "\"SIG",
+            "services.web.stop_signal",
+            &format!("{name} {what}; {instead}"),
+        );
+        check(
+            &format!("{service}stop_signal = {number}\n"),
+            3,
+            &number.to_string(),
+            "services.web.stop_signal",
+            &format!("signal {number} ({name}) {what}; {instead}"),
+        );
+    }
+    // Without its SIG, in any case, in [defaults] too.
+    check(
+        &format!("[defaults]\nstop_signal = \"stop\"\n{service}"),
+        2,
+        "\"stop\"",
+        "defaults.stop_signal",
+        &format!("SIGSTOP only pauses a process; {instead}"),
+    );
+}

@@ -7,6 +7,7 @@
 mod bind;
 mod events;
 mod health;
+mod limits;
 mod metrics;
 mod page;
 mod routes;

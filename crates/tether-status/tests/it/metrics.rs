@@ -134,6 +134,11 @@ async fn metrics_parse_with_the_official_prometheus_parser() {
             ("tether_probe_duration_seconds", "histogram"),
             ("tether_probe_failures", "counter"),
             ("tether_stack_uptime_seconds", "gauge"),
+            ("tether_status_connections", "gauge"),
+            ("tether_status_connections_refused", "counter"),
+            ("tether_status_connections_evicted", "counter"),
+            ("tether_status_event_streams", "gauge"),
+            ("tether_status_event_streams_refused", "counter"),
         ]
     );
     for family in &families {
@@ -151,6 +156,11 @@ async fn metrics_parse_with_the_official_prometheus_parser() {
         duration,
         failures,
         stack_uptime,
+        connections,
+        refused,
+        evicted,
+        streams,
+        streams_refused,
     ] = &families[..]
     else {
         unreachable!()
@@ -271,6 +281,17 @@ async fn metrics_parse_with_the_official_prometheus_parser() {
 
     let up = sample(stack_uptime, "tether_stack_uptime_seconds", &[]);
     assert!((3600.0..3610.0).contains(&up), "stack uptime {up}");
+
+    // The server's own: the one connection asking, nothing refused.
+    assert_eq!(sample(connections, "tether_status_connections", &[]), 1.0);
+    for (family, name) in [
+        (refused, "tether_status_connections_refused_total"),
+        (evicted, "tether_status_connections_evicted_total"),
+        (streams, "tether_status_event_streams"),
+        (streams_refused, "tether_status_event_streams_refused_total"),
+    ] {
+        assert_eq!(sample(family, name, &[]), 0.0, "{name}");
+    }
 }
 
 #[tokio::test]
@@ -323,7 +344,7 @@ async fn every_metrics_line_is_well_formed() {
             }
         }
     }
-    assert_eq!(declared.len(), 7);
+    assert_eq!(declared.len(), 12);
     // The hostile name went through escaped, on one line.
     assert!(text.contains(r#"service="we\"ird\\na\nme""#), "{text}");
 }
