@@ -26,7 +26,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::supervisor::Handle;
+use crate::handle::Handle;
 
 /// A request, as sent on the socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,11 +215,11 @@ async fn answer(stream: UnixStream, handle: Handle) -> io::Result<()> {
 
 async fn reply(
     write: &mut tokio::net::unix::OwnedWriteHalf,
-    result: Result<(), String>,
+    result: Result<(), crate::RequestError>,
 ) -> io::Result<()> {
     match result {
         Ok(()) => send(write, &json!({"ok": true})).await,
-        Err(e) => send(write, &json!({"ok": false, "error": e})).await,
+        Err(e) => send(write, &json!({"ok": false, "error": e.to_string()})).await,
     }
 }
 

@@ -18,6 +18,9 @@ pub struct ServiceView {
     pub state: State,
     /// The group leader's pid while a process runs.
     pub pid: Option<u32>,
+    /// Its start time (clock ticks since boot, field 22 of /proc/PID/stat):
+    /// with the pid, it names the process even after the pid is reused.
+    pub pid_start_ticks: Option<u64>,
     /// When it entered `state` (Unix milliseconds).
     pub since_ms: u64,
     /// When the current process started (Unix milliseconds).
@@ -96,6 +99,13 @@ pub enum EventKind {
     },
     /// A hook could not keep up; events were dropped for it.
     HookDropped { hook: String, dropped: u64 },
+    /// A hook sent commands that were dropped (too many waiting, or a line
+    /// over the length limit).
+    HookCommandsDropped {
+        hook: String,
+        dropped: u64,
+        cause: String,
+    },
     /// A hook sent a command.
     HookCommand {
         hook: String,
@@ -154,6 +164,7 @@ impl Event {
             | EventKind::Restarting { service, .. } => Some(service),
             EventKind::HookCommand { service, .. } => Some(service),
             EventKind::HookDropped { .. }
+            | EventKind::HookCommandsDropped { .. }
             | EventKind::HookExited { .. }
             | EventKind::Stack { .. } => None,
         }
@@ -166,6 +177,7 @@ impl Event {
             EventKind::Exit { .. } => "exit",
             EventKind::Restarting { .. } => "restarting",
             EventKind::HookDropped { .. } => "hook_dropped",
+            EventKind::HookCommandsDropped { .. } => "hook_commands_dropped",
             EventKind::HookExited { .. } => "hook_exited",
             EventKind::HookCommand { .. } => "hook_command",
             EventKind::Stack { .. } => "stack",
@@ -239,6 +251,14 @@ impl fmt::Display for Event {
                     "hook {hook} is not keeping up: {dropped} events dropped so far"
                 )
             }
+            EventKind::HookCommandsDropped {
+                hook,
+                dropped,
+                cause,
+            } => write!(
+                f,
+                "hook {hook} sends commands faster than they can be carried out: {dropped} dropped so far (last: {cause})"
+            ),
             EventKind::HookCommand {
                 hook,
                 command,

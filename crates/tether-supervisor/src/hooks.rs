@@ -4,27 +4,60 @@
 //! with commands, one JSON object per line on stdout: `{"restart":"NAME"}`,
 //! `{"stop":"NAME"}`, `{"start":"NAME"}`. Its stderr joins the stack's output.
 //!
-//! A hook can never slow the supervisor down: events reach it through a
-//! bounded queue, and what does not fit is dropped and counted (an event says
-//! so at 1, 5, 20, 50 and every 100 drops). A hook that ends is started again
-//! after a growing pause.
+//! A hook can never slow the supervisor down or grow its memory:
+//!
+//! - events reach it through a queue of [`EVENTS`]; what does not fit is
+//!   dropped and counted (a `hook_dropped` event at 1, 5, 20, 50 and every
+//!   100 drops);
+//! - its command lines are read with a cap of [`MAX_LINE`] bytes (a longer
+//!   line is skipped whole) and carried out one after another, in order, by
+//!   one task; at most [`COMMANDS`] wait, the rest are dropped and counted
+//!   (a `hook_commands_dropped` event at the same milestones);
+//! - lines that are not commands are counted and said at the same
+//!   milestones, not one log line each.
+//!
+//! A hook that ends is started again after a growing pause. Everything it
+//! started is stopped with it (its own [`Scope`]).
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use tether_process::{Scope, Signal};
 use tether_resilience::{Backoff, Jitter};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::HookConfig;
 use crate::event::{Event, EventKind};
+use crate::handle::Handle;
 use crate::output::Stream;
-use crate::supervisor::Handle;
 
 /// Events waiting for a hook that reads slowly.
-const QUEUE: usize = 256;
+pub const EVENTS: usize = 256;
+/// Commands waiting to be carried out.
+pub const COMMANDS: usize = 64;
+/// The longest command line read from a hook.
+pub const MAX_LINE: usize = 4096;
+
+/// What a hook's tasks need from the stack.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub(crate) handle: Handle,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) runtime_dir: PathBuf,
+}
+
+/// Counts drops and says so at milestones.
+#[derive(Debug, Default)]
+struct Drops {
+    events: u64,
+    commands: u64,
+    not_commands: u64,
+}
 
 /// Runs `hook` until `stop`, restarting it when it ends. `events` was
 /// subscribed before any service started, and is kept across the hook's
@@ -32,7 +65,8 @@ const QUEUE: usize = 256;
 /// as dropped if too much does).
 pub(crate) async fn run(
     hook: HookConfig,
-    handle: Handle,
+    scope: Scope,
+    cx: Context,
     mut events: broadcast::Receiver<Event>,
     stop: CancellationToken,
 ) {
@@ -44,30 +78,57 @@ pub(crate) async fn run(
     )
     .unwrap_or_else(|_| Backoff::reconnect())
     .start(Jitter::new());
-    let mut dropped = 0u64;
+    let mut drops = Drops::default();
+    // One executor for the hook's whole life: commands in order, bounded.
+    let (commands, queued) = mpsc::channel::<(String, String)>(COMMANDS);
+    cx.tasks.spawn(execute(
+        hook.name.clone(),
+        cx.handle.clone(),
+        queued,
+        stop.clone(),
+    ));
     loop {
         let began = tokio::time::Instant::now();
-        match run_once(&hook, &handle, &mut events, &mut dropped, &stop).await {
-            Ended::Stop => return,
+        match run_once(
+            &hook,
+            &scope,
+            &cx,
+            &mut events,
+            &commands,
+            &mut drops,
+            &stop,
+        )
+        .await
+        {
+            Ended::Stop => break,
             Ended::Exited(words) => {
                 if began.elapsed() > Duration::from_secs(10) {
                     backoff.reset();
                 }
                 let pause = backoff.next_delay();
-                let event = Event::now(EventKind::HookExited {
-                    hook: hook.name.clone(),
-                    exit: words,
-                    in_ms: pause.as_millis() as u64,
-                });
-                tracing::warn!("{event}");
-                let _ = handle.event_sender().send(event);
+                emit(
+                    &cx.handle,
+                    EventKind::HookExited {
+                        hook: hook.name.clone(),
+                        exit: words,
+                        in_ms: pause.as_millis() as u64,
+                    },
+                );
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep(pause) => {}
                 }
             }
         }
     }
+    // Whatever the hook left behind goes with it.
+    scope
+        .stop(
+            Signal::TERM,
+            Duration::from_secs(5),
+            crate::runner::AFTER_KILL,
+        )
+        .await;
 }
 
 enum Ended {
@@ -77,55 +138,68 @@ enum Ended {
 
 async fn run_once(
     hook: &HookConfig,
-    handle: &Handle,
+    scope: &Scope,
+    cx: &Context,
     events: &mut broadcast::Receiver<Event>,
-    dropped: &mut u64,
+    commands: &mpsc::Sender<(String, String)>,
+    drops: &mut Drops,
     stop: &CancellationToken,
 ) -> Ended {
     let mut command = std::process::Command::new(&hook.command[0]);
     command
         .args(&hook.command[1..])
         .envs(hook.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("TETHER_HOOK", &hook.name)
+        .env("TETHER_RUNTIME_DIR", &cx.runtime_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(cwd) = &hook.cwd {
         command.current_dir(cwd);
     }
-    let mut child = match tether_process::spawn(&mut command) {
+    let mut child = match scope.spawn(&mut command) {
         Ok(child) => child,
         Err(e) => return Ended::Exited(format!("could not start: {e}")),
     };
     let label = format!("hook:{}", hook.name);
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(
-            handle
+        cx.tasks.spawn(
+            cx.handle
                 .output()
                 .clone()
                 .pump(label.clone(), Stream::Stderr, err, None),
         );
     }
-    let (queue, mut queued) = mpsc::channel::<String>(QUEUE);
-    let mut stdin = child.stdin.take();
     // The writer alone waits on the hook's stdin; when the hook stops
-    // reading, only the writer waits.
-    let writer = tokio::spawn(async move {
-        let Some(stdin) = stdin.as_mut() else { return };
-        while let Some(mut line) = queued.recv().await {
-            line.push('\n');
-            if stdin.write_all(line.as_bytes()).await.is_err() {
-                return;
+    // reading, only the writer waits. It ends when this lifetime does.
+    let (queue, mut queued) = mpsc::channel::<String>(EVENTS);
+    let writer_stop = stop.child_token();
+    let _writer_stop = writer_stop.clone().drop_guard();
+    if let Some(mut stdin) = child.stdin.take() {
+        cx.tasks.spawn(async move {
+            loop {
+                let line = tokio::select! {
+                    () = writer_stop.cancelled() => return,
+                    line = queued.recv() => line,
+                };
+                let Some(mut line) = line else { return };
+                line.push('\n');
+                let written = tokio::select! {
+                    () = writer_stop.cancelled() => return,
+                    written = stdin.write_all(line.as_bytes()) => written,
+                };
+                if written.is_err() {
+                    return;
+                }
             }
-        }
-    });
-    let _writer = AbortOnDrop(writer);
-    let mut commands = child.stdout.take().map(|out| BufReader::new(out).lines());
+        });
+    }
+    let mut lines = child.stdout.take().map(BufReader::new);
+    let mut line = Vec::with_capacity(256);
 
     loop {
         tokio::select! {
             () = stop.cancelled() => {
-                let _ = child.stop(tether_process::Signal::TERM, Duration::from_secs(5)).await;
+                let _ = child.stop(Signal::TERM, Duration::from_secs(5)).await;
                 return Ended::Stop;
             }
             exit = child.wait() => {
@@ -137,87 +211,241 @@ async fn run_once(
             event = events.recv() => match event {
                 Ok(event) => {
                     if queue.try_send(event.to_json()).is_err() {
-                        count_drop(handle, &hook.name, dropped, 1);
+                        drops.events += 1;
+                        if milestone(drops.events) {
+                            emit(&cx.handle, EventKind::HookDropped { hook: hook.name.clone(), dropped: drops.events });
+                        }
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => count_drop(handle, &hook.name, dropped, n),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let before = drops.events;
+                    drops.events += n;
+                    if (before + 1..=drops.events).any(milestone) {
+                        emit(&cx.handle, EventKind::HookDropped { hook: hook.name.clone(), dropped: drops.events });
+                    }
+                }
                 Err(broadcast::error::RecvError::Closed) => return Ended::Stop,
             },
-            line = next_line(&mut commands) => match line {
-                Some(line) => obey(handle, &hook.name, &line),
-                None => commands = None,
+            read = next_line(&mut lines, &mut line) => match read {
+                Some(Read::Line) => take(hook, cx, commands, drops, &line),
+                Some(Read::TooLong) => {
+                    drops.commands += 1;
+                    if milestone(drops.commands) {
+                        emit(&cx.handle, EventKind::HookCommandsDropped {
+                            hook: hook.name.clone(),
+                            dropped: drops.commands,
+                            cause: format!("a line over {MAX_LINE} bytes"),
+                        });
+                    }
+                }
+                None => lines = None,
             },
         }
     }
 }
 
+/// What one read of a hook's stdout gave.
+enum Read {
+    /// A line (without its newline) is in the buffer.
+    Line,
+    /// A line over [`MAX_LINE`] was skipped.
+    TooLong,
+}
+
+/// Reads the next line into `line`, never keeping more than [`MAX_LINE`]
+/// bytes of it; `None` at the end (or on a read error).
+///
+/// # Cancel safety
+///
+/// Cancel-safe: bytes consumed stay in `line` (or are counted as skipped)
+/// and the next call goes on from there.
 async fn next_line(
-    lines: &mut Option<tokio::io::Lines<BufReader<tokio::process::ChildStdout>>>,
-) -> Option<String> {
-    match lines {
-        Some(lines) => lines.next_line().await.ok().flatten(),
-        None => std::future::pending().await,
+    reader: &mut Option<BufReader<tokio::process::ChildStdout>>,
+    line: &mut Vec<u8>,
+) -> Option<Read> {
+    let Some(reader) = reader else {
+        return std::future::pending().await;
+    };
+    read_capped(reader, line).await
+}
+
+async fn read_capped(reader: &mut (impl AsyncBufRead + Unpin), line: &mut Vec<u8>) -> Option<Read> {
+    loop {
+        let available = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return None,
+            Ok(bytes) => bytes,
+        };
+        let newline = available.iter().position(|b| *b == b'\n');
+        let end = newline.unwrap_or(available.len());
+        // Past the cap, the rest of the line is skipped: `line` holds one
+        // byte more than the cap as the mark.
+        if line.len() <= MAX_LINE {
+            let room = MAX_LINE + 1 - line.len();
+            line.extend_from_slice(&available[..end.min(room)]);
+        }
+        let consumed = newline.map(|i| i + 1).unwrap_or(available.len());
+        reader.consume(consumed);
+        if newline.is_some() {
+            if line.len() > MAX_LINE {
+                line.clear();
+                return Some(Read::TooLong);
+            }
+            return Some(Read::Line);
+        }
     }
 }
 
-fn count_drop(handle: &Handle, hook: &str, dropped: &mut u64, n: u64) {
-    let before = *dropped;
-    *dropped += n;
-    let milestone = |d: u64| d >= 1 && (matches!(d, 1 | 5 | 20 | 50) || d % 100 == 0);
-    if (before + 1..=*dropped).any(milestone) {
-        let event = Event::now(EventKind::HookDropped {
-            hook: hook.to_string(),
-            dropped: *dropped,
-        });
-        tracing::warn!("{event}");
-        let _ = handle.event_sender().send(event);
-    }
-}
-
-/// Carries out one command line from a hook, in the background: a stop may
-/// take a grace period, and the hook's events must keep flowing meanwhile.
-fn obey(handle: &Handle, hook: &str, line: &str) {
-    let line = line.trim();
-    if line.is_empty() {
+/// Parses one command line and queues it for the executor.
+fn take(
+    hook: &HookConfig,
+    cx: &Context,
+    commands: &mpsc::Sender<(String, String)>,
+    drops: &mut Drops,
+    line: &[u8],
+) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim();
+    if text.is_empty() {
         return;
     }
-    let parsed: Option<(String, String)> = serde_json::from_str::<Value>(line).ok().and_then(|v| {
-        let object = v.as_object()?;
-        let (verb, service) = object
-            .iter()
-            .find(|(k, _)| matches!(k.as_str(), "restart" | "stop" | "start"))?;
-        Some((verb.clone(), service.as_str()?.to_string()))
-    });
-    let Some((verb, service)) = parsed else {
-        tracing::warn!(
-            "hook {hook} sent something that is not a command: {line:?} (expected {{\"restart\":\"NAME\"}}, stop or start)"
-        );
+    let Some((verb, service)) = parse_command(text) else {
+        drops.not_commands += 1;
+        if milestone(drops.not_commands) {
+            let shown: String = text.chars().take(200).collect();
+            tracing::warn!(
+                "hook {} sent something that is not a command: {shown:?} (expected {{\"restart\":\"NAME\"}}, stop or start; {} such lines so far)",
+                hook.name,
+                drops.not_commands
+            );
+        }
         return;
     };
-    let handle = handle.clone();
-    let hook = hook.to_string();
-    tokio::spawn(async move {
-        let result = match verb.as_str() {
-            "restart" => handle.restart(&service).await,
-            "stop" => handle.stop(&service).await,
-            _ => handle.start(&service).await,
-        };
-        let event = Event::now(EventKind::HookCommand {
-            hook,
-            command: verb,
-            service,
-            accepted: result.is_ok(),
-            detail: result.err(),
-        });
-        tracing::info!("{event}");
-        let _ = handle.event_sender().send(event);
-    });
+    if commands.try_send((verb, service)).is_err() {
+        drops.commands += 1;
+        if milestone(drops.commands) {
+            emit(
+                &cx.handle,
+                EventKind::HookCommandsDropped {
+                    hook: hook.name.clone(),
+                    dropped: drops.commands,
+                    cause: format!("more than {COMMANDS} commands waiting"),
+                },
+            );
+        }
+    }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+fn parse_command(line: &str) -> Option<(String, String)> {
+    let value: Value = serde_json::from_str(line).ok()?;
+    let object = value.as_object()?;
+    let (verb, service) = object
+        .iter()
+        .find(|(k, _)| matches!(k.as_str(), "restart" | "stop" | "start"))?;
+    Some((verb.clone(), service.as_str()?.to_string()))
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// Carries out a hook's commands one after another, in the order sent: a
+/// stop may take a grace period, and the hook's events keep flowing
+/// meanwhile, since this is its own task.
+async fn execute(
+    hook: String,
+    handle: Handle,
+    mut queued: mpsc::Receiver<(String, String)>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            next = queued.recv() => next,
+        };
+        let Some((verb, service)) = next else { return };
+        let doing = async {
+            match verb.as_str() {
+                "restart" => handle.restart(&service).await,
+                "stop" => handle.stop(&service).await,
+                _ => handle.start(&service).await,
+            }
+        };
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = doing => result,
+        };
+        emit(
+            &handle,
+            EventKind::HookCommand {
+                hook: hook.clone(),
+                command: verb,
+                service,
+                accepted: result.is_ok(),
+                detail: result.err().map(|e| e.to_string()),
+            },
+        );
+    }
+}
+
+fn milestone(n: u64) -> bool {
+    matches!(n, 1 | 5 | 20 | 50) || (n > 0 && n % 100 == 0)
+}
+
+fn emit(handle: &Handle, kind: EventKind) {
+    let event = Event::now(kind);
+    match &event.kind {
+        EventKind::HookCommand { .. } => tracing::info!("{event}"),
+        _ => tracing::warn!("{event}"),
+    }
+    let _ = handle.event_sender().send(event);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_capped_and_long_ones_skipped_whole() {
+        let long = "x".repeat(MAX_LINE * 3);
+        let input = format!("{{\"restart\":\"a\"}}\n{long}\n{{\"stop\":\"b\"}}\nlast");
+        let mut reader = BufReader::with_capacity(64, input.as_bytes());
+        let mut line = Vec::new();
+        let mut seen = Vec::new();
+        while let Some(read) = read_capped(&mut reader, &mut line).await {
+            match read {
+                Read::Line => seen.push(String::from_utf8_lossy(&line).into_owned()),
+                Read::TooLong => seen.push("<too long>".into()),
+            }
+            line.clear();
+            assert!(
+                line.capacity() <= 2 * MAX_LINE + 64,
+                "the buffer stays small"
+            );
+        }
+        assert_eq!(
+            seen,
+            ["{\"restart\":\"a\"}", "<too long>", "{\"stop\":\"b\"}"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_of_exactly_the_cap_is_kept() {
+        let exact = "y".repeat(MAX_LINE);
+        let input = format!("{exact}\n");
+        let mut reader = BufReader::with_capacity(100, input.as_bytes());
+        let mut line = Vec::new();
+        assert!(matches!(
+            read_capped(&mut reader, &mut line).await,
+            Some(Read::Line)
+        ));
+        assert_eq!(line.len(), MAX_LINE);
+    }
+
+    #[test]
+    fn commands_and_not_commands() {
+        assert_eq!(
+            parse_command(r#"{"restart":"api"}"#),
+            Some(("restart".into(), "api".into()))
+        );
+        assert_eq!(parse_command(r#"{"restart":3}"#), None);
+        assert_eq!(parse_command("restart api"), None);
+        assert_eq!(parse_command(r#"{"reload":"api"}"#), None);
+        assert!(milestone(1) && milestone(5) && milestone(100) && !milestone(7));
     }
 }

@@ -22,21 +22,26 @@
 
 #![forbid(unsafe_code)]
 
+mod claim;
 pub mod config;
 pub mod control;
 pub mod event;
-mod hooks;
+mod handle;
+pub mod hooks;
 mod notify;
 pub mod output;
 mod probes;
 pub mod rundir;
+mod runner;
 mod service;
 pub mod state;
 mod supervisor;
 
+pub use claim::{CgroupMode, Claim, claim};
 pub use config::StackConfig;
 pub use event::{Event, EventKind, ServiceView};
-pub use output::{Line, OutputHub, Stream};
-pub use rundir::RunDir;
+pub use handle::{Handle, RequestError};
+pub use output::{Line, LogFile, OutputHub, Stream};
+pub use rundir::{LockError, RunDir, StackLock};
 pub use state::State;
-pub use supervisor::{Handle, LaunchOptions, launch};
+pub use supervisor::{LaunchOptions, launch};

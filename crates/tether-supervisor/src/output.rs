@@ -5,7 +5,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -112,7 +113,7 @@ impl OutputHub {
         service: String,
         stream: Stream,
         pipe: impl AsyncRead + Unpin,
-        file: Option<Arc<Mutex<std::fs::File>>>,
+        file: Option<Arc<LogFile>>,
     ) {
         let mut reader = BufReader::new(pipe);
         let mut buf = Vec::new();
@@ -127,10 +128,7 @@ impl OutputHub {
             }
             let text = String::from_utf8_lossy(&buf).into_owned();
             if let Some(file) = &file {
-                let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
-                // A full disk must not stop the service: the line still goes
-                // to the buffer and the followers.
-                let _ = writeln!(file, "{text}");
+                file.write_line(&text);
             }
             self.push(Line {
                 service: service.clone(),
@@ -167,19 +165,71 @@ async fn read_line_capped(
     }
 }
 
-/// Opens a log file for appending, creating its directory, private to the
-/// user.
-pub(crate) fn open_log(path: &Path) -> std::io::Result<Arc<Mutex<std::fs::File>>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// A service's log file, appended to. A write that fails (a full disk, a
+/// removed mount) never stops the service: the line still goes to the
+/// buffer and the followers, the loss is counted, and said at 1, 5, 20, 50,
+/// then every 100 lost lines.
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+    lost: AtomicU64,
+}
+
+impl LogFile {
+    /// Opens `path` for appending (mode 0600). A missing directory is
+    /// created (0700), and that is said, not done silently.
+    ///
+    /// # Errors
+    ///
+    /// When the directory cannot be made or the file cannot be opened.
+    pub fn open(path: &Path) -> std::io::Result<LogFile> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+                tracing::warn!(
+                    "log directory {} did not exist; created it (mode 0700)",
+                    dir.display()
+                );
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            lost: AtomicU64::new(0),
+        })
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    Ok(Arc::new(Mutex::new(file)))
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Lines that could not be written so far.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    fn write_line(&self, text: &str) {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = writeln!(file, "{text}") {
+            let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
+            if matches!(lost, 1 | 5 | 20 | 50) || lost % 100 == 0 {
+                tracing::warn!(
+                    "cannot write to log file {}: {e} ({lost} lines lost so far)",
+                    self.path.display()
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

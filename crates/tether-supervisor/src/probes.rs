@@ -40,12 +40,15 @@ pub(crate) enum Start {
     Healthy,
 }
 
-/// Runs until `stop` is cancelled or the receiver is gone.
-pub(crate) async fn run(
+/// Runs until `stop` is cancelled or the receiver is gone. Every report
+/// goes out with `tag` (the lifetime and the kind of probe), so a late one
+/// of an old lifetime is told apart.
+pub(crate) async fn run<T: Copy>(
     mut prober: Prober,
     health: HealthConfig,
     start: Start,
-    reports: mpsc::Sender<Report>,
+    tag: T,
+    reports: mpsc::Sender<(T, Report)>,
     stop: CancellationToken,
 ) {
     let mut tracker = HealthTracker::new(health, Jitter::new());
@@ -65,15 +68,12 @@ pub(crate) async fn run(
             }
             // One success at startup marks it healthy (Envoy, HAProxy).
             let transition = if ok { tracker.record(true) } else { None };
-            if reports
-                .send(Report {
-                    took: began.elapsed(),
-                    outcome,
-                    transition,
-                })
-                .await
-                .is_err()
-            {
+            let report = Report {
+                took: began.elapsed(),
+                outcome,
+                transition,
+            };
+            if reports.send((tag, report)).await.is_err() {
                 return;
             }
             if ok {
@@ -103,15 +103,12 @@ pub(crate) async fn run(
             outcome = prober.check(health.timeout()) => outcome,
         };
         let transition = tracker.record(outcome.is_ok());
-        if reports
-            .send(Report {
-                took: began.elapsed(),
-                outcome,
-                transition,
-            })
-            .await
-            .is_err()
-        {
+        let report = Report {
+            took: began.elapsed(),
+            outcome,
+            transition,
+        };
+        if reports.send((tag, report)).await.is_err() {
             return;
         }
     }

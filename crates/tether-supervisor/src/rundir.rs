@@ -5,9 +5,11 @@
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tether_process::Identity;
 
 use crate::event::{ServiceView, unix_ms};
 
@@ -71,7 +73,109 @@ impl RunDir {
     pub fn heartbeat(&self, service: &str) -> PathBuf {
         self.path.join(format!("{service}.json"))
     }
+
+    /// Takes the stack's lock, held for as long as the returned value
+    /// lives: one supervisor per stack. A lock whose holder died (even by
+    /// SIGKILL) is free again at once, since the kernel drops it with the
+    /// holder's last descriptor.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Held`] with the holder's pid when another supervisor
+    /// runs this stack; [`LockError::Io`] when the lock file cannot be
+    /// opened (a symlink there is refused).
+    pub fn lock(&self) -> Result<StackLock, LockError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| LockError::Io(path.clone(), e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = (&file).take(64).read_to_string(&mut text);
+                return Err(LockError::Held(text.trim().parse().ok()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(LockError::Io(path, e)),
+        }
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
+        if let Err(e) = written {
+            return Err(LockError::Io(path, e));
+        }
+        Ok(StackLock { _file: file })
+    }
+
+    /// Removes what an earlier run left in the directory: heartbeat files
+    /// (so none is ever read as this run's), their temporary files and
+    /// notify sockets. Returns how many were removed.
+    pub fn clear(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stale =
+                name.ends_with(".json") || name.ends_with(".json.tmp") || name.ends_with(".notify");
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Where the path of the stack's cgroup is written while it runs, so
+    /// that the next `tether up` can end what a killed one left in it.
+    pub fn cgroup_record(&self) -> PathBuf {
+        self.path.join("cgroup")
+    }
 }
+
+/// The stack's lock; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct StackLock {
+    _file: std::fs::File,
+}
+
+/// Why the stack's lock could not be taken.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another supervisor holds it (its pid, when it could be read).
+    Held(Option<u32>),
+    Io(PathBuf, io::Error),
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Held(Some(pid)) => write!(
+                f,
+                "this stack is already running (tether up, pid {pid}); stop it with `tether down` first"
+            ),
+            LockError::Held(None) => write!(
+                f,
+                "this stack is already running (another tether up holds its lock); stop it with `tether down` first"
+            ),
+            LockError::Io(path, e) => {
+                write!(f, "cannot open the stack's lock {}: {e}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LockError {}
 
 fn check_private(path: &Path) -> io::Result<()> {
     let meta = std::fs::symlink_metadata(path)?;
@@ -95,18 +199,37 @@ fn check_private(path: &Path) -> io::Result<()> {
     }
 }
 
-/// What a heartbeat file says.
+/// What a heartbeat file says. `writer` names the process that wrote it
+/// (this tether) and `pid`/`pid_start` the service's process, so a reader
+/// can tell a file whose writer is gone from a current one, whatever its
+/// age (`tether wait file://...` does).
 #[derive(Debug, Serialize)]
 struct Heartbeat<'a> {
     service: &'a str,
     state: &'a str,
     pid: Option<u32>,
+    pid_start: Option<u64>,
+    writer: Option<Writer<'a>>,
     since_ms: u64,
     updated_ms: u64,
     busy: bool,
     restarts: u64,
     status: Option<&'a str>,
     last_error: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Writer<'a> {
+    pid: u32,
+    start: u64,
+    boot_id: &'a str,
+    pid_ns: &'a str,
+}
+
+/// This process, as heartbeats name it (read once).
+fn writer() -> Option<&'static Identity> {
+    static ME: OnceLock<Option<Identity>> = OnceLock::new();
+    ME.get_or_init(|| Identity::current().ok()).as_ref()
 }
 
 /// Writes `view` to `path` atomically (a temporary file in the same
@@ -118,6 +241,13 @@ pub(crate) fn write_heartbeat(path: &Path, view: &ServiceView) -> io::Result<()>
         service: &view.name,
         state: view.state.as_str(),
         pid: view.pid,
+        pid_start: view.pid_start_ticks,
+        writer: writer().map(|w| Writer {
+            pid: w.pid,
+            start: w.start_ticks,
+            boot_id: &w.boot_id,
+            pid_ns: &w.pid_ns,
+        }),
         since_ms: view.since_ms,
         updated_ms: unix_ms(SystemTime::now()),
         busy: view.busy,
@@ -136,10 +266,6 @@ pub(crate) fn write_heartbeat(path: &Path, view: &ServiceView) -> io::Result<()>
     file.write_all(&text)?;
     drop(file);
     std::fs::rename(&tmp, path)
-}
-
-pub(crate) fn remove_heartbeat(path: &Path) {
-    let _ = std::fs::remove_file(path);
 }
 
 #[cfg(test)]

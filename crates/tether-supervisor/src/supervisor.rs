@@ -1,4 +1,4 @@
-//! The stack: one runner task per service, wired to its dependencies'
+//! The stack: one service task per service, wired to its dependencies'
 //! views, and one task that takes requests (start, stop, restart, down) and
 //! carries them out in dependency order.
 
@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tether_process::Scope;
+use tether_process::cgroup::Cgroup;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -14,32 +16,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::StackConfig;
 use crate::event::{Event, EventKind, ProbeStats, ServiceView, unix_ms};
+use crate::handle::{Handle, Request, RequestError};
 use crate::hooks;
-use crate::output::OutputHub;
+use crate::output::{LogFile, OutputHub};
 use crate::rundir::RunDir;
-use crate::service::{Command, Runner, Shared};
+use crate::service::{Request as ServiceRequest, Service, Shared};
 use crate::state::State;
-
-/// Talks to a running stack. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    requests: mpsc::Sender<Request>,
-    events: broadcast::Sender<Event>,
-    output: OutputHub,
-    views: Arc<Vec<watch::Receiver<ServiceView>>>,
-    rundir: RunDir,
-    stack: String,
-    started_ms: u64,
-}
-
-/// What can be asked of a stack.
-#[derive(Debug)]
-enum Request {
-    Start(String, oneshot::Sender<Result<(), String>>),
-    Stop(String, oneshot::Sender<Result<(), String>>),
-    Restart(String, oneshot::Sender<Result<(), String>>),
-    Down(oneshot::Sender<()>),
-}
 
 /// Options for [`launch`].
 #[derive(Debug, Clone)]
@@ -51,11 +33,17 @@ pub struct LaunchOptions {
     pub base_dir: PathBuf,
     /// Lines of output kept per service.
     pub keep_lines: usize,
+    /// The stack's cgroup ([`crate::claim`] makes it where it may): each
+    /// service and hook gets a cgroup of its own under it. `None`: their
+    /// processes are found by walking the process tree.
+    pub cgroup: Option<Arc<Cgroup>>,
 }
 
 /// Starts every service (each waiting for its dependencies) and returns a
 /// handle and the supervisor's task, which ends after `down` (or when
-/// `shutdown` is cancelled, which kills every process group at once).
+/// `shutdown` is cancelled, which kills every process of every service at
+/// once). The task is the caller's to await; everything else it starts is
+/// tracked by it and has ended when it returns.
 pub fn launch(
     config: StackConfig,
     options: LaunchOptions,
@@ -65,12 +53,14 @@ pub fn launch(
     let output = OutputHub::new(options.keep_lines);
     let tasks = TaskTracker::new();
     let (changed, _) = watch::channel(0u64);
+    let (touched, touched_rx) = watch::channel(0u64);
     let shared = Shared {
         events: events.clone(),
         output: output.clone(),
         rundir: options.rundir.clone(),
         tasks: tasks.clone(),
         changed,
+        touched,
         base_dir: options.base_dir,
     };
     let now = unix_ms(SystemTime::now());
@@ -82,6 +72,7 @@ pub fn launch(
             name: service.name.clone(),
             state: State::Pending,
             pid: None,
+            pid_start_ticks: None,
             since_ms: now,
             up_since_ms: None,
             restarts: 0,
@@ -105,53 +96,72 @@ pub fn launch(
     let runners_stop = shutdown.child_token();
     // Hooks hear everything from the first event on.
     let hook_events: Vec<_> = config.hooks.iter().map(|_| events.subscribe()).collect();
-    let mut commands = HashMap::new();
+    let mut requests = HashMap::new();
     for (service, view) in config.services.iter().zip(senders) {
         let deps = service
             .depends_on
             .iter()
-            .filter_map(|d| {
-                index
-                    .get(d.service.as_str())
-                    .map(|i| (d.clone(), receivers[*i].clone()))
-            })
+            .filter_map(|d| index.get(d.service.as_str()).map(|i| receivers[*i].clone()))
             .collect();
         let (tx, rx) = mpsc::channel(16);
-        commands.insert(service.name.clone(), tx);
-        let runner = Runner::new(
+        requests.insert(service.name.clone(), tx);
+        let scope = scope_for(&options.cgroup, "TETHER_SERVICE", &service.name, "svc");
+        let log = service
+            .log_file
+            .as_deref()
+            .and_then(|path| match LogFile::open(path) {
+                Ok(file) => Some(Arc::new(file)),
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: cannot open log file {}: {e}; its output is not logged",
+                        service.name,
+                        path.display()
+                    );
+                    None
+                }
+            });
+        let runner = Service::new(
             Arc::new(service.clone()),
+            scope,
             view,
             deps,
             rx,
             shared.clone(),
             runners_stop.clone(),
+            log,
         );
         tasks.spawn(runner.run());
     }
 
-    let (requests, requests_rx) = mpsc::channel(64);
+    let (requests_tx, requests_rx) = mpsc::channel(64);
     let handle = Handle {
-        requests: requests.clone(),
+        requests: requests_tx,
         events: events.clone(),
         output,
         views: Arc::new(receivers),
+        touched: touched_rx,
         rundir: options.rundir,
         stack: config.name.clone(),
         started_ms: now,
     };
     for (hook, events) in config.hooks.iter().zip(hook_events) {
+        let scope = scope_for(&options.cgroup, "TETHER_HOOK", &hook.name, "hook");
         tasks.spawn(hooks::run(
             hook.clone(),
-            handle.clone(),
+            scope,
+            hooks::Context {
+                handle: handle.clone(),
+                tasks: tasks.clone(),
+                runtime_dir: handle.rundir.path().to_path_buf(),
+            },
             events,
             runners_stop.clone(),
         ));
     }
-    tasks.spawn(refresh_heartbeats(handle.clone(), runners_stop.clone()));
     let order = StopOrder::new(&config);
     let task = tokio::spawn(serve(
         requests_rx,
-        commands,
+        requests,
         order,
         handle.clone(),
         tasks,
@@ -161,10 +171,28 @@ pub fn launch(
     (handle, task)
 }
 
+/// A scope for one service or hook: a cgroup of its own under the stack's
+/// when there is one, else the walk of the process tree.
+fn scope_for(stack: &Option<Arc<Cgroup>>, key: &str, name: &str, kind: &str) -> Scope {
+    let cgroup = stack
+        .as_ref()
+        .and_then(|stack| match stack.child(&format!("{kind}:{name}")) {
+            Ok(cgroup) => Some(cgroup),
+            Err(e) => {
+                tracing::warn!(
+                    "{name}: cannot make its cgroup under {}: {e}; its processes are found by walking the process tree",
+                    stack.path().display()
+                );
+                None
+            }
+        });
+    Scope::new(key, name, cgroup)
+}
+
 /// Carries out requests until `down`.
 async fn serve(
     mut requests: mpsc::Receiver<Request>,
-    commands: HashMap<String, mpsc::Sender<Command>>,
+    commands: HashMap<String, mpsc::Sender<ServiceRequest>>,
     order: StopOrder,
     handle: Handle,
     tasks: TaskTracker,
@@ -180,10 +208,10 @@ async fn serve(
             None => break None,
             Some(Request::Down(reply)) => break Some(reply),
             Some(Request::Start(name, reply)) => {
-                let _ = reply.send(send(&commands, &name, Command::Start).await);
+                let _ = reply.send(send(&commands, &name, ServiceRequest::Start).await);
             }
             Some(Request::Restart(name, reply)) => {
-                let _ = reply.send(send(&commands, &name, Command::Restart).await);
+                let _ = reply.send(send(&commands, &name, ServiceRequest::Restart).await);
             }
             Some(Request::Stop(name, reply)) => {
                 let result = stop(&commands, &name).await;
@@ -199,7 +227,7 @@ async fn serve(
             for name in wave {
                 let (tx, rx) = oneshot::channel();
                 if let Some(commands) = commands.get(&name) {
-                    if commands.send(Command::Stop(tx)).await.is_ok() {
+                    if commands.send(ServiceRequest::Stop(tx)).await.is_ok() {
                         replies.push(rx);
                     }
                 }
@@ -227,49 +255,24 @@ async fn serve(
     }
 }
 
-/// How often the heartbeat files of running services are rewritten (each is
-/// also rewritten on every change): often enough for a `max-age=30s` check,
-/// rare enough to cost nothing (one timer for the whole stack).
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
-
-async fn refresh_heartbeats(handle: Handle, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for view in handle.views().iter().filter(|v| v.state.is_running()) {
-            let path = handle.rundir().heartbeat(&view.name);
-            if let Err(e) = crate::rundir::write_heartbeat(&path, view) {
-                tracing::debug!(
-                    "{}: cannot write heartbeat {}: {e}",
-                    view.name,
-                    path.display()
-                );
-            }
-        }
-    }
-}
-
 async fn send(
-    commands: &HashMap<String, mpsc::Sender<Command>>,
+    commands: &HashMap<String, mpsc::Sender<ServiceRequest>>,
     name: &str,
-    command: Command,
-) -> Result<(), String> {
+    request: ServiceRequest,
+) -> Result<(), RequestError> {
     let tx = commands
         .get(name)
-        .ok_or_else(|| format!("no service named '{name}'"))?;
-    tx.send(command)
-        .await
-        .map_err(|_| format!("{name} is shutting down"))
+        .ok_or_else(|| RequestError::NoSuchService(name.to_string()))?;
+    tx.send(request).await.map_err(|_| RequestError::GoingDown)
 }
 
-async fn stop(commands: &HashMap<String, mpsc::Sender<Command>>, name: &str) -> Result<(), String> {
+async fn stop(
+    commands: &HashMap<String, mpsc::Sender<ServiceRequest>>,
+    name: &str,
+) -> Result<(), RequestError> {
     let (tx, rx) = oneshot::channel();
-    send(commands, name, Command::Stop(tx)).await?;
-    rx.await.map_err(|_| format!("{name} is shutting down"))
+    send(commands, name, ServiceRequest::Stop(tx)).await?;
+    rx.await.map_err(|_| RequestError::GoingDown)
 }
 
 /// The order to stop services in: each wave holds services nothing still
@@ -325,106 +328,6 @@ impl StopOrder {
         }
         waves
     }
-}
-
-// === impl Handle ===
-
-impl Handle {
-    /// The stack's name.
-    pub fn stack(&self) -> &str {
-        &self.stack
-    }
-
-    /// When the stack started (Unix milliseconds).
-    pub fn started_ms(&self) -> u64 {
-        self.started_ms
-    }
-
-    pub fn rundir(&self) -> &RunDir {
-        &self.rundir
-    }
-
-    /// Every service's current view, in stack order.
-    pub fn views(&self) -> Vec<ServiceView> {
-        self.views.iter().map(|v| v.borrow().clone()).collect()
-    }
-
-    /// Follows every event.
-    pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
-    }
-
-    /// The sender events go out on (for bridging to a status server).
-    pub fn event_sender(&self) -> broadcast::Sender<Event> {
-        self.events.clone()
-    }
-
-    pub fn output(&self) -> &OutputHub {
-        &self.output
-    }
-
-    /// Waits until any service's view changes.
-    pub async fn changed(&self) {
-        let mut receivers: Vec<_> = self.views.iter().cloned().collect();
-        let waits = receivers
-            .iter_mut()
-            .map(|r| Box::pin(async move { r.changed().await }));
-        let _ = futures_select_any(waits.collect()).await;
-    }
-
-    /// Starts a stopped or failed service.
-    pub async fn start(&self, service: &str) -> Result<(), String> {
-        self.ask(|tx| Request::Start(service.to_string(), tx)).await
-    }
-
-    /// Stops a service; returns once its process group is gone.
-    pub async fn stop(&self, service: &str) -> Result<(), String> {
-        self.ask(|tx| Request::Stop(service.to_string(), tx)).await
-    }
-
-    /// Restarts a service at once (no backoff).
-    pub async fn restart(&self, service: &str) -> Result<(), String> {
-        self.ask(|tx| Request::Restart(service.to_string(), tx))
-            .await
-    }
-
-    /// Stops every service in reverse dependency order, and waits until
-    /// every process is gone.
-    pub async fn down(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.requests.send(Request::Down(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-
-    async fn ask(
-        &self,
-        request: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Request,
-    ) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        self.requests
-            .send(request(tx))
-            .await
-            .map_err(|_| "the stack is going down".to_string())?;
-        rx.await
-            .map_err(|_| "the stack is going down".to_string())?
-    }
-}
-
-/// Waits for the first of `futures`.
-async fn futures_select_any<F: std::future::Future + Unpin>(mut futures: Vec<F>) {
-    if futures.is_empty() {
-        return std::future::pending().await;
-    }
-    std::future::poll_fn(|cx| {
-        for f in futures.iter_mut() {
-            if std::pin::Pin::new(f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 #[cfg(test)]

@@ -319,7 +319,7 @@ async fn stop_start_and_restart_by_hand() {
         .unwrap();
     stack.until_state("svc", State::Ready).await;
     assert_eq!(
-        stack.handle.stop("nope").await.unwrap_err(),
+        stack.handle.stop("nope").await.unwrap_err().to_string(),
         "no service named 'nope'"
     );
     stack.down().await;

@@ -54,6 +54,7 @@ impl Stack {
             rundir,
             base_dir: dir.path().to_path_buf(),
             keep_lines: 100,
+            cgroup: None,
         };
         let (handle, task) = launch(config, options, shutdown.clone());
         let events = handle.events();

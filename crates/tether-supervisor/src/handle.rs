@@ -1,0 +1,150 @@
+//! [`Handle`]: how the rest of tether talks to a running stack (the control
+//! socket, hooks, the CLI): start, stop, restart, down, and following views,
+//! events and output.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::event::{Event, ServiceView};
+use crate::output::OutputHub;
+use crate::rundir::RunDir;
+
+/// Talks to a running stack. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub(crate) requests: mpsc::Sender<Request>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) output: OutputHub,
+    pub(crate) views: Arc<Vec<watch::Receiver<ServiceView>>>,
+    /// Bumped whenever any view changes.
+    pub(crate) touched: watch::Receiver<u64>,
+    pub(crate) rundir: RunDir,
+    pub(crate) stack: String,
+    pub(crate) started_ms: u64,
+}
+
+/// What can be asked of a stack.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Start(String, oneshot::Sender<Result<(), RequestError>>),
+    Stop(String, oneshot::Sender<Result<(), RequestError>>),
+    Restart(String, oneshot::Sender<Result<(), RequestError>>),
+    Down(oneshot::Sender<()>),
+}
+
+/// Why a request to a stack was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// The stack has no service of that name (a mistake of the asker).
+    NoSuchService(String),
+    /// The stack is going down; nothing more is started or stopped.
+    GoingDown,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::NoSuchService(name) => write!(f, "no service named '{name}'"),
+            RequestError::GoingDown => f.write_str("the stack is going down"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+impl Handle {
+    /// The stack's name.
+    pub fn stack(&self) -> &str {
+        &self.stack
+    }
+
+    /// When the stack started (Unix milliseconds).
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    pub fn rundir(&self) -> &RunDir {
+        &self.rundir
+    }
+
+    /// Every service's current view, in stack order.
+    pub fn views(&self) -> Vec<ServiceView> {
+        self.views.iter().map(|v| v.borrow().clone()).collect()
+    }
+
+    /// Follows every event.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The sender events go out on (for bridging to a status server).
+    pub fn event_sender(&self) -> broadcast::Sender<Event> {
+        self.events.clone()
+    }
+
+    pub fn output(&self) -> &OutputHub {
+        &self.output
+    }
+
+    /// Waits until any service's view changes.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn changed(&self) {
+        let mut touched = self.touched.clone();
+        touched.mark_unchanged();
+        let _ = touched.changed().await;
+    }
+
+    /// Starts a stopped or failed service.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::NoSuchService`], or [`RequestError::GoingDown`].
+    pub async fn start(&self, service: &str) -> Result<(), RequestError> {
+        self.ask(|tx| Request::Start(service.to_string(), tx)).await
+    }
+
+    /// Stops a service; returns once nothing of it runs.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::start`].
+    pub async fn stop(&self, service: &str) -> Result<(), RequestError> {
+        self.ask(|tx| Request::Stop(service.to_string(), tx)).await
+    }
+
+    /// Restarts a service at once (no backoff).
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::start`].
+    pub async fn restart(&self, service: &str) -> Result<(), RequestError> {
+        self.ask(|tx| Request::Restart(service.to_string(), tx))
+            .await
+    }
+
+    /// Stops every service in reverse dependency order, and waits until
+    /// nothing of any of them runs.
+    pub async fn down(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Down(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn ask(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<(), RequestError>>) -> Request,
+    ) -> Result<(), RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(request(tx))
+            .await
+            .map_err(|_| RequestError::GoingDown)?;
+        rx.await.map_err(|_| RequestError::GoingDown)?
+    }
+}
