@@ -454,15 +454,23 @@ struct Raw {
 
 impl Raw {
     fn start(extra: &[&str]) -> Raw {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "--".into(),
+            peers::server_everything().display().to_string(),
+            "stdio".into(),
+        ]);
+        Raw::spawn(&args, Stdio::null())
+    }
+
+    /// `tether mcp ARGS...`, spoken to line by line.
+    fn spawn(args: &[String], stderr: Stdio) -> Raw {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .arg("mcp")
-            .args(extra)
-            .arg("--")
-            .arg(peers::server_everything())
-            .arg("stdio")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -473,6 +481,36 @@ impl Raw {
             stdin,
             lines,
         }
+    }
+
+    /// The next stdout line that is not a message from the server (a
+    /// notification or a request): an answer, or a batch of answers; with
+    /// its text as tether wrote it.
+    async fn next_answer(&mut self) -> (Value, String) {
+        within("an answer from tether", async {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("tether is running");
+                let message: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout carried a non-JSON line ({e}): {line}"));
+                if message.get("method").is_none() {
+                    return (message, line);
+                }
+            }
+        })
+        .await
+    }
+
+    async fn initialize(&mut self) {
+        self.write(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#).await;
+        let init = self.answer(&json!(0)).await;
+        assert!(init["result"]["protocolVersion"].is_string(), "{init}");
+        self.write(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
     }
 
     async fn write(&mut self, line: &[u8]) {
@@ -591,4 +629,314 @@ async fn a_client_that_stops_reading_ends_tether_cleanly() {
     raw.stdin.flush().await.unwrap();
     let status = within("tether to exit", raw.child.wait()).await.unwrap();
     assert!(status.success(), "{status}");
+}
+
+// --- JSON-RPC 2.0 correctness, through the binary ---
+
+#[tokio::test]
+async fn ids_beyond_64_bits_come_back_exactly() {
+    let mut raw = Raw::start(&[]);
+    raw.initialize().await;
+    for id in [
+        "18446744073709551616",
+        "-18446744073709551617",
+        "123456789012345678901234567890",
+    ] {
+        let call = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"big"}}}}}}"#
+        );
+        raw.write(call.as_bytes()).await;
+        let (answer, line) = raw.next_answer().await;
+        assert!(line.contains(&format!(r#""id":{id}"#)), "{line}");
+        assert_eq!(answer["id"].to_string(), id, "{line}");
+        assert_eq!(
+            answer["result"]["content"][0]["text"], "Echo: big",
+            "{line}"
+        );
+    }
+    drop(raw.stdin);
+    let status = within("tether to exit", raw.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn other_jsonrpc_versions_are_refused_and_not_forwarded() {
+    let mut raw = Raw::start(&[]);
+    raw.initialize().await;
+    for (message, id) in [
+        (
+            r#"{"jsonrpc":"1.0","id":2,"method":"tools/list"}"#,
+            json!(2),
+        ),
+        (r#"{"id":3,"method":"tools/list"}"#, json!(3)),
+        (
+            r#"{"jsonrpc":"2.1","method":"notifications/roots/list_changed"}"#,
+            Value::Null,
+        ),
+    ] {
+        raw.write(message.as_bytes()).await;
+        let (answer, line) = raw.next_answer().await;
+        assert_eq!(answer["id"], id, "{line}");
+        assert_eq!(answer["error"]["code"], -32600, "{line}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("jsonrpc member"),
+            "{line}"
+        );
+    }
+    // Nothing went to the server: the next answer is the one to this ping,
+    // not a tools/list result for id 2 or 3.
+    raw.write(br#"{"jsonrpc":"2.0","id":"after","method":"ping"}"#)
+        .await;
+    let (answer, line) = raw.next_answer().await;
+    assert_eq!(answer["id"], "after", "{line}");
+    assert!(answer.get("result").is_some(), "{line}");
+    drop(raw.stdin);
+    let status = within("tether to exit", raw.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn batches_get_one_array_and_an_empty_batch_one_error() {
+    let mut raw = Raw::start(&[]);
+    raw.initialize().await;
+    // Empty: one Invalid Request error, id null, not an array.
+    raw.write(b"[]").await;
+    let (empty, line) = raw.next_answer().await;
+    assert!(empty.is_object(), "{line}");
+    assert_eq!(empty["id"], Value::Null, "{line}");
+    assert_eq!(empty["error"]["code"], -32600, "{line}");
+
+    // Requests, a notification, a non-object and a wrong version: one
+    // array with an answer for each but the notification.
+    raw.write(br#"[{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"echo","arguments":{"message":"in a batch"}}},{"jsonrpc":"2.0","method":"notifications/roots/list_changed"},1,{"jsonrpc":"1.0","id":"b","method":"ping"},{"jsonrpc":"2.0","id":"c","method":"tools/list"}]"#).await;
+    let (batch, line) = raw.next_answer().await;
+    let answers = batch
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {line}"));
+    let mut ids: Vec<String> = answers.iter().map(|a| a["id"].to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, [r#""a""#, r#""b""#, r#""c""#, "null"], "{line}");
+    for answer in answers {
+        assert_eq!(answer["jsonrpc"], "2.0", "{line}");
+        match answer["id"].as_str() {
+            Some("a") => assert_eq!(answer["result"]["content"][0]["text"], "Echo: in a batch"),
+            Some("c") => assert!(answer["result"]["tools"].is_array(), "{line}"),
+            _ => assert_eq!(answer["error"]["code"], -32600, "{line}"),
+        }
+    }
+
+    // Only notifications: no answer; the next one is the ping's.
+    raw.write(br#"[{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}]"#)
+        .await;
+    raw.write(br#"{"jsonrpc":"2.0","id":"after","method":"ping"}"#)
+        .await;
+    let (answer, line) = raw.next_answer().await;
+    assert_eq!(answer["id"], "after", "{line}");
+    drop(raw.stdin);
+    let status = within("tether to exit", raw.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+// --- bounded memory under a flood ---
+
+/// A stdio MCP server that answers `tools/call flood` with `count`
+/// notifications of `size` bytes each, then the result. Its stdout is
+/// non-blocking, so it sees when tether stops reading it: after a second
+/// without room it says "flood: blocked" on stderr (which tether passes on).
+const FLOOD_SERVER: &str = r#"
+import json, os, select, sys
+
+os.set_blocking(1, False)
+reported = False
+
+def say(text):
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+def write(message):
+    global reported
+    data = memoryview((json.dumps(message) + "\n").encode())
+    while data:
+        try:
+            data = data[os.write(1, data):]
+        except BlockingIOError:
+            waited = 0
+            while not select.select([], [1], [], 0.25)[1]:
+                waited += 1
+                if waited >= 4 and not reported:
+                    reported = True
+                    say("flood: blocked")
+
+for line in sys.stdin:
+    message = json.loads(line)
+    method, id = message.get("method"), message.get("id")
+    if method == "initialize":
+        write({"jsonrpc": "2.0", "id": id, "result": {
+            "protocolVersion": message["params"]["protocolVersion"],
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "flood", "version": "1"}}})
+    elif method == "tools/call":
+        args = message["params"]["arguments"]
+        pad = "x" * args["size"]
+        for n in range(args["count"]):
+            write({"jsonrpc": "2.0", "method": "notifications/message",
+                   "params": {"level": "info", "data": {"n": n, "pad": pad}}})
+        say("flood: done")
+        write({"jsonrpc": "2.0", "id": id, "result": {"content": [
+            {"type": "text", "text": "sent %d" % args["count"]}]}})
+    elif method == "ping":
+        write({"jsonrpc": "2.0", "id": id, "result": {}})
+    elif id is not None and method is not None:
+        write({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "Method not found"}})
+"#;
+
+/// The resident set and its peak, in KiB, from /proc/PID/status.
+fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Watches a process's memory until `stop`; kills it (SIGKILL) once its
+/// resident set passes `cap_kib`. Returns the highest peak seen.
+fn watch_memory(
+    pid: u32,
+    cap_kib: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, bool)> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Some((rss, hwm)) = memory_kib(pid) else {
+                break;
+            };
+            peak = peak.max(hwm);
+            if rss > cap_kib {
+                let pid = Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+                let _ = kill_process(pid, Signal::KILL);
+                return (peak.max(rss), true);
+            }
+            // A watchdog's sampling period, not a synchronisation.
+            std::thread::park_timeout(Duration::from_millis(5));
+        }
+        (peak, false)
+    })
+}
+
+/// A server floods notifications while the client reads nothing: tether
+/// stops reading the server (whose writes block) instead of buffering, its
+/// peak memory stays under 64 MiB, and once the client reads again every
+/// notification arrives, in order, then the answer, and the session goes
+/// on.
+#[tokio::test]
+async fn a_flooding_server_and_a_client_that_does_not_read_keep_memory_bounded() {
+    const CAP_KIB: u64 = 64 * 1024;
+    const COUNT: u64 = 80_000;
+    const SIZE: u64 = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("flood_server.py");
+    std::fs::write(&script, FLOOD_SERVER).unwrap();
+    let args = [
+        "--".to_string(),
+        peers::python().display().to_string(),
+        script.display().to_string(),
+    ];
+    let mut raw = Raw::spawn(&args, Stdio::piped());
+    let pid = raw.child.id().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = watch_memory(pid, CAP_KIB, stop.clone());
+    // tether's stderr (its log and the server's stderr), read all along.
+    let mut stderr = BufReader::new(raw.child.stderr.take().unwrap()).lines();
+    let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let logger = tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            if log_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+
+    raw.initialize().await;
+    let call = json!({"jsonrpc": "2.0", "id": "flood", "method": "tools/call",
+        "params": {"name": "flood", "arguments": {"count": COUNT, "size": SIZE}}});
+    raw.write(call.to_string().as_bytes()).await;
+    // The client reads nothing until the server is held back and tether
+    // says why.
+    let (mut blocked, mut holding) = (false, false);
+    within("the server to be held back", async {
+        while !(blocked && holding) {
+            let line = log_rx
+                .recv()
+                .await
+                .expect("tether ended (the memory watchdog kills it over the cap)");
+            blocked |= line.contains("flood: blocked");
+            holding |= line.contains("the client is not reading");
+            assert!(
+                !line.contains("flood: done"),
+                "the server was never held back"
+            );
+            log.push(line);
+        }
+    })
+    .await;
+    let (_, held_peak) = memory_kib(pid).expect("tether runs");
+    assert!(
+        held_peak < CAP_KIB,
+        "tether's peak RSS while the client did not read: {held_peak} KiB\n{}",
+        log.join("\n")
+    );
+
+    // The client reads again: everything, in order, then the answer.
+    let mut next = 0;
+    within("the flood and its answer", async {
+        loop {
+            let line = raw
+                .lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("tether is running");
+            let message: Value = serde_json::from_str(&line).unwrap();
+            if message["method"] == "notifications/message" {
+                assert_eq!(message["params"]["data"]["n"], next, "lost or reordered");
+                next += 1;
+                continue;
+            }
+            assert_eq!(message["id"], "flood", "{line}");
+            assert_eq!(
+                message["result"]["content"][0]["text"],
+                format!("sent {COUNT}")
+            );
+            break;
+        }
+    })
+    .await;
+    assert_eq!(next, COUNT);
+    raw.write(br#"{"jsonrpc":"2.0","id":"alive","method":"ping"}"#)
+        .await;
+    let alive = raw.answer(&json!("alive")).await;
+    assert!(alive.get("result").is_some(), "{alive}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (peak, killed) = watchdog.join().unwrap();
+    assert!(!killed, "tether passed {CAP_KIB} KiB and was killed");
+    let (_, final_peak) = memory_kib(pid).expect("tether runs");
+    assert!(
+        peak.max(final_peak) < CAP_KIB,
+        "tether's peak RSS: {} KiB",
+        peak.max(final_peak)
+    );
+    drop(raw.stdin);
+    let status = within("tether to exit", raw.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+    logger.abort();
 }
