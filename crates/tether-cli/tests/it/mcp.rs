@@ -940,3 +940,94 @@ async fn a_flooding_server_and_a_client_that_does_not_read_keep_memory_bounded()
     assert!(status.success(), "{status}");
     logger.abort();
 }
+
+// --- credentials in the URL ---
+
+/// The Python SDK's streamable-HTTP server behind HTTP Basic
+/// authentication: 401 unless `Authorization` is exactly Basic of
+/// `USER:PASSWORD` (argv 2).
+const AUTH_SERVER: &str = r#"
+import base64, sys
+import uvicorn
+from mcp.server import MCPServer
+
+port, pair = int(sys.argv[1]), sys.argv[2]
+want = "Basic " + base64.b64encode(pair.encode()).decode()
+server = MCPServer("auth-peer")
+
+@server.tool()
+def echo(message: str) -> str:
+    """Echoes the message back."""
+    return message
+
+app = server.streamable_http_app()
+
+async def guarded(scope, receive, send):
+    if scope["type"] == "http":
+        got = dict(scope["headers"]).get(b"authorization", b"").decode()
+        if got != want:
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"www-authenticate", b'Basic realm="mcp"'), (b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"unauthorized"})
+            return
+    await app(scope, receive, send)
+
+uvicorn.run(guarded, host="127.0.0.1", port=port, log_level="warning")
+"#;
+
+/// A user and password in the URL are sent as Basic authentication
+/// (percent-decoded) to a server that demands it, and never printed: not
+/// in tether's log, not in the errors the client gets.
+#[tokio::test]
+async fn url_credentials_authenticate_and_are_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("auth_server.py");
+    std::fs::write(&script, AUTH_SERVER).unwrap();
+    let port = peers::free_port();
+    let _server = Command::new(peers::python())
+        .arg(&script)
+        .arg(port.to_string())
+        .arg("tether-user:s3cr3t p@ss")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let secrets = ["tether-user", "s3cr3t"];
+
+    // The right credentials, percent-encoded in the URL.
+    let url = format!("http://tether-user:s3cr3t%20p%40ss@127.0.0.1:{port}/mcp");
+    let mut client = Client::start(&[url]);
+    client.init().await;
+    let result = client
+        .run(json!({"op": "call", "tool": "echo", "args": {"message": "authenticated"}}))
+        .await;
+    assert_eq!(result["ok"], true, "{result}\n{}", client.tether_log());
+    assert_eq!(result["result"]["content"][0]["text"], "authenticated");
+    let log = client.tether_log();
+    client.exit().await;
+    for secret in secrets {
+        assert!(!log.contains(secret), "{secret} in tether's log:\n{log}");
+    }
+
+    // A wrong password: refused, and the error names the URL masked.
+    let url = format!("http://tether-user:s3cr3t-wrong@127.0.0.1:{port}/mcp");
+    let mut client = Client::start(&["--idle-timeout".into(), "5s".into(), url]);
+    let result = client.run(json!({"op": "init", "timeout": 60})).await;
+    assert_eq!(result["ok"], false, "{result}");
+    let text = result.to_string();
+    assert!(text.contains("401"), "{text}");
+    assert!(text.contains("***"), "{text}");
+    let log = client.tether_log();
+    for secret in secrets {
+        assert!(!text.contains(secret), "{secret} in the error: {text}");
+        assert!(!log.contains(secret), "{secret} in tether's log:\n{log}");
+    }
+    client.exit().await;
+
+    // A URL that does not parse is not printed whole either.
+    let run = crate::support::run(&["mcp", "http://tether-user:s3cr3t@/mcp"]).await;
+    assert_eq!(run.code(), 2, "{run:?}");
+    assert!(!run.stderr.contains("s3cr3t"), "{}", run.stderr);
+}

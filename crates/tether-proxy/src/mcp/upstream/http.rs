@@ -1102,6 +1102,34 @@ mod tests {
     }
 
     #[test]
+    fn url_credentials_become_basic_authorization_unless_one_is_given() {
+        let limits = Limits { max_message: 1024 };
+        let url = Url::parse("http://user:p%40ss@127.0.0.1:3001/mcp").unwrap();
+        let http = Http::new(
+            url.clone(),
+            false,
+            HeaderMap::new(),
+            None,
+            limits,
+            Duration::from_secs(1),
+        );
+        assert_eq!(http.name(), "http://***:***@127.0.0.1:3001/mcp");
+        assert_eq!(http.url.as_str(), "http://127.0.0.1:3001/mcp");
+        assert_eq!(http.headers[header::AUTHORIZATION], "Basic dXNlcjpwQHNz");
+        assert!(http.headers[header::AUTHORIZATION].is_sensitive());
+        // The user's own Authorization wins.
+        let mut given = HeaderMap::new();
+        given.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        let http = Http::new(url, false, given, None, limits, Duration::from_secs(1));
+        assert_eq!(http.headers[header::AUTHORIZATION], "Bearer abc");
+        assert!(!http.url_authorization);
+        assert_eq!(http.url.as_str(), "http://127.0.0.1:3001/mcp");
+    }
+
+    #[test]
     fn modern_requests_carry_their_headers() {
         let message = serde_json::json!({
             "jsonrpc": "2.0", "id": 1, "method": "tools/call",

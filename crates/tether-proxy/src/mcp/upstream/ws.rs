@@ -223,3 +223,87 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mcp::upstream::Event;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+    /// A real WebSocket server that demands Basic authentication
+    /// (`Aladdin:open sesame`, RFC 7617's example) and answers each
+    /// JSON-RPC request with an empty result.
+    async fn guarded_server() -> (u16, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let check = |request: &Request, response: Response| {
+                        let got = request.headers().get(header::AUTHORIZATION);
+                        if got.is_some_and(|v| v == "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==") {
+                            Ok(response)
+                        } else {
+                            let mut refused = ErrorResponse::new(Some("unauthorized".into()));
+                            *refused.status_mut() = http::StatusCode::UNAUTHORIZED;
+                            Err(refused)
+                        }
+                    };
+                    let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, check).await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok(Message::Text(text))) = socket.next().await {
+                        let request: Value = serde_json::from_str(text.as_str()).unwrap();
+                        let answer = serde_json::json!({"jsonrpc": "2.0", "id": request["id"], "result": {}});
+                        socket
+                            .send(Message::text(answer.to_string()))
+                            .await
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        (port, task)
+    }
+
+    fn ws(url: &str) -> Ws {
+        let limits = Limits {
+            max_message: 1 << 20,
+        };
+        Ws::new(
+            Url::parse(url).unwrap(),
+            false,
+            limits,
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test]
+    async fn url_credentials_go_in_the_handshake_and_are_never_shown() {
+        let (port, server) = guarded_server().await;
+        let upstream = ws(&format!("ws://Aladdin:open%20sesame@127.0.0.1:{port}/ws"));
+        assert_eq!(upstream.name(), format!("ws://***:***@127.0.0.1:{port}/ws"));
+        let (tx, mut rx) = mpsc::channel::<Event>(4);
+        let link = upstream.connect(Events::new(1, tx)).await.unwrap();
+        link.try_send(serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "ping"}))
+            .unwrap();
+        let event = rx.recv().await.unwrap();
+        let UpEvent::Messages(messages) = event.event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(messages[0]["id"], 7);
+        link.close(Duration::from_secs(1)).await;
+
+        // Wrong credentials: refused, and the failure does not show them.
+        let upstream = ws(&format!("ws://Aladdin:wrong-s3cret@127.0.0.1:{port}/ws"));
+        let (tx, _rx) = mpsc::channel::<Event>(4);
+        let failure = upstream.connect(Events::new(1, tx)).await.unwrap_err();
+        assert_eq!(failure.cause.to_string(), "http.401", "{failure:?}");
+        assert!(!failure.detail.contains("s3cret"), "{}", failure.detail);
+        assert!(!failure.detail.contains("Aladdin"), "{}", failure.detail);
+        server.abort();
+    }
+}
