@@ -36,7 +36,7 @@ use limits::{
     CLIENT_INPUT_QUEUE, CLIENT_QUEUE_BYTES, EVENT_QUEUE, Milestones, UPSTREAM_QUEUE, WRITER_QUEUE,
 };
 use session::Action;
-use upstream::{Event, Events, Link, UpEvent};
+use upstream::{Event, Events, Link, Scoped, UpEvent};
 
 /// The server behind the endpoint.
 #[derive(Debug, Clone)]
@@ -153,10 +153,11 @@ where
     // Backpressure: the reader waits for room, so the client's writes
     // fill its pipe.
     let (in_tx, mut in_rx) = mpsc::channel(CLIENT_INPUT_QUEUE);
-    let reader = tokio::spawn(read_client(input, max_message, in_tx));
+    // Both end with `serve`, even when its future is dropped.
+    let reader = Scoped(tokio::spawn(read_client(input, max_message, in_tx)));
     // Bounded; what does not fit waits in `to_client`.
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(WRITER_QUEUE);
-    let mut writer = tokio::spawn(write_client(output, out_rx));
+    let mut writer = Scoped(tokio::spawn(write_client(output, out_rx)));
     // Backpressure: a connection waits for room before reading its server.
     let (up_tx, mut up_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
 
@@ -311,14 +312,14 @@ where
             Some(_) = closing.join_next(), if !closing.is_empty() => {}
             () = sleep_until(wake) => {}
             () = &mut shutdown => break,
-            _ = &mut writer => {
+            _ = &mut writer.0 => {
                 // The client stopped reading: nobody is left to serve.
                 writer_gone = true;
                 break;
             }
         }
     }
-    reader.abort();
+    drop(reader);
     // What the client is still owed, within a second.
     if !writer_gone {
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -328,11 +329,11 @@ where
                 }
             }
             drop(out_tx);
-            let _ = (&mut writer).await;
+            let _ = (&mut writer.0).await;
         })
         .await;
     }
-    writer.abort();
+    drop(writer);
     if let Some(link) = link.take() {
         closing.spawn(link.close(CLOSE));
     }

@@ -238,9 +238,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
+            // Connections end with the server.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
+                connections.spawn(async move {
+                    // The callback's type is tungstenite's, large error and all.
+                    #[allow(clippy::result_large_err)]
                     let check = |request: &Request, response: Response| {
                         let got = request.headers().get(header::AUTHORIZATION);
                         if got.is_some_and(|v| v == "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==") {
