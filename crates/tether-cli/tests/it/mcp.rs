@@ -793,6 +793,80 @@ for line in sys.stdin:
         write({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "Method not found"}})
 "#;
 
+/// The same over streamable HTTP (plain HTTP/1.0, a body to the end of
+/// the connection): `tools/call` is answered with an SSE stream of the
+/// notifications, then the result. It says "flood: blocked" on its own
+/// stderr when its socket has had no room for a second.
+const FLOOD_HTTP_SERVER: &str = r#"
+import json, select, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+reported = False
+
+def say(text):
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def empty(self, status):
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):
+        self.empty(405)
+
+    def do_DELETE(self):
+        self.empty(200)
+
+    def event(self, message):
+        global reported
+        data = ("event: message\ndata: " + json.dumps(message) + "\n\n").encode()
+        waited = 0
+        while not select.select([], [self.connection], [], 0.25)[1]:
+            waited += 1
+            if waited >= 4 and not reported:
+                reported = True
+                say("flood: blocked")
+        self.wfile.write(data)
+
+    def do_POST(self):
+        message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        method, id = message.get("method"), message.get("id")
+        if id is None or method is None:
+            return self.empty(202)
+        if method == "initialize":
+            body = json.dumps({"jsonrpc": "2.0", "id": id, "result": {
+                "protocolVersion": message["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "flood", "version": "1"}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Mcp-Session-Id", "flood-session")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        if method == "tools/call":
+            args = message["params"]["arguments"]
+            pad = "x" * args["size"]
+            for n in range(args["count"]):
+                self.event({"jsonrpc": "2.0", "method": "notifications/message",
+                            "params": {"level": "info", "data": {"n": n, "pad": pad}}})
+            say("flood: done")
+            self.event({"jsonrpc": "2.0", "id": id, "result": {"content": [
+                {"type": "text", "text": "sent %d" % args["count"]}]}})
+        else:
+            self.event({"jsonrpc": "2.0", "id": id, "result": {}})
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
 /// The resident set and its peak, in KiB, from /proc/PID/status.
 fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -831,38 +905,73 @@ fn watch_memory(
     })
 }
 
+/// Sends each line of `from` on `to`, until either ends.
+fn forward_lines(
+    from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    to: tokio::sync::mpsc::UnboundedSender<String>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(from).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if to.send(line).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_flooding_stdio_server_and_a_client_that_does_not_read_keep_memory_bounded() {
+    flood(false).await;
+}
+
+#[tokio::test]
+async fn a_flooding_http_server_and_a_client_that_does_not_read_keep_memory_bounded() {
+    flood(true).await;
+}
+
 /// A server floods notifications while the client reads nothing: tether
 /// stops reading the server (whose writes block) instead of buffering, its
 /// peak memory stays under 64 MiB, and once the client reads again every
 /// notification arrives, in order, then the answer, and the session goes
 /// on.
-#[tokio::test]
-async fn a_flooding_server_and_a_client_that_does_not_read_keep_memory_bounded() {
+async fn flood(http: bool) {
     const CAP_KIB: u64 = 64 * 1024;
     const COUNT: u64 = 80_000;
     const SIZE: u64 = 1024;
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("flood_server.py");
-    std::fs::write(&script, FLOOD_SERVER).unwrap();
-    let args = [
-        "--".to_string(),
-        peers::python().display().to_string(),
-        script.display().to_string(),
-    ];
+    std::fs::write(&script, if http { FLOOD_HTTP_SERVER } else { FLOOD_SERVER }).unwrap();
+    // Both stderrs (tether's log, the server's), read all along.
+    let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut readers = Vec::new();
+    let mut server = None;
+    let args = if http {
+        let port = peers::free_port();
+        let mut child = Command::new(peers::python())
+            .arg(&script)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        readers.push(forward_lines(child.stderr.take().unwrap(), log_tx.clone()));
+        server = Some(child);
+        vec![format!("http://127.0.0.1:{port}/mcp")]
+    } else {
+        vec![
+            "--".to_string(),
+            peers::python().display().to_string(),
+            script.display().to_string(),
+        ]
+    };
     let mut raw = Raw::spawn(&args, Stdio::piped());
     let pid = raw.child.id().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watchdog = watch_memory(pid, CAP_KIB, stop.clone());
-    // tether's stderr (its log and the server's stderr), read all along.
-    let mut stderr = BufReader::new(raw.child.stderr.take().unwrap()).lines();
-    let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let logger = tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            if log_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    readers.push(forward_lines(raw.child.stderr.take().unwrap(), log_tx));
     let mut log = Vec::new();
 
     raw.initialize().await;
@@ -938,7 +1047,10 @@ async fn a_flooding_server_and_a_client_that_does_not_read_keep_memory_bounded()
     drop(raw.stdin);
     let status = within("tether to exit", raw.child.wait()).await.unwrap();
     assert!(status.success(), "{status}");
-    logger.abort();
+    drop(server);
+    for reader in readers {
+        reader.abort();
+    }
 }
 
 // --- credentials in the URL ---
