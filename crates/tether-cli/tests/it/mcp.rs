@@ -941,7 +941,15 @@ async fn flood(http: bool) {
     const SIZE: u64 = 1024;
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("flood_server.py");
-    std::fs::write(&script, if http { FLOOD_HTTP_SERVER } else { FLOOD_SERVER }).unwrap();
+    std::fs::write(
+        &script,
+        if http {
+            FLOOD_HTTP_SERVER
+        } else {
+            FLOOD_SERVER
+        },
+    )
+    .unwrap();
     // Both stderrs (tether's log, the server's), read all along.
     let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let mut readers = Vec::new();

@@ -310,3 +310,35 @@ fn keep(tail: &mut VecDeque<String>, line: &str, sink: &StderrSink) {
         tail.push_back(line);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_on_the_command_line_is_not_shown() {
+        let argv = [
+            "mcp-remote",
+            "https://user:s3cret@example.com/mcp",
+            "--debug",
+        ];
+        let stdio = Stdio::new(
+            argv.iter().map(|w| w.to_string()).collect(),
+            Limits { max_message: 1024 },
+            std::sync::Arc::new(|_: &str| {}),
+        );
+        assert_eq!(
+            stdio.name(),
+            "stdio server `mcp-remote https://***@example.com/mcp --debug`"
+        );
+    }
+
+    #[test]
+    fn long_stderr_lines_are_cut_and_marked() {
+        let line = Line::TooLong {
+            limit: 16,
+            head: bytes::Bytes::from_static(b"0123456789abcdef"),
+        };
+        assert_eq!(stderr_text(&line), "0123456789abcdef… (cut at 16 bytes)");
+    }
+}
