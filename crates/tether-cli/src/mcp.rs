@@ -13,7 +13,7 @@ use tether_proxy::mcp::session::demand_pacing;
 use tether_proxy::mcp::upstream::http::{Http, HttpMode};
 use tether_proxy::mcp::upstream::stdio::Stdio;
 use tether_proxy::mcp::upstream::ws::Ws;
-use tether_proxy::mcp::upstream::{Limits, StderrSink, connect_timeout};
+use tether_proxy::mcp::upstream::{Limits, StderrSink, connect_timeout, redact_text};
 use tether_proxy::mcp::{SessionConfig, Timeouts, Upstream, serve};
 use url::Url;
 
@@ -40,7 +40,9 @@ use crate::wait::positive_duration;
 )]
 pub(crate) struct McpArgs {
     /// The server: http(s)://... or ws(s)://...; or give a stdio server
-    /// command after --.
+    /// command after --. A user and password in the URL
+    /// (http://user:pass@host/mcp) are sent as Basic authentication and
+    /// never printed.
     #[arg(
         value_name = "URL",
         required_unless_present = "command",
@@ -194,9 +196,11 @@ fn upstream(args: &McpArgs, sink: StderrSink) -> Result<(Upstream, bool), (u8, S
         return Ok((Upstream::Stdio(stdio), true));
     }
     let text = args.url.as_deref().unwrap_or_default();
-    let url = Url::parse(text).map_err(|e| (exit::USAGE, format!("{text:?}: not a URL ({e})")))?;
+    // A user and password in the URL are never shown.
+    let shown = redact_text(text);
+    let url = Url::parse(text).map_err(|e| (exit::USAGE, format!("{shown:?}: not a URL ({e})")))?;
     if url.host().is_none() {
-        return Err((exit::USAGE, format!("{text:?}: the URL has no host")));
+        return Err((exit::USAGE, format!("{shown:?}: the URL has no host")));
     }
     let local = url_is_local(&url);
     let timeout = args.connect_timeout.unwrap_or(connect_timeout(local));

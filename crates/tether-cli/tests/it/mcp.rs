@@ -454,15 +454,23 @@ struct Raw {
 
 impl Raw {
     fn start(extra: &[&str]) -> Raw {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "--".into(),
+            peers::server_everything().display().to_string(),
+            "stdio".into(),
+        ]);
+        Raw::spawn(&args, Stdio::null())
+    }
+
+    /// `tether mcp ARGS...`, spoken to line by line.
+    fn spawn(args: &[String], stderr: Stdio) -> Raw {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .arg("mcp")
-            .args(extra)
-            .arg("--")
-            .arg(peers::server_everything())
-            .arg("stdio")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -473,6 +481,36 @@ impl Raw {
             stdin,
             lines,
         }
+    }
+
+    /// The next stdout line that is not a message from the server (a
+    /// notification or a request): an answer, or a batch of answers; with
+    /// its text as tether wrote it.
+    async fn next_answer(&mut self) -> (Value, String) {
+        within("an answer from tether", async {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("tether is running");
+                let message: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout carried a non-JSON line ({e}): {line}"));
+                if message.get("method").is_none() {
+                    return (message, line);
+                }
+            }
+        })
+        .await
+    }
+
+    async fn initialize(&mut self) {
+        self.write(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#).await;
+        let init = self.answer(&json!(0)).await;
+        assert!(init["result"]["protocolVersion"].is_string(), "{init}");
+        self.write(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
     }
 
     async fn write(&mut self, line: &[u8]) {
@@ -591,4 +629,525 @@ async fn a_client_that_stops_reading_ends_tether_cleanly() {
     raw.stdin.flush().await.unwrap();
     let status = within("tether to exit", raw.child.wait()).await.unwrap();
     assert!(status.success(), "{status}");
+}
+
+// --- JSON-RPC 2.0 correctness, through the binary ---
+
+#[tokio::test]
+async fn ids_beyond_64_bits_come_back_exactly() {
+    let mut raw = Raw::start(&[]);
+    raw.initialize().await;
+    for id in [
+        "18446744073709551616",
+        "-18446744073709551617",
+        "123456789012345678901234567890",
+    ] {
+        let call = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"big"}}}}}}"#
+        );
+        raw.write(call.as_bytes()).await;
+        let (answer, line) = raw.next_answer().await;
+        assert!(line.contains(&format!(r#""id":{id}"#)), "{line}");
+        assert_eq!(answer["id"].to_string(), id, "{line}");
+        assert_eq!(
+            answer["result"]["content"][0]["text"], "Echo: big",
+            "{line}"
+        );
+    }
+    drop(raw.stdin);
+    let status = within("tether to exit", raw.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn other_jsonrpc_versions_are_refused_and_not_forwarded() {
+    let mut raw = Raw::start(&[]);
+    raw.initialize().await;
+    for (message, id) in [
+        (
+            r#"{"jsonrpc":"1.0","id":2,"method":"tools/list"}"#,
+            json!(2),
+        ),
+        (r#"{"id":3,"method":"tools/list"}"#, json!(3)),
+        (
+            r#"{"jsonrpc":"2.1","method":"notifications/roots/list_changed"}"#,
+            Value::Null,
+        ),
+    ] {
+        raw.write(message.as_bytes()).await;
+        let (answer, line) = raw.next_answer().await;
+        assert_eq!(answer["id"], id, "{line}");
+        assert_eq!(answer["error"]["code"], -32600, "{line}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("jsonrpc member"),
+            "{line}"
+        );
+    }
+    // Nothing went to the server: the next answer is the one to this ping,
+    // not a tools/list result for id 2 or 3.
+    raw.write(br#"{"jsonrpc":"2.0","id":"after","method":"ping"}"#)
+        .await;
+    let (answer, line) = raw.next_answer().await;
+    assert_eq!(answer["id"], "after", "{line}");
+    assert!(answer.get("result").is_some(), "{line}");
+    drop(raw.stdin);
+    let status = within("tether to exit", raw.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn batches_get_one_array_and_an_empty_batch_one_error() {
+    let mut raw = Raw::start(&[]);
+    raw.initialize().await;
+    // Empty: one Invalid Request error, id null, not an array.
+    raw.write(b"[]").await;
+    let (empty, line) = raw.next_answer().await;
+    assert!(empty.is_object(), "{line}");
+    assert_eq!(empty["id"], Value::Null, "{line}");
+    assert_eq!(empty["error"]["code"], -32600, "{line}");
+
+    // Requests, a notification, a non-object and a wrong version: one
+    // array with an answer for each but the notification.
+    raw.write(br#"[{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"echo","arguments":{"message":"in a batch"}}},{"jsonrpc":"2.0","method":"notifications/roots/list_changed"},1,{"jsonrpc":"1.0","id":"b","method":"ping"},{"jsonrpc":"2.0","id":"c","method":"tools/list"}]"#).await;
+    let (batch, line) = raw.next_answer().await;
+    let answers = batch
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {line}"));
+    let mut ids: Vec<String> = answers.iter().map(|a| a["id"].to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, [r#""a""#, r#""b""#, r#""c""#, "null"], "{line}");
+    for answer in answers {
+        assert_eq!(answer["jsonrpc"], "2.0", "{line}");
+        match answer["id"].as_str() {
+            Some("a") => assert_eq!(answer["result"]["content"][0]["text"], "Echo: in a batch"),
+            Some("c") => assert!(answer["result"]["tools"].is_array(), "{line}"),
+            _ => assert_eq!(answer["error"]["code"], -32600, "{line}"),
+        }
+    }
+
+    // Only notifications: no answer; the next one is the ping's.
+    raw.write(br#"[{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}]"#)
+        .await;
+    raw.write(br#"{"jsonrpc":"2.0","id":"after","method":"ping"}"#)
+        .await;
+    let (answer, line) = raw.next_answer().await;
+    assert_eq!(answer["id"], "after", "{line}");
+    drop(raw.stdin);
+    let status = within("tether to exit", raw.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+// --- bounded memory under a flood ---
+
+/// A stdio MCP server that answers `tools/call flood` with `count`
+/// notifications of `size` bytes each, then the result. Its stdout is
+/// non-blocking, so it sees when tether stops reading it: after a second
+/// without room it says "flood: blocked" on stderr (which tether passes on).
+const FLOOD_SERVER: &str = r#"
+import json, os, select, sys
+
+os.set_blocking(1, False)
+reported = False
+
+def say(text):
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+def write(message):
+    global reported
+    data = memoryview((json.dumps(message) + "\n").encode())
+    while data:
+        try:
+            data = data[os.write(1, data):]
+        except BlockingIOError:
+            waited = 0
+            while not select.select([], [1], [], 0.25)[1]:
+                waited += 1
+                if waited >= 4 and not reported:
+                    reported = True
+                    say("flood: blocked")
+
+for line in sys.stdin:
+    message = json.loads(line)
+    method, id = message.get("method"), message.get("id")
+    if method == "initialize":
+        write({"jsonrpc": "2.0", "id": id, "result": {
+            "protocolVersion": message["params"]["protocolVersion"],
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "flood", "version": "1"}}})
+    elif method == "tools/call":
+        args = message["params"]["arguments"]
+        pad = "x" * args["size"]
+        for n in range(args["count"]):
+            write({"jsonrpc": "2.0", "method": "notifications/message",
+                   "params": {"level": "info", "data": {"n": n, "pad": pad}}})
+        say("flood: done")
+        write({"jsonrpc": "2.0", "id": id, "result": {"content": [
+            {"type": "text", "text": "sent %d" % args["count"]}]}})
+    elif method == "ping":
+        write({"jsonrpc": "2.0", "id": id, "result": {}})
+    elif id is not None and method is not None:
+        write({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "Method not found"}})
+"#;
+
+/// The same over streamable HTTP (plain HTTP/1.0, a body to the end of
+/// the connection): `tools/call` is answered with an SSE stream of the
+/// notifications, then the result. It says "flood: blocked" on its own
+/// stderr when its socket has had no room for a second.
+const FLOOD_HTTP_SERVER: &str = r#"
+import json, select, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+reported = False
+
+def say(text):
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def empty(self, status):
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):
+        self.empty(405)
+
+    def do_DELETE(self):
+        self.empty(200)
+
+    def event(self, message):
+        global reported
+        data = ("event: message\ndata: " + json.dumps(message) + "\n\n").encode()
+        waited = 0
+        while not select.select([], [self.connection], [], 0.25)[1]:
+            waited += 1
+            if waited >= 4 and not reported:
+                reported = True
+                say("flood: blocked")
+        self.wfile.write(data)
+
+    def do_POST(self):
+        message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        method, id = message.get("method"), message.get("id")
+        if id is None or method is None:
+            return self.empty(202)
+        if method == "initialize":
+            body = json.dumps({"jsonrpc": "2.0", "id": id, "result": {
+                "protocolVersion": message["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "flood", "version": "1"}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Mcp-Session-Id", "flood-session")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        if method == "tools/call":
+            args = message["params"]["arguments"]
+            pad = "x" * args["size"]
+            for n in range(args["count"]):
+                self.event({"jsonrpc": "2.0", "method": "notifications/message",
+                            "params": {"level": "info", "data": {"n": n, "pad": pad}}})
+            say("flood: done")
+            self.event({"jsonrpc": "2.0", "id": id, "result": {"content": [
+                {"type": "text", "text": "sent %d" % args["count"]}]}})
+        else:
+            self.event({"jsonrpc": "2.0", "id": id, "result": {}})
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+/// The resident set and its peak, in KiB, from /proc/PID/status.
+fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Watches a process's memory until `stop`; kills it (SIGKILL) once its
+/// resident set passes `cap_kib`. Returns the highest peak seen.
+fn watch_memory(
+    pid: u32,
+    cap_kib: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, bool)> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Some((rss, hwm)) = memory_kib(pid) else {
+                break;
+            };
+            peak = peak.max(hwm);
+            if rss > cap_kib {
+                let pid = Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+                let _ = kill_process(pid, Signal::KILL);
+                return (peak.max(rss), true);
+            }
+            // A watchdog's sampling period, not a synchronisation.
+            std::thread::park_timeout(Duration::from_millis(5));
+        }
+        (peak, false)
+    })
+}
+
+/// Sends each line of `from` on `to`, until either ends.
+fn forward_lines(
+    from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    to: tokio::sync::mpsc::UnboundedSender<String>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(from).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if to.send(line).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_flooding_stdio_server_and_a_client_that_does_not_read_keep_memory_bounded() {
+    flood(false).await;
+}
+
+#[tokio::test]
+async fn a_flooding_http_server_and_a_client_that_does_not_read_keep_memory_bounded() {
+    flood(true).await;
+}
+
+/// A server floods notifications while the client reads nothing: tether
+/// stops reading the server (whose writes block) instead of buffering, its
+/// peak memory stays under 64 MiB, and once the client reads again every
+/// notification arrives, in order, then the answer, and the session goes
+/// on.
+async fn flood(http: bool) {
+    const CAP_KIB: u64 = 64 * 1024;
+    const COUNT: u64 = 80_000;
+    const SIZE: u64 = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("flood_server.py");
+    std::fs::write(
+        &script,
+        if http {
+            FLOOD_HTTP_SERVER
+        } else {
+            FLOOD_SERVER
+        },
+    )
+    .unwrap();
+    // Both stderrs (tether's log, the server's), read all along.
+    let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut readers = Vec::new();
+    let mut server = None;
+    let args = if http {
+        let port = peers::free_port();
+        let mut child = Command::new(peers::python())
+            .arg(&script)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        readers.push(forward_lines(child.stderr.take().unwrap(), log_tx.clone()));
+        server = Some(child);
+        vec![format!("http://127.0.0.1:{port}/mcp")]
+    } else {
+        vec![
+            "--".to_string(),
+            peers::python().display().to_string(),
+            script.display().to_string(),
+        ]
+    };
+    let mut raw = Raw::spawn(&args, Stdio::piped());
+    let pid = raw.child.id().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = watch_memory(pid, CAP_KIB, stop.clone());
+    readers.push(forward_lines(raw.child.stderr.take().unwrap(), log_tx));
+    let mut log = Vec::new();
+
+    raw.initialize().await;
+    let call = json!({"jsonrpc": "2.0", "id": "flood", "method": "tools/call",
+        "params": {"name": "flood", "arguments": {"count": COUNT, "size": SIZE}}});
+    raw.write(call.to_string().as_bytes()).await;
+    // The client reads nothing until the server is held back and tether
+    // says why.
+    let (mut blocked, mut holding) = (false, false);
+    within("the server to be held back", async {
+        while !(blocked && holding) {
+            let line = log_rx
+                .recv()
+                .await
+                .expect("tether ended (the memory watchdog kills it over the cap)");
+            blocked |= line.contains("flood: blocked");
+            holding |= line.contains("the client is not reading");
+            assert!(
+                !line.contains("flood: done"),
+                "the server was never held back"
+            );
+            log.push(line);
+        }
+    })
+    .await;
+    let (_, held_peak) = memory_kib(pid).expect("tether runs");
+    assert!(
+        held_peak < CAP_KIB,
+        "tether's peak RSS while the client did not read: {held_peak} KiB\n{}",
+        log.join("\n")
+    );
+
+    // The client reads again: everything, in order, then the answer.
+    let mut next = 0;
+    within("the flood and its answer", async {
+        loop {
+            let line = raw
+                .lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("tether is running");
+            let message: Value = serde_json::from_str(&line).unwrap();
+            if message["method"] == "notifications/message" {
+                assert_eq!(message["params"]["data"]["n"], next, "lost or reordered");
+                next += 1;
+                continue;
+            }
+            assert_eq!(message["id"], "flood", "{line}");
+            assert_eq!(
+                message["result"]["content"][0]["text"],
+                format!("sent {COUNT}")
+            );
+            break;
+        }
+    })
+    .await;
+    assert_eq!(next, COUNT);
+    raw.write(br#"{"jsonrpc":"2.0","id":"alive","method":"ping"}"#)
+        .await;
+    let alive = raw.answer(&json!("alive")).await;
+    assert!(alive.get("result").is_some(), "{alive}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (peak, killed) = watchdog.join().unwrap();
+    assert!(!killed, "tether passed {CAP_KIB} KiB and was killed");
+    let (_, final_peak) = memory_kib(pid).expect("tether runs");
+    assert!(
+        peak.max(final_peak) < CAP_KIB,
+        "tether's peak RSS: {} KiB",
+        peak.max(final_peak)
+    );
+    drop(raw.stdin);
+    let status = within("tether to exit", raw.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+    drop(server);
+    for reader in readers {
+        reader.abort();
+    }
+}
+
+// --- credentials in the URL ---
+
+/// The Python SDK's streamable-HTTP server behind HTTP Basic
+/// authentication: 401 unless `Authorization` is exactly Basic of
+/// `USER:PASSWORD` (argv 2).
+const AUTH_SERVER: &str = r#"
+import base64, sys
+import uvicorn
+from mcp.server import MCPServer
+
+port, pair = int(sys.argv[1]), sys.argv[2]
+want = "Basic " + base64.b64encode(pair.encode()).decode()
+server = MCPServer("auth-peer")
+
+@server.tool()
+def echo(message: str) -> str:
+    """Echoes the message back."""
+    return message
+
+app = server.streamable_http_app()
+
+async def guarded(scope, receive, send):
+    if scope["type"] == "http":
+        got = dict(scope["headers"]).get(b"authorization", b"").decode()
+        if got != want:
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"www-authenticate", b'Basic realm="mcp"'), (b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"unauthorized"})
+            return
+    await app(scope, receive, send)
+
+uvicorn.run(guarded, host="127.0.0.1", port=port, log_level="warning")
+"#;
+
+/// A user and password in the URL are sent as Basic authentication
+/// (percent-decoded) to a server that demands it, and never printed: not
+/// in tether's log, not in the errors the client gets.
+#[tokio::test]
+async fn url_credentials_authenticate_and_are_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("auth_server.py");
+    std::fs::write(&script, AUTH_SERVER).unwrap();
+    let port = peers::free_port();
+    let _server = Command::new(peers::python())
+        .arg(&script)
+        .arg(port.to_string())
+        .arg("tether-user:s3cr3t p@ss")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let secrets = ["tether-user", "s3cr3t"];
+
+    // The right credentials, percent-encoded in the URL.
+    let url = format!("http://tether-user:s3cr3t%20p%40ss@127.0.0.1:{port}/mcp");
+    let mut client = Client::start(&[url]);
+    client.init().await;
+    let result = client
+        .run(json!({"op": "call", "tool": "echo", "args": {"message": "authenticated"}}))
+        .await;
+    assert_eq!(result["ok"], true, "{result}\n{}", client.tether_log());
+    assert_eq!(result["result"]["content"][0]["text"], "authenticated");
+    let log = client.tether_log();
+    client.exit().await;
+    for secret in secrets {
+        assert!(!log.contains(secret), "{secret} in tether's log:\n{log}");
+    }
+
+    // A wrong password: refused, and the error names the URL masked.
+    let url = format!("http://tether-user:s3cr3t-wrong@127.0.0.1:{port}/mcp");
+    let mut client = Client::start(&["--idle-timeout".into(), "5s".into(), url]);
+    let result = client.run(json!({"op": "init", "timeout": 60})).await;
+    assert_eq!(result["ok"], false, "{result}");
+    let text = result.to_string();
+    assert!(text.contains("401"), "{text}");
+    assert!(text.contains("***"), "{text}");
+    let log = client.tether_log();
+    for secret in secrets {
+        assert!(!text.contains(secret), "{secret} in the error: {text}");
+        assert!(!log.contains(secret), "{secret} in tether's log:\n{log}");
+    }
+    client.exit().await;
+
+    // A URL that does not parse is not printed whole either.
+    let run = crate::support::run(&["mcp", "http://tether-user:s3cr3t@/mcp"]).await;
+    assert_eq!(run.code(), 2, "{run:?}");
+    assert!(!run.stderr.contains("s3cr3t"), "{}", run.stderr);
 }

@@ -102,8 +102,9 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 }
 
 /// Finds the `"id"` of a message from its first bytes: for answering an
-/// oversized message by id. Looks for `"id":` followed by a number or a
-/// string; `None` when there is none in `head`.
+/// oversized message by id. Looks for `"id":` followed by a number (kept
+/// exactly, however large) or a string; `None` when there is none in
+/// `head`.
 pub fn sniff_id(head: &[u8]) -> Option<serde_json::Value> {
     let text = String::from_utf8_lossy(head);
     let mut rest = text.as_ref();
@@ -119,10 +120,10 @@ pub fn sniff_id(head: &[u8]) -> Option<serde_json::Value> {
             return Some(serde_json::Value::String(string[..end].to_string()));
         }
         let end = value
-            .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+            .find(|c: char| !(c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | 'e' | 'E')))
             .unwrap_or(value.len());
-        if let Ok(n) = value[..end].parse::<i64>() {
-            return Some(n.into());
+        if let Ok(n) = serde_json::from_str::<serde_json::Number>(&value[..end]) {
+            return Some(serde_json::Value::Number(n));
         }
     }
     None
@@ -179,6 +180,9 @@ mod tests {
         );
         assert_eq!(sniff_id(br#"{"jsonrpc":"2.0","id":-3,"#), Some((-3).into()));
         assert_eq!(sniff_id(br#"{"jsonrpc":"2.0","method":"x""#), None);
+        // Beyond 2^64: the very digits, not a float.
+        let big = sniff_id(br#"{"id":18446744073709551616,"method":"x""#).unwrap();
+        assert_eq!(big.to_string(), "18446744073709551616");
     }
 
     proptest! {

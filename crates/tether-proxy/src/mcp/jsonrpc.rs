@@ -63,6 +63,16 @@ pub fn kind(message: &Value) -> Kind {
     }
 }
 
+/// Why a message is not JSON-RPC 2.0 by its `jsonrpc` member (missing, or
+/// another version), if it is not. Non-objects are left to [`kind`].
+pub fn version_error(message: &Value) -> Option<String> {
+    match message.as_object()?.get("jsonrpc") {
+        Some(Value::String(version)) if version == "2.0" => None,
+        Some(other) => Some(format!("the jsonrpc member must be \"2.0\", not {other}")),
+        None => Some("the jsonrpc member is missing (it must be \"2.0\")".into()),
+    }
+}
+
 fn valid_id(id: &Value) -> bool {
     matches!(id, Value::String(_) | Value::Number(_))
 }
@@ -188,6 +198,35 @@ mod tests {
             Kind::Invalid { id: Some(_), .. }
         ));
         assert_ne!(id_key(&json!(1)), id_key(&json!("1")));
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(version_error(&json!({"jsonrpc": "2.0", "id": 1})), None);
+        let old = version_error(&json!({"jsonrpc": "1.0", "id": 1})).unwrap();
+        assert!(old.contains("not \"1.0\""), "{old}");
+        let number = version_error(&json!({"jsonrpc": 2.0, "id": 1})).unwrap();
+        assert!(number.contains("not 2.0"), "{number}");
+        let missing = version_error(&json!({"id": 1, "method": "ping"})).unwrap();
+        assert!(missing.contains("missing"), "{missing}");
+        assert_eq!(version_error(&json!([1])), None);
+    }
+
+    #[test]
+    fn ids_beyond_64_bits_keep_their_digits() {
+        let text = r#"{"jsonrpc":"2.0","id":18446744073709551616,"method":"ping"}"#;
+        let message: Value = serde_json::from_str(text).unwrap();
+        let Kind::Request { id, .. } = kind(&message) else {
+            panic!("{message}")
+        };
+        assert_eq!(id.to_string(), "18446744073709551616");
+        let big = r#"{"id":-123456789012345678901234567890}"#;
+        let other: Value = serde_json::from_str(big).unwrap();
+        assert_ne!(id_key(&id), id_key(&other["id"]));
+        assert_eq!(
+            error(id, INVALID_REQUEST, "x", None).to_string(),
+            r#"{"error":{"code":-32600,"message":"x"},"id":18446744073709551616,"jsonrpc":"2.0"}"#
+        );
     }
 
     #[test]

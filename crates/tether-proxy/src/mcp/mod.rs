@@ -9,27 +9,34 @@
 //!   SSE, WebSocket), each a task reporting generation-tagged events.
 //! - [`serve`]: the driver that joins them.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::Value;
 use tether_resilience::Failure;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 pub mod frame;
 pub mod jsonrpc;
+pub mod limits;
 pub mod session;
 pub mod upstream;
 
 pub use session::{Session, SessionConfig, Timeouts};
 
 use frame::{Line, LineReader, sniff_id};
+use limits::{
+    CLIENT_INPUT_QUEUE, CLIENT_QUEUE_BYTES, EVENT_QUEUE, Milestones, UPSTREAM_QUEUE, WRITER_QUEUE,
+};
 use session::Action;
-use upstream::{Event, Events, Link};
+use upstream::{Event, Events, Link, Scoped, UpEvent};
 
 /// The server behind the endpoint.
 #[derive(Debug, Clone)]
@@ -76,8 +83,56 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// server.
 const CLOSE: Duration = Duration::from_secs(5);
 
+/// Messages waiting for the client, serialized, counted in bytes.
+///
+/// Its producer is the session core, which must not block, so it has no
+/// hard cap; it is bounded by construction instead: the driver takes no
+/// input from either side while it holds [`CLIENT_QUEUE_BYTES`] or more,
+/// and one input makes a bounded number of answers (at most one per
+/// request in flight, and those are at most [`limits::MAX_PENDING`]).
+#[derive(Debug, Default)]
+struct ClientQueue {
+    lines: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl ClientQueue {
+    fn push(&mut self, message: &Value) {
+        let mut line = message.to_string().into_bytes();
+        line.push(b'\n');
+        self.bytes += line.len();
+        self.lines.push_back(Bytes::from(line));
+    }
+
+    fn has_room(&self) -> bool {
+        self.bytes < CLIENT_QUEUE_BYTES
+    }
+
+    /// Hands lines to the writer while it has room; `false` when the writer
+    /// is gone.
+    fn flush(&mut self, writer: &mpsc::Sender<Bytes>) -> bool {
+        while let Some(line) = self.lines.pop_front() {
+            let len = line.len();
+            match writer.try_send(line) {
+                Ok(()) => self.bytes -= len,
+                Err(mpsc::error::TrySendError::Full(line)) => {
+                    self.lines.push_front(line);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+}
+
 /// Serves the MCP client on `input`/`output` until it closes `input` or
 /// `shutdown` resolves; never because of the upstream.
+///
+/// Every queue between the two sides is bounded ([`limits`]): when the
+/// client stops reading, tether stops reading the server (which its pipe or
+/// socket then holds back); when the server stops reading, tether stops
+/// reading the client. Timeouts and errors still reach the side that reads.
 ///
 /// # Errors
 ///
@@ -95,17 +150,33 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let upstream = Arc::new(upstream);
-    let (in_tx, mut in_rx) = mpsc::channel(64);
-    let reader = tokio::spawn(read_client(input, max_message, in_tx));
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let mut writer = tokio::spawn(write_client(output, out_rx));
-    let (up_tx, mut up_rx) = mpsc::unbounded_channel::<Event>();
+    // Backpressure: the reader waits for room, so the client's writes
+    // fill its pipe.
+    let (in_tx, mut in_rx) = mpsc::channel(CLIENT_INPUT_QUEUE);
+    // Both end with `serve`, even when its future is dropped.
+    let reader = Scoped(tokio::spawn(read_client(input, max_message, in_tx)));
+    // Bounded; what does not fit waits in `to_client`.
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(WRITER_QUEUE);
+    let mut writer = Scoped(tokio::spawn(write_client(output, out_rx)));
+    // Backpressure: a connection waits for room before reading its server.
+    let (up_tx, mut up_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
 
     let mut session = Session::new(config, Instant::now());
+    let mut to_client = ClientQueue::default();
+    // Messages for the current connection, waiting for room in its queue;
+    // bounded like `to_client`: client input stops at UPSTREAM_QUEUE, and
+    // one input makes a bounded number of messages.
+    let mut to_upstream: VecDeque<Value> = VecDeque::new();
     let mut link: Option<Link> = None;
     let mut connecting: Option<Connecting> = None;
+    // Connections being closed, each within CLOSE.
+    let mut closing: JoinSet<()> = JoinSet::new();
     let mut closed_at: Option<Instant> = None;
     let mut writer_gone = false;
+    let mut held = false;
+    let held_upstream = Milestones::new();
+    let mut client_stopped = false;
+    let held_client = Milestones::new();
     tokio::pin!(shutdown);
 
     loop {
@@ -113,11 +184,9 @@ where
         session.on_tick(now);
         for action in session.take_actions() {
             match action {
-                Action::ToClient(message) => {
-                    let _ = out_tx.send(message);
-                }
+                Action::ToClient(message) => to_client.push(&message),
                 Action::ToUpstream(message) => match &link {
-                    Some(link) => link.send(message),
+                    Some(_) => to_upstream.push_back(message),
                     None => debug!("no upstream connection for a message; dropped"),
                 },
                 Action::Connect { generation } => {
@@ -128,12 +197,50 @@ where
                     }));
                 }
                 Action::Disconnect => {
+                    // What the old connection did not take was meant for
+                    // its session; the core decides what goes again.
+                    to_upstream.clear();
                     if let Some(old) = link.take() {
-                        tokio::spawn(old.close(CLOSE));
+                        closing.spawn(old.close(CLOSE));
                     }
                 }
             }
         }
+        if !to_client.flush(&out_tx) {
+            writer_gone = true;
+            break;
+        }
+        if let Some(link) = &link {
+            while let Some(message) = to_upstream.pop_front() {
+                if let Err(message) = link.try_send(message) {
+                    to_upstream.push_front(message);
+                    break;
+                }
+            }
+        }
+        let client_room = to_client.has_room();
+        let upstream_room = to_upstream.len() < UPSTREAM_QUEUE;
+        if held == client_room {
+            held = !client_room;
+            session.on_upstream_held(held, now);
+            if held && let Some(n) = held_upstream.hit() {
+                warn!(
+                    "the client is not reading: {} bytes wait for it; not reading the upstream until it does ({n} times so far)",
+                    to_client.bytes
+                );
+            }
+        }
+        let stopped = client_room && !upstream_room;
+        if stopped
+            && !client_stopped
+            && let Some(n) = held_client.hit()
+        {
+            warn!(
+                "the upstream is not taking messages: {} wait for it; not reading the client until it does ({n} times so far)",
+                to_upstream.len()
+            );
+        }
+        client_stopped = stopped;
         if let Some(at) = closed_at
             && (session.pending() == 0 || now >= at + DRAIN)
         {
@@ -146,15 +253,11 @@ where
             (a, b) => a.or(b),
         };
         tokio::select! {
-            input = in_rx.recv(), if closed_at.is_none() => match input {
-                Some(Input::Message(Value::Array(batch))) => {
-                    for message in batch {
-                        session.on_client(message, Instant::now());
-                    }
-                }
+            input = in_rx.recv(), if closed_at.is_none() && client_room && upstream_room => match input {
+                Some(Input::Message(Value::Array(batch))) => session.on_client_batch(batch, Instant::now()),
                 Some(Input::Message(message)) => session.on_client(message, Instant::now()),
                 Some(Input::Malformed(reason)) => {
-                    let _ = out_tx.send(jsonrpc::error(
+                    to_client.push(&jsonrpc::error(
                         Value::Null,
                         jsonrpc::PARSE_ERROR,
                         format!("parse error: {reason}"),
@@ -162,7 +265,7 @@ where
                     ));
                 }
                 Some(Input::TooLong { limit, id }) => {
-                    let _ = out_tx.send(jsonrpc::error(
+                    to_client.push(&jsonrpc::error(
                         id.unwrap_or(Value::Null),
                         jsonrpc::INVALID_REQUEST,
                         format!("the message is larger than the {limit}-byte limit (--max-message); it was dropped"),
@@ -174,16 +277,23 @@ where
                     closed_at = Some(Instant::now());
                 }
             },
-            Some(event) = up_rx.recv() => {
+            Some(event) = up_rx.recv(), if client_room => {
                 let now = Instant::now();
                 match event.event {
-                    upstream::UpEvent::Message(message) => session.on_upstream(event.generation, message, now),
-                    upstream::UpEvent::RequestFailed { id, failure } => {
+                    UpEvent::Messages(messages) => {
+                        for message in messages {
+                            session.on_upstream(event.generation, message, now);
+                        }
+                    }
+                    UpEvent::RequestFailed { id, failure } => {
                         session.on_request_failed(event.generation, id, failure, now);
                     }
-                    upstream::UpEvent::Lost(failure) => session.on_lost(event.generation, failure, now),
+                    UpEvent::Lost(failure) => session.on_lost(event.generation, failure, now),
                 }
             }
+            // Wake-ups when a full queue has room again.
+            () = room_in(&out_tx), if !to_client.lines.is_empty() => {}
+            () = link_room(link.as_ref()), if !to_upstream.is_empty() => {}
             done = attempt(&mut connecting), if connecting.is_some() => {
                 connecting = None;
                 let (generation, result) = done;
@@ -194,29 +304,59 @@ where
                         session.on_connected(generation, now);
                     }
                     Ok(stale) => {
-                        tokio::spawn(stale.close(CLOSE));
+                        closing.spawn(stale.close(CLOSE));
                     }
                     Err(failure) => session.on_connect_failed(generation, failure, now),
                 }
             }
+            Some(_) = closing.join_next(), if !closing.is_empty() => {}
             () = sleep_until(wake) => {}
             () = &mut shutdown => break,
-            _ = &mut writer => {
+            _ = &mut writer.0 => {
                 // The client stopped reading: nobody is left to serve.
                 writer_gone = true;
                 break;
             }
         }
     }
-    reader.abort();
-    if let Some(link) = link.take() {
-        link.close(CLOSE).await;
-    }
-    drop(out_tx);
+    drop(reader);
+    // What the client is still owed, within a second.
     if !writer_gone {
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            for line in to_client.lines.drain(..) {
+                if out_tx.send(line).await.is_err() {
+                    break;
+                }
+            }
+            drop(out_tx);
+            let _ = (&mut writer.0).await;
+        })
+        .await;
     }
+    drop(writer);
+    if let Some(link) = link.take() {
+        closing.spawn(link.close(CLOSE));
+    }
+    // Each close ends within CLOSE; this is a backstop.
+    let _ = tokio::time::timeout(CLOSE + Duration::from_secs(1), async {
+        while closing.join_next().await.is_some() {}
+    })
+    .await;
+    closing.shutdown().await;
     Ok(())
+}
+
+/// Resolves when the queue has room (or its receiver is gone).
+async fn room_in<T>(tx: &mpsc::Sender<T>) {
+    let _ = tx.reserve().await;
+}
+
+/// Resolves when the connection's queue has room; never without one.
+async fn link_room(link: Option<&Link>) {
+    match link {
+        Some(link) => link.room().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The outcome of the attempt under way; never, if there is none.
@@ -255,13 +395,9 @@ async fn read_client<R: AsyncRead + Unpin>(input: R, max: usize, tx: mpsc::Sende
     }
 }
 
-async fn write_client<W: AsyncWrite + Unpin>(
-    mut output: W,
-    mut rx: mpsc::UnboundedReceiver<Value>,
-) {
-    while let Some(message) = rx.recv().await {
-        let mut line = message.to_string().into_bytes();
-        line.push(b'\n');
+async fn write_client<W: AsyncWrite + Unpin>(output: W, mut rx: mpsc::Receiver<Bytes>) {
+    let mut output = BufWriter::with_capacity(64 * 1024, output);
+    while let Some(line) = rx.recv().await {
         if output.write_all(&line).await.is_err() {
             return;
         }

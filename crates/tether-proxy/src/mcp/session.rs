@@ -23,6 +23,14 @@
 //!   (`not_sent`) or is free of side effects ([`resendable`]).
 //! - Upstream ids are tether's own, never reused within a run, so a late
 //!   answer from an old connection cannot be taken for a new one's.
+//! - A batch from the client is answered with one array holding an answer
+//!   to each of its requests (none when it held only notifications), and
+//!   an empty batch with one Invalid Request error.
+//! - Every collection an outside party can fill is bounded
+//!   ([`limits`](super::limits)): requests beyond
+//!   [`MAX_PENDING`] and server requests beyond [`MAX_SERVER_REQUESTS`] are
+//!   refused with an error, so every input makes a bounded number of
+//!   actions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -35,6 +43,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::jsonrpc::{self, Kind};
+use super::limits::{
+    MAX_PENDING, MAX_QUEUED_NOTES, MAX_REMEMBERED, MAX_SERVER_REQUESTS, Milestones,
+};
 
 /// Per-request timeouts: a request fails when nothing (no answer, no
 /// progress) came for `idle`, or when it has run for `total`, whichever
@@ -152,6 +163,32 @@ struct Pending {
     idle_deadline: Instant,
     total_deadline: Instant,
     total: Duration,
+    /// The client batch it came in, answered together.
+    batch: Option<u64>,
+}
+
+/// A client batch being answered: one array once every request in it has
+/// its answer.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Its requests still unanswered.
+    waiting: usize,
+    answers: Vec<Value>,
+}
+
+/// How often the session's bounds were hit (each logs at milestones).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Client requests refused: [`MAX_PENDING`] were unanswered.
+    pub refused_requests: Milestones,
+    /// Server requests refused: [`MAX_SERVER_REQUESTS`] waited for the
+    /// client.
+    pub refused_server_requests: Milestones,
+    /// Client notifications dropped while waiting for a connection.
+    pub dropped_notifications: Milestones,
+    /// Subscriptions or tool annotations not remembered
+    /// ([`MAX_REMEMBERED`]).
+    pub not_remembered: Milestones,
 }
 
 /// What an upstream id belongs to.
@@ -203,11 +240,18 @@ pub struct Session {
     last_failure: Option<Failure>,
     last_traffic: Instant,
     client_closed: bool,
+    /// Client batches with requests still unanswered.
+    batches: HashMap<u64, Batch>,
+    next_batch: u64,
+    /// The batch whose members are being taken now.
+    building: Option<u64>,
+    /// The driver stopped reading the upstream (the client is not reading
+    /// its answers): what the upstream sends waits, so its silence says
+    /// nothing about its liveness.
+    held: bool,
+    counters: Counters,
     actions: Vec<Action>,
 }
-
-/// At most this many client notifications wait for a connection.
-const MAX_QUEUED_NOTES: usize = 1024;
 
 /// Methods free of side effects (or idempotent), which may be sent again
 /// when nobody knows whether the upstream saw them.
@@ -255,8 +299,18 @@ impl Session {
             last_failure: None,
             last_traffic: now,
             client_closed: false,
+            batches: HashMap::new(),
+            next_batch: 0,
+            building: None,
+            held: false,
+            counters: Counters::default(),
             actions: Vec::new(),
         }
+    }
+
+    /// How often the session's bounds were hit.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// The actions decided since the last call, in order.
@@ -287,13 +341,26 @@ impl Session {
 
     /// A message from the client.
     pub fn on_client(&mut self, message: Value, now: Instant) {
-        match jsonrpc::kind(&message) {
+        let kind = match (jsonrpc::version_error(&message), jsonrpc::kind(&message)) {
+            (None, kind) => kind,
+            // Not JSON-RPC 2.0: answered, never forwarded. A request's
+            // error carries its id; an answer's id is in the server's id
+            // space, where an error with it could be taken for the answer
+            // to one of the client's own requests, so it gets null.
+            (Some(reason), Kind::Request { id, .. }) => Kind::Invalid {
+                id: Some(id),
+                reason,
+            },
+            (Some(_), invalid @ Kind::Invalid { .. }) => invalid,
+            (Some(reason), _) => Kind::Invalid { id: None, reason },
+        };
+        match kind {
             Kind::Request { id, method } => self.client_request(id, method, message, now),
             Kind::Notification { method } => self.client_notification(&method, message),
             Kind::Response { id } => self.client_response(&id, message),
             Kind::Invalid { id, reason } => {
                 let id = id.unwrap_or(Value::Null);
-                self.emit_client(jsonrpc::error(
+                self.answer_now(jsonrpc::error(
                     id,
                     jsonrpc::INVALID_REQUEST,
                     format!("invalid request: {reason}"),
@@ -301,6 +368,31 @@ impl Session {
                 ));
             }
         }
+    }
+
+    /// A batch from the client (a JSON array). Its requests are answered
+    /// together, in one array, once each has its answer; a batch of only
+    /// notifications and answers gets no answer, and an empty batch one
+    /// Invalid Request error (JSON-RPC 2.0, section 6).
+    pub fn on_client_batch(&mut self, batch: Vec<Value>, now: Instant) {
+        if batch.is_empty() {
+            self.emit_client(jsonrpc::error(
+                Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "invalid request: the batch is empty",
+                None,
+            ));
+            return;
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.batches.insert(id, Batch::default());
+        self.building = Some(id);
+        for message in batch {
+            self.on_client(message, now);
+        }
+        self.building = None;
+        self.finish_batch(id);
     }
 
     /// The client closed its side: nothing more will be asked.
@@ -311,7 +403,7 @@ impl Session {
     fn client_request(&mut self, id: Value, method: String, message: Value, now: Instant) {
         let key = jsonrpc::id_key(&id);
         if self.by_client.contains_key(&key) {
-            self.emit_client(jsonrpc::error(
+            self.answer_now(jsonrpc::error(
                 id,
                 jsonrpc::INVALID_REQUEST,
                 format!("request id {key} is already in use by a request still in flight"),
@@ -342,18 +434,27 @@ impl Session {
         }
         if let Some(failure) = &self.incompatible {
             let failure = failure.clone();
-            self.answer_failure(&id, &method, &message, &failure, "");
+            let answer = self.failure_answer(&id, &method, &message, &failure, "");
+            self.answer_now(answer);
             return;
         }
         if method == "ping" && !self.is_ready() {
             // The client asks whether its endpoint is alive: it is.
-            self.emit_client(json!({ "jsonrpc": "2.0", "id": id, "result": {} }));
+            self.answer_now(json!({ "jsonrpc": "2.0", "id": id, "result": {} }));
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.refuse(id, &method, &message);
             return;
         }
         let (idle, total) = self.config.timeouts.for_method(&method);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.by_client.insert(key, seq);
+        let batch = self.building;
+        if let Some(group) = batch.and_then(|b| self.batches.get_mut(&b)) {
+            group.waiting += 1;
+        }
         self.pending.insert(
             seq,
             Pending {
@@ -367,6 +468,7 @@ impl Session {
                 idle_deadline: now + idle,
                 total_deadline: now + total,
                 total,
+                batch,
             },
         );
         if self.is_ready() {
@@ -396,6 +498,9 @@ impl Session {
                 let Some(pending) = self.pending.remove(&seq) else {
                     return;
                 };
+                // A cancelled request is not answered (MCP): its batch is
+                // complete without it.
+                self.settle(pending.batch, None);
                 if let Some(upstream_id) = pending.upstream_id {
                     self.by_upstream.remove(&upstream_id);
                     let mut params = params.clone();
@@ -410,11 +515,15 @@ impl Session {
                     self.emit_upstream(message);
                 } else {
                     if self.notes.len() >= MAX_QUEUED_NOTES {
+                        // Drop-oldest: a notification has nobody to tell,
+                        // and the newest state is the one that matters.
                         self.notes.pop_front();
-                        warn!(
-                            upstream = %self.config.upstream,
-                            "dropped the oldest of {MAX_QUEUED_NOTES} client notifications waiting for the upstream"
-                        );
+                        if let Some(n) = self.counters.dropped_notifications.hit() {
+                            warn!(
+                                upstream = %self.config.upstream,
+                                "dropped the oldest of {MAX_QUEUED_NOTES} client notifications waiting for the upstream ({n} dropped so far)"
+                            );
+                        }
                     }
                     self.notes.push_back(message);
                 }
@@ -507,13 +616,14 @@ impl Session {
                 } else if let Some(pending) = self.pending.remove(&seq) {
                     self.by_client.remove(&jsonrpc::id_key(&pending.client_id));
                     let failure = failure.with_safety(pending.safety);
-                    self.answer_failure(
+                    let answer = self.failure_answer(
                         &pending.client_id,
                         &pending.method,
                         &pending.message,
                         &failure,
                         "",
                     );
+                    self.settle(pending.batch, Some(answer));
                 }
             }
             Some(Outstanding::Replay) => self.lost(failure, now),
@@ -535,8 +645,25 @@ impl Session {
         self.last_traffic = now;
         match jsonrpc::kind(&message) {
             Kind::Response { id } => self.upstream_response(&id, message, now),
-            Kind::Request { id, .. } => {
-                self.server_requests.insert(jsonrpc::id_key(&id));
+            Kind::Request { id, method } => {
+                let key = jsonrpc::id_key(&id);
+                if self.server_requests.len() >= MAX_SERVER_REQUESTS
+                    && !self.server_requests.contains(&key)
+                {
+                    // Refused, so a server cannot fill tether with requests
+                    // the client never answers.
+                    if let Some(n) = self.counters.refused_server_requests.hit() {
+                        warn!(upstream = %self.config.upstream, "refused {method} from the upstream: {MAX_SERVER_REQUESTS} of its requests wait for the client ({n} refused so far)");
+                    }
+                    self.emit_upstream(jsonrpc::error(
+                        id,
+                        jsonrpc::UPSTREAM_ERROR,
+                        format!("tether: too many requests wait for the client ({MAX_SERVER_REQUESTS}); {method} was refused"),
+                        None,
+                    ));
+                    return;
+                }
+                self.server_requests.insert(key);
                 self.emit_client(message);
             }
             Kind::Notification { method } => {
@@ -616,7 +743,7 @@ impl Session {
         if let Some(object) = message.as_object_mut() {
             object.insert("id".into(), pending.client_id);
         }
-        self.emit_client(message);
+        self.settle(pending.batch, Some(message));
     }
 
     /// Keeps what a successful answer says about session state.
@@ -635,7 +762,11 @@ impl Session {
             "logging/setLevel" => self.log_level = params.get("level").cloned(),
             "resources/subscribe" => {
                 if let Some(uri) = params.get("uri").and_then(Value::as_str) {
-                    self.subscriptions.insert(uri.to_string());
+                    if self.subscriptions.len() < MAX_REMEMBERED {
+                        self.subscriptions.insert(uri.to_string());
+                    } else {
+                        self.not_remembered(&format!("the subscription to {uri}"));
+                    }
                 }
             }
             "resources/unsubscribe" => {
@@ -652,7 +783,11 @@ impl Session {
                     let safe = hints["readOnlyHint"] == Value::Bool(true)
                         || hints["idempotentHint"] == Value::Bool(true);
                     if safe {
-                        self.safe_tools.insert(name.to_string());
+                        if self.safe_tools.len() < MAX_REMEMBERED {
+                            self.safe_tools.insert(name.to_string());
+                        } else {
+                            self.not_remembered(&format!("that tool {name:?} is safe to re-send"));
+                        }
                     } else {
                         self.safe_tools.remove(name);
                     }
@@ -749,6 +884,31 @@ impl Session {
         )
     }
 
+    /// Whether the driver has stopped reading the upstream because the
+    /// client is not reading what it was sent. While held, pings wait and
+    /// liveness deadlines (a ping's, the replayed handshake's) do not run
+    /// out: the answer may be waiting behind what the client has not read.
+    /// When released, they start again from `now`.
+    pub fn on_upstream_held(&mut self, held: bool, now: Instant) {
+        if self.held == held {
+            return;
+        }
+        self.held = held;
+        if held {
+            return;
+        }
+        let fresh = now + self.config.ping_timeout;
+        self.last_traffic = now;
+        for outstanding in self.by_upstream.values_mut() {
+            if let Outstanding::Ping { deadline } = outstanding {
+                *deadline = (*deadline).max(fresh);
+            }
+        }
+        if let Link::Handshaking { deadline } = &mut self.link {
+            *deadline = (*deadline).max(fresh);
+        }
+    }
+
     // --- time ---
 
     /// Does what is due at `now`: connection attempts, timeouts, pings.
@@ -765,6 +925,7 @@ impl Session {
         }
         if let Link::Handshaking { deadline } = self.link
             && now >= deadline
+            && !self.held
         {
             let failure = Failure::timeout(
                 Phase::FirstByte,
@@ -781,7 +942,7 @@ impl Session {
     pub fn next_wakeup(&self) -> Option<Instant> {
         let mut next = match self.link {
             Link::Down { retry_at } if !self.client_closed => Some(retry_at),
-            Link::Handshaking { deadline } => Some(deadline),
+            Link::Handshaking { deadline } if !self.held => Some(deadline),
             _ => None,
         };
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
@@ -789,7 +950,9 @@ impl Session {
             earliest(pending.idle_deadline.min(pending.total_deadline));
         }
         for outstanding in self.by_upstream.values() {
-            if let Outstanding::Ping { deadline } = outstanding {
+            if let Outstanding::Ping { deadline } = outstanding
+                && !self.held
+            {
                 earliest(*deadline);
             }
         }
@@ -879,7 +1042,7 @@ impl Session {
             };
             let message = format!("{}{note}", failure.detail);
             warn!(upstream = %self.config.upstream, cause = %failure.cause, "{message}");
-            self.emit_client(jsonrpc::error(
+            let answer = jsonrpc::error(
                 pending.client_id,
                 jsonrpc::REQUEST_TIMEOUT,
                 format!("tether: {message}"),
@@ -888,13 +1051,15 @@ impl Session {
                     &self.config.upstream,
                     &pending.method,
                 )),
-            ));
+            );
+            self.settle(pending.batch, Some(answer));
         }
     }
 
     fn ping_due(&self) -> Option<Instant> {
         let interval = self.config.ping_interval?;
         let idle = matches!(self.link, Link::Ready)
+            && !self.held
             && self.era == Era::Legacy
             && self.pending.is_empty()
             && self.by_upstream.is_empty()
@@ -903,6 +1068,9 @@ impl Session {
     }
 
     fn keepalive(&mut self, now: Instant) {
+        if self.held {
+            return;
+        }
         let overdue = self
             .by_upstream
             .values()
@@ -1049,27 +1217,29 @@ impl Session {
         if let Some(id) = pending.upstream_id {
             self.by_upstream.remove(&id);
         }
-        self.answer_failure(
+        let answer = self.failure_answer(
             &pending.client_id,
             &pending.method,
             &pending.message,
             failure,
             why,
         );
+        self.settle(pending.batch, Some(answer));
     }
 
-    fn answer_failure(
-        &mut self,
+    /// The error answer to a request that failed, logged.
+    fn failure_answer(
+        &self,
         id: &Value,
         method: &str,
         message: &Value,
         failure: &Failure,
         why: &str,
-    ) {
+    ) -> Value {
         let what = jsonrpc::describe(method, message);
         let text = format!("tether: {what} failed: {}{why}", failure.detail);
         warn!(upstream = %self.config.upstream, cause = %failure.cause, safety = failure.safety.as_str(), "{text}");
-        self.emit_client(jsonrpc::error(
+        jsonrpc::error(
             id.clone(),
             jsonrpc::UPSTREAM_ERROR,
             text,
@@ -1078,7 +1248,79 @@ impl Session {
                 &self.config.upstream,
                 method,
             )),
+        )
+    }
+
+    /// Refuses a request over [`MAX_PENDING`]: an error at once, nothing
+    /// sent, logged at milestones.
+    fn refuse(&mut self, id: Value, method: &str, message: &Value) {
+        let what = jsonrpc::describe(method, message);
+        let failure = Failure::new(
+            Phase::Send,
+            Cause::LimitReached,
+            format!(
+                "too many requests in flight: {MAX_PENDING} wait for an answer from {}; {what} was not sent",
+                self.config.upstream
+            ),
+        )
+        .with_safety(Safety::NotSent);
+        if let Some(n) = self.counters.refused_requests.hit() {
+            warn!(upstream = %self.config.upstream, "{} ({n} refused so far)", failure.detail);
+        }
+        self.answer_now(jsonrpc::error(
+            id,
+            jsonrpc::UPSTREAM_ERROR,
+            format!("tether: {}", failure.detail),
+            Some(jsonrpc::failure_data(
+                &failure,
+                &self.config.upstream,
+                method,
+            )),
         ));
+    }
+
+    fn not_remembered(&self, what: &str) {
+        if let Some(n) = self.counters.not_remembered.hit() {
+            warn!(upstream = %self.config.upstream, "did not remember {what}: {MAX_REMEMBERED} are kept at most ({n} not remembered so far)");
+        }
+    }
+
+    /// An answer tether gives at once to what the client just sent: into
+    /// the batch being taken, if any.
+    fn answer_now(&mut self, answer: Value) {
+        match self.building.and_then(|b| self.batches.get_mut(&b)) {
+            Some(group) => group.answers.push(answer),
+            None => self.emit_client(answer),
+        }
+    }
+
+    /// The end of a client request: its answer (none when it was
+    /// cancelled) goes to the client, or into its batch.
+    fn settle(&mut self, batch: Option<u64>, answer: Option<Value>) {
+        match batch.and_then(|b| self.batches.get_mut(&b).map(|group| (b, group))) {
+            Some((b, group)) => {
+                group.waiting = group.waiting.saturating_sub(1);
+                group.answers.extend(answer);
+                self.finish_batch(b);
+            }
+            None => {
+                if let Some(answer) = answer {
+                    self.emit_client(answer);
+                }
+            }
+        }
+    }
+
+    /// Answers a batch whose requests all have their answers.
+    fn finish_batch(&mut self, b: u64) {
+        if self.building == Some(b) || self.batches.get(&b).is_none_or(|g| g.waiting > 0) {
+            return;
+        }
+        if let Some(group) = self.batches.remove(&b)
+            && !group.answers.is_empty()
+        {
+            self.emit_client(Value::Array(group.answers));
+        }
     }
 
     fn emit_client(&mut self, message: Value) {
@@ -1555,5 +1797,274 @@ mod tests {
         h.upstream(json!({"jsonrpc": "2.0", "id": again[0]["id"], "result": {}}));
         h.at(Duration::from_secs(120));
         assert!(upstream_messages(&h.tick()).is_empty());
+    }
+
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn ids(answers: &[Value]) -> Vec<String> {
+        let mut ids: Vec<String> = answers.iter().map(|a| a["id"].to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_batch_is_answered_with_one_array_once_every_request_has_its_answer() {
+        let mut h = Harness::new();
+        h.handshake();
+        let batch = vec![
+            call(10, "echo"),
+            json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}),
+            json!(1),
+            json!({"jsonrpc": "1.0", "id": 11, "method": "ping"}),
+            json!({"jsonrpc": "2.0", "id": 12, "method": "tools/list"}),
+        ];
+        h.session.on_client_batch(batch, h.t);
+        let taken = h.session.take_actions();
+        // Nothing for the client until every request has its answer.
+        assert!(client_messages(&taken).is_empty(), "{taken:?}");
+        let up = upstream_messages(&taken);
+        let methods: Vec<&str> = up.iter().map(|m| m["method"].as_str().unwrap()).collect();
+        assert_eq!(
+            methods,
+            [
+                "tools/call",
+                "notifications/roots/list_changed",
+                "tools/list"
+            ]
+        );
+        let list =
+            h.upstream(json!({"jsonrpc": "2.0", "id": up[2]["id"], "result": {"tools": []}}));
+        assert!(client_messages(&list).is_empty(), "{list:?}");
+        let done =
+            h.upstream(json!({"jsonrpc": "2.0", "id": up[0]["id"], "result": {"content": []}}));
+        let out = client_messages(&done);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let answers = out[0].as_array().unwrap();
+        assert_eq!(ids(answers), ["10", "11", "12", "null"]);
+        for answer in answers {
+            match answer["id"].as_i64() {
+                Some(10 | 12) => assert!(answer.get("result").is_some(), "{answer}"),
+                _ => assert_eq!(
+                    answer["error"]["code"],
+                    jsonrpc::INVALID_REQUEST,
+                    "{answer}"
+                ),
+            }
+        }
+        assert_eq!(h.session.pending(), 0);
+    }
+
+    #[test]
+    fn empty_batches_notification_batches_and_batches_that_time_out() {
+        let mut h = Harness::new();
+        h.handshake();
+        // Empty: one Invalid Request error with id null, not an array.
+        h.session.on_client_batch(Vec::new(), h.t);
+        let out = client_messages(&h.session.take_actions());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["id"], Value::Null);
+        assert_eq!(out[0]["error"]["code"], jsonrpc::INVALID_REQUEST);
+        assert!(
+            out[0]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("empty")
+        );
+        // Only notifications: no answer at all.
+        h.session.on_client_batch(
+            vec![json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}})],
+            h.t,
+        );
+        assert!(client_messages(&h.session.take_actions()).is_empty());
+        // Answers that tether gives at once (ping while connected goes up,
+        // invalid members do not) and one that times out: all in one array.
+        h.session.on_client_batch(
+            vec![call(20, "slow"), json!({"jsonrpc": "2.0", "id": 21})],
+            h.t,
+        );
+        assert!(client_messages(&h.session.take_actions()).is_empty());
+        h.at(Duration::from_secs(10));
+        let expired = client_messages(&h.tick());
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        let answers = expired[0].as_array().unwrap();
+        assert_eq!(ids(answers), ["20", "21"]);
+        // A cancelled member completes its batch without an answer.
+        h.session
+            .on_client_batch(vec![call(30, "slow"), call(31, "slow")], h.t);
+        let sent = upstream_messages(&h.session.take_actions());
+        h.client(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 30}}));
+        let done = client_messages(
+            &h.upstream(json!({"jsonrpc": "2.0", "id": sent[1]["id"], "result": {}})),
+        );
+        assert_eq!(done.len(), 1);
+        assert_eq!(ids(done[0].as_array().unwrap()), ["31"]);
+    }
+
+    #[test]
+    fn messages_that_are_not_json_rpc_2_are_refused_not_forwarded() {
+        let mut h = Harness::new();
+        h.handshake();
+        for (message, id) in [
+            (
+                json!({"jsonrpc": "1.0", "id": 5, "method": "tools/list"}),
+                json!(5),
+            ),
+            (json!({"id": "six", "method": "tools/list"}), json!("six")),
+            (
+                json!({"jsonrpc": 2, "method": "notifications/initialized"}),
+                Value::Null,
+            ),
+            // An answer's id belongs to the server's requests: null.
+            (
+                json!({"jsonrpc": "1.0", "id": 7, "result": {}}),
+                Value::Null,
+            ),
+        ] {
+            let actions = h.client(message.clone());
+            assert!(
+                upstream_messages(&actions).is_empty(),
+                "{message} was forwarded"
+            );
+            let out = client_messages(&actions);
+            assert_eq!(out.len(), 1, "{message}: {out:?}");
+            assert_eq!(out[0]["id"], id, "{message}");
+            assert_eq!(
+                out[0]["error"]["code"],
+                jsonrpc::INVALID_REQUEST,
+                "{message}"
+            );
+            let text = out[0]["error"]["message"].as_str().unwrap();
+            assert!(text.contains("jsonrpc member"), "{text}");
+        }
+        assert_eq!(h.session.pending(), 0);
+    }
+
+    #[test]
+    fn ids_beyond_64_bits_come_back_exactly() {
+        let mut h = Harness::new();
+        h.handshake();
+        for text in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890",
+        ] {
+            let request = parse(&format!(
+                r#"{{"jsonrpc":"2.0","id":{text},"method":"tools/list"}}"#
+            ));
+            let up = upstream_messages(&h.client(request));
+            assert!(up[0]["id"].is_u64(), "tether's own id goes upstream");
+            let answer = client_messages(
+                &h.upstream(json!({"jsonrpc": "2.0", "id": up[0]["id"], "result": {"tools": []}})),
+            );
+            assert_eq!(answer[0]["id"].to_string(), text);
+            assert!(answer[0].to_string().contains(&format!(r#""id":{text}"#)));
+        }
+        // Two ids that f64 cannot tell apart are two requests.
+        let a = parse(r#"{"jsonrpc":"2.0","id":18446744073709551616,"method":"tools/list"}"#);
+        let b = parse(r#"{"jsonrpc":"2.0","id":18446744073709551617,"method":"tools/list"}"#);
+        assert_eq!(upstream_messages(&h.client(a)).len(), 1);
+        let second = h.client(b);
+        assert!(client_messages(&second).is_empty(), "{second:?}");
+        assert_eq!(h.session.pending(), 2);
+    }
+
+    #[test]
+    fn requests_over_the_limit_are_refused_with_an_error() {
+        let mut h = Harness::new();
+        // The upstream is not there: requests wait.
+        for id in 0..MAX_PENDING {
+            let id = i64::try_from(id).unwrap();
+            assert!(client_messages(&h.client(call(id, "echo"))).is_empty());
+        }
+        assert_eq!(h.session.pending(), MAX_PENDING);
+        let refused = client_messages(&h.client(call(-1, "echo")));
+        assert_eq!(refused.len(), 1);
+        let error = &refused[0]["error"];
+        assert_eq!(refused[0]["id"], -1);
+        assert_eq!(error["code"], jsonrpc::UPSTREAM_ERROR);
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("too many requests in flight"),
+            "{error}"
+        );
+        assert_eq!(error["data"]["tether"]["cause"], "limit.reached");
+        assert_eq!(error["data"]["tether"]["safety"], "not_sent");
+        assert_eq!(h.session.counters().refused_requests.count(), 1);
+        assert_eq!(h.session.pending(), MAX_PENDING);
+        // One answered (cancelled here) makes room for one more.
+        h.client(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 0}}));
+        assert!(client_messages(&h.client(call(-2, "echo"))).is_empty());
+        assert_eq!(h.session.pending(), MAX_PENDING);
+    }
+
+    #[test]
+    fn server_requests_over_the_limit_are_refused_to_the_server() {
+        let mut h = Harness::new();
+        h.handshake();
+        for id in 0..MAX_SERVER_REQUESTS {
+            let out = h.upstream(json!({"jsonrpc": "2.0", "id": id, "method": "roots/list"}));
+            assert_eq!(client_messages(&out).len(), 1);
+        }
+        let over = h.upstream(json!({"jsonrpc": "2.0", "id": "x", "method": "roots/list"}));
+        assert!(client_messages(&over).is_empty());
+        let refused = upstream_messages(&over);
+        assert_eq!(refused[0]["id"], "x");
+        assert_eq!(refused[0]["error"]["code"], jsonrpc::UPSTREAM_ERROR);
+        assert_eq!(h.session.counters().refused_server_requests.count(), 1);
+        // The client's answer makes room again.
+        h.client(json!({"jsonrpc": "2.0", "id": 0, "result": {"roots": []}}));
+        let now = h.upstream(json!({"jsonrpc": "2.0", "id": "y", "method": "roots/list"}));
+        assert_eq!(client_messages(&now).len(), 1);
+    }
+
+    #[test]
+    fn notifications_waiting_for_a_connection_drop_the_oldest_and_count() {
+        let mut h = Harness::new();
+        for n in 0..MAX_QUEUED_NOTES + 3 {
+            h.client(
+                json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"n": n}}),
+            );
+        }
+        assert_eq!(h.session.counters().dropped_notifications.count(), 3);
+        let sent = upstream_messages(&h.connect());
+        assert_eq!(sent.len(), MAX_QUEUED_NOTES);
+        assert_eq!(sent[0]["params"]["n"], 3);
+    }
+
+    #[test]
+    fn a_held_upstream_is_neither_pinged_nor_declared_dead() {
+        let mut h = Harness::new();
+        h.handshake();
+        // Held before a ping is due: none goes, and no wake-up spins on it.
+        h.session.on_upstream_held(true, h.t);
+        h.at(Duration::from_secs(60));
+        assert!(upstream_messages(&h.tick()).is_empty());
+        assert_eq!(h.session.next_wakeup(), None);
+        h.session.on_upstream_held(false, h.t);
+        assert_eq!(h.session.next_wakeup(), Some(h.t + Duration::from_secs(30)));
+        // A ping in flight when the upstream is held: its answer may wait
+        // behind what the client has not read.
+        h.at(Duration::from_secs(30));
+        let ping = upstream_messages(&h.tick());
+        assert_eq!(ping[0]["method"], "ping");
+        h.at(Duration::from_secs(5));
+        h.session.on_upstream_held(true, h.t);
+        h.at(Duration::from_secs(60));
+        assert!(!h.tick().contains(&Action::Disconnect));
+        h.session.on_upstream_held(false, h.t);
+        h.at(Duration::from_secs(9));
+        assert!(!h.tick().contains(&Action::Disconnect));
+        h.upstream(json!({"jsonrpc": "2.0", "id": ping[0]["id"], "result": {}}));
+        assert!(h.session.is_ready());
+        // Unheld, silence is still death.
+        h.at(Duration::from_secs(30));
+        let ping = upstream_messages(&h.tick());
+        assert_eq!(ping[0]["method"], "ping");
+        h.at(Duration::from_secs(10));
+        assert!(h.tick().contains(&Action::Disconnect));
     }
 }

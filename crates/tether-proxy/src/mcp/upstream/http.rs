@@ -28,8 +28,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::{Events, Limits, Link, Outbound, UpEvent};
+use super::{Events, Limits, Link, Outbound, Permit, UpEvent};
 use crate::mcp::jsonrpc;
+use crate::mcp::limits::{LINK_QUEUE, MAX_POSTS, Milestones};
 use crate::mcp::session::breaks_link;
 
 const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -56,9 +57,17 @@ pub enum HttpMode {
 /// An MCP server at an HTTP(S) URL.
 #[derive(Debug, Clone)]
 pub struct Http {
+    /// Without userinfo: nothing that prints it can show a password.
     url: Url,
+    /// How messages name it (userinfo masked).
+    shown: String,
     insecure: bool,
+    /// The user's headers, and `Authorization: Basic` from the URL's
+    /// userinfo unless the user gave an `Authorization` of their own.
     headers: HeaderMap,
+    /// `headers` has an `Authorization` made from the URL's userinfo
+    /// (which a legacy endpoint on another origin must not get).
+    url_authorization: bool,
     forced: Option<HttpMode>,
     detected: Arc<Mutex<Option<HttpMode>>>,
     limits: Limits,
@@ -86,18 +95,30 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Http {
+    /// A user and password in `url` are sent as `Authorization: Basic`
+    /// (unless `headers` has an `Authorization`), and are never shown.
     pub fn new(
-        url: Url,
+        mut url: Url,
         insecure: bool,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         forced: Option<HttpMode>,
         limits: Limits,
         timeout: Duration,
     ) -> Http {
+        let shown = super::redact(&url);
+        let mut url_authorization = false;
+        if let Some(basic) = super::take_credentials(&mut url)
+            && !headers.contains_key(header::AUTHORIZATION)
+        {
+            headers.insert(header::AUTHORIZATION, basic);
+            url_authorization = true;
+        }
         Http {
             url,
+            shown,
             insecure,
             headers,
+            url_authorization,
             forced,
             detected: Arc::new(Mutex::new(None)),
             limits,
@@ -113,7 +134,7 @@ impl Http {
     }
 
     pub fn name(&self) -> String {
-        self.url.to_string()
+        self.shown.clone()
     }
 
     /// The transport found (or forced), once known.
@@ -219,17 +240,33 @@ impl Http {
             session: Mutex::new(None),
             version: Mutex::new(None),
         });
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
         Link::new(tx, tokio::spawn(streamable(shared, rx)))
     }
 
     fn sse_link(&self, stream: LegacyStream, events: Events) -> Link {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let mut headers = self.headers.clone();
+        let user_authorization =
+            headers.contains_key(header::AUTHORIZATION) && !self.url_authorization;
+        if !user_authorization {
+            match &stream.authorization {
+                // The endpoint's own userinfo.
+                Some(basic) => {
+                    headers.insert(header::AUTHORIZATION, basic.clone());
+                }
+                // The URL's credentials stay with its origin.
+                None if stream.endpoint.origin() != self.url.origin() => {
+                    headers.remove(header::AUTHORIZATION);
+                }
+                None => {}
+            }
+        }
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let task = tokio::spawn(legacy(
             stream,
             rx,
             events,
-            self.headers.clone(),
+            headers,
             self.insecure,
             self.timeout,
         ));
@@ -246,12 +283,30 @@ enum Posted {
     OpenStream,
 }
 
-async fn streamable(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outbound>) {
+async fn streamable(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outbound>) {
     let mut posts = JoinSet::new();
     let mut stream = JoinSet::new();
+    let saturated = Milestones::new();
+    let mut was_full = false;
     loop {
+        // At most MAX_POSTS at once (the session core allows at most
+        // MAX_PENDING requests in flight, so the rest is room for
+        // notifications and answers); beyond, messages wait in the bounded
+        // link queue, and then in the driver's, which stops reading the
+        // client.
+        let full = posts.len() >= MAX_POSTS;
+        if full
+            && !was_full
+            && let Some(n) = saturated.hit()
+        {
+            warn!(
+                "{}: {MAX_POSTS} POSTs are open at once; the next messages wait ({n} times so far)",
+                shared.url
+            );
+        }
+        was_full = full;
         tokio::select! {
-            out = rx.recv() => match out {
+            out = rx.recv(), if !full => match out {
                 Some(Outbound::Message(message)) => {
                     posts.spawn(post(shared.clone(), message));
                 }
@@ -341,18 +396,24 @@ impl Shared {
 
     /// Reports a failed message: a request's own failure, or a failure of
     /// the link.
-    fn failed(&self, id: Option<u64>, failure: Failure) {
+    async fn failed(&self, id: Option<u64>, failure: Failure) {
         match id {
-            Some(id) => self.events.send(UpEvent::RequestFailed { id, failure }),
-            None if breaks_link(&failure) => self.events.lost(failure),
+            Some(id) => {
+                self.events
+                    .send(UpEvent::RequestFailed { id, failure })
+                    .await
+            }
+            None if breaks_link(&failure) => self.events.lost(failure).await,
             None => warn!("{}", failure.detail),
         }
     }
 
-    /// Delivers the messages of an SSE chunk; whether the answer to `id`
-    /// was among them.
-    fn deliver(&self, events: Vec<SseEvent>, id: Option<u64>, what: &str) -> bool {
+    /// Delivers the messages of an SSE chunk (as one event, once the
+    /// session's queue has room: until then this stream is not read);
+    /// whether the answer to `id` was among them.
+    async fn deliver(&self, events: Vec<SseEvent>, id: Option<u64>, what: &str) -> bool {
         let mut answered = false;
+        let mut messages = Vec::new();
         for event in events {
             if event.event != "message" || event.data.trim().is_empty() {
                 continue;
@@ -367,8 +428,9 @@ impl Shared {
             if id.is_some() && is_answer_to(&message, id) {
                 answered = true;
             }
-            self.events.message(message);
+            messages.push(message);
         }
+        self.events.messages(messages).await;
         answered
     }
 }
@@ -412,7 +474,7 @@ async fn post(shared: Arc<Shared>, message: Value) -> Posted {
     let (conn, response) = match shared.request(Method::POST, &headers, body).await {
         Ok(sent) => sent,
         Err(failure) => {
-            shared.failed(id, failure);
+            shared.failed(id, failure).await;
             return Posted::Nothing;
         }
     };
@@ -440,7 +502,7 @@ async fn post(shared: Arc<Shared>, message: Value) -> Posted {
             let detail = format!("{}{}", failure.detail, quote(&text));
             failure.with_detail(detail).with_safety(safety)
         };
-        shared.failed(id, failure);
+        shared.failed(id, failure).await;
         return Posted::Nothing;
     }
     if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
@@ -449,14 +511,16 @@ async fn post(shared: Arc<Shared>, message: Value) -> Posted {
             .await;
         shared.give_back(conn);
         if id.is_some() {
-            shared.failed(
-                id,
-                Failure::new(
-                    Phase::FirstByte,
-                    Cause::ProtocolMismatch,
-                    format!("{what}: HTTP {} without an answer", status.as_u16()),
-                ),
-            );
+            shared
+                .failed(
+                    id,
+                    Failure::new(
+                        Phase::FirstByte,
+                        Cause::ProtocolMismatch,
+                        format!("{what}: HTTP {} without an answer", status.as_u16()),
+                    ),
+                )
+                .await;
         }
         return match method.as_deref() {
             Some("notifications/initialized") => Posted::OpenStream,
@@ -479,25 +543,31 @@ async fn post(shared: Arc<Shared>, message: Value) -> Posted {
             match read {
                 Ok(body) if body.iter().all(u8::is_ascii_whitespace) => {
                     if id.is_some() {
-                        shared.failed(
-                            id,
-                            Failure::new(
-                                Phase::FirstByte,
-                                Cause::ProtocolMismatch,
-                                format!("{what}: HTTP {} with an empty body", status.as_u16()),
-                            ),
-                        );
+                        shared
+                            .failed(
+                                id,
+                                Failure::new(
+                                    Phase::FirstByte,
+                                    Cause::ProtocolMismatch,
+                                    format!("{what}: HTTP {} with an empty body", status.as_u16()),
+                                ),
+                            )
+                            .await;
                     }
                 }
                 Ok(body) => {
                     if initialize {
                         note_version(&shared, &body);
                     }
-                    if let Err(failure) = shared.events.json(&body, &what) {
-                        shared.failed(id, failure);
+                    if let Err(failure) = shared.events.json(&body, &what).await {
+                        shared.failed(id, failure).await;
                     }
                 }
-                Err(failure) => shared.failed(id, failure.with_safety(Safety::Processed)),
+                Err(failure) => {
+                    shared
+                        .failed(id, failure.with_safety(Safety::Processed))
+                        .await
+                }
             }
         }
     }
@@ -529,7 +599,7 @@ async fn answer_stream(
                                 note_version(shared, event.data.as_bytes());
                             }
                         }
-                        if shared.deliver(events, id, what) {
+                        if shared.deliver(events, id, what).await {
                             // Done: the server ends the stream after the answer.
                             drop(response);
                             if let Some(conn) = conn.take() {
@@ -566,12 +636,12 @@ async fn answer_stream(
         }
         .with_safety(Safety::Processed);
         let Some(last) = parser.last_event_id().map(str::to_string) else {
-            shared.failed(id, failure);
+            shared.failed(id, failure).await;
             return;
         };
         if resumes >= MAX_RESUMES {
             let detail = format!("{}; resumed {resumes} times", failure.detail);
-            shared.failed(id, failure.with_detail(detail));
+            shared.failed(id, failure.with_detail(detail)).await;
             return;
         }
         resumes += 1;
@@ -597,7 +667,7 @@ async fn answer_stream(
             }
             // Nothing to resume from: the request is lost with the stream.
             _ => {
-                shared.failed(id, failure);
+                shared.failed(id, failure).await;
                 return;
             }
         }
@@ -627,7 +697,7 @@ async fn get_stream(shared: Arc<Shared>) {
             Ok(sent) => sent,
             Err(failure) => {
                 if breaks_link(&failure) {
-                    shared.events.lost(failure);
+                    shared.events.lost(failure).await;
                 }
                 return;
             }
@@ -641,7 +711,7 @@ async fn get_stream(shared: Arc<Shared>) {
                 .unwrap_or_default();
             let text = String::from_utf8_lossy(&body);
             if sent_session && session_lost(status, &text) {
-                shared.events.lost(session_gone(&what, status, &text));
+                shared.events.lost(session_gone(&what, status, &text)).await;
             } else if status != StatusCode::METHOD_NOT_ALLOWED {
                 debug!("{}: no server stream", failure.detail);
             }
@@ -659,7 +729,7 @@ async fn get_stream(shared: Arc<Shared>) {
                 }
                 Ok(Ok(Some(chunk))) => match parser.push(&chunk) {
                     Ok(events) => {
-                        shared.deliver(events, None, &what);
+                        shared.deliver(events, None, &what).await;
                     }
                     Err(e) => {
                         warn!(
@@ -797,7 +867,10 @@ fn modern_headers(message: &Value, headers: &mut HeaderMap) {
 struct LegacyStream {
     response: Response,
     parser: SseParser,
+    /// Without userinfo.
     endpoint: Url,
+    /// `Authorization: Basic` from userinfo the endpoint event gave.
+    authorization: Option<HeaderValue>,
 }
 
 /// Reads the stream until its `endpoint` event.
@@ -832,23 +905,28 @@ async fn endpoint(
             }
         })
         .await?;
-    let endpoint = base.join(data.trim()).map_err(|e| {
+    let mut endpoint = base.join(data.trim()).map_err(|e| {
         Failure::new(
             Phase::FirstByte,
             Cause::ProtocolMismatch,
-            format!("{what}: a bad endpoint event {data:?} ({e})"),
+            format!(
+                "{what}: a bad endpoint event {:?} ({e})",
+                super::redact_text(&data)
+            ),
         )
     })?;
+    let authorization = super::take_credentials(&mut endpoint);
     Ok(LegacyStream {
         response,
         parser,
         endpoint,
+        authorization,
     })
 }
 
 async fn legacy(
     mut stream: LegacyStream,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    mut rx: mpsc::Receiver<Outbound>,
     events: Events,
     headers: HeaderMap,
     insecure: bool,
@@ -857,9 +935,26 @@ async fn legacy(
     let what = format!("the SSE stream of {}", stream.endpoint);
     let mut posts = JoinSet::new();
     let endpoint = Arc::new(stream.endpoint.clone());
+    let saturated = Milestones::new();
+    let mut was_full = false;
+    // Room in the session's queue, taken before reading the stream: while
+    // the session is behind, the stream is not read and TCP holds the
+    // server back.
+    let mut permit: Option<Permit> = None;
     loop {
+        // Bounded like streamable HTTP's POSTs.
+        let full = posts.len() >= MAX_POSTS;
+        if full
+            && !was_full
+            && let Some(n) = saturated.hit()
+        {
+            warn!(
+                "{endpoint}: {MAX_POSTS} POSTs are open at once; the next messages wait ({n} times so far)"
+            );
+        }
+        was_full = full;
         tokio::select! {
-            out = rx.recv() => match out {
+            out = rx.recv(), if !full => match out {
                 Some(Outbound::Message(message)) => {
                     posts.spawn(legacy_post(
                         endpoint.clone(),
@@ -873,38 +968,49 @@ async fn legacy(
                 // Dropping the stream ends the session.
                 Some(Outbound::Close) | None => return,
             },
-            chunk = stream.response.next_chunk(&what) => match chunk {
+            taken = events.reserve(), if permit.is_none() => match taken {
+                Some(taken) => permit = Some(taken),
+                None => return,
+            },
+            chunk = stream.response.next_chunk(&what), if permit.is_some() => match chunk {
                 Ok(Some(chunk)) => match stream.parser.push(&chunk) {
                     Ok(list) => {
+                        let mut messages = Vec::new();
                         for event in list {
                             if event.event != "message" {
                                 continue;
                             }
                             match serde_json::from_str::<Value>(&event.data) {
-                                Ok(message) => events.message(message),
+                                Ok(message) => messages.push(message),
                                 Err(e) => warn!("{what}: an event that is not JSON ({e}); ignored"),
                             }
                         }
+                        if !messages.is_empty() && let Some(permit) = permit.take() {
+                            permit.send(UpEvent::Messages(messages));
+                        }
                     }
                     Err(e) => {
+                        drop(permit.take());
                         events.lost(Failure::new(
                             Phase::Stream,
                             Cause::LimitReached,
                             format!("{what}: an event larger than the {}-byte limit", e.limit),
-                        ));
+                        )).await;
                         return;
                     }
                 },
                 Ok(None) => {
+                    drop(permit.take());
                     events.lost(Failure::new(
                         Phase::Stream,
                         Cause::ResetMidStream,
                         format!("{what} ended"),
-                    ));
+                    )).await;
                     return;
                 }
                 Err(failure) => {
-                    events.lost(failure);
+                    drop(permit.take());
+                    events.lost(failure).await;
                     return;
                 }
             },
@@ -968,8 +1074,8 @@ async fn legacy_post(
         Err(failure) => failure,
     };
     match id {
-        Some(id) => events.send(UpEvent::RequestFailed { id, failure }),
-        None if breaks_link(&failure) => events.lost(failure),
+        Some(id) => events.send(UpEvent::RequestFailed { id, failure }).await,
+        None if breaks_link(&failure) => events.lost(failure).await,
         None => warn!("{}", failure.detail),
     }
 }
@@ -993,6 +1099,34 @@ mod tests {
         assert!(session_lost(StatusCode::SERVICE_UNAVAILABLE, ""));
         assert!(!session_lost(StatusCode::BAD_REQUEST, "Invalid JSON"));
         assert!(!session_lost(StatusCode::INTERNAL_SERVER_ERROR, "session"));
+    }
+
+    #[test]
+    fn url_credentials_become_basic_authorization_unless_one_is_given() {
+        let limits = Limits { max_message: 1024 };
+        let url = Url::parse("http://user:p%40ss@127.0.0.1:3001/mcp").unwrap();
+        let http = Http::new(
+            url.clone(),
+            false,
+            HeaderMap::new(),
+            None,
+            limits,
+            Duration::from_secs(1),
+        );
+        assert_eq!(http.name(), "http://***:***@127.0.0.1:3001/mcp");
+        assert_eq!(http.url.as_str(), "http://127.0.0.1:3001/mcp");
+        assert_eq!(http.headers[header::AUTHORIZATION], "Basic dXNlcjpwQHNz");
+        assert!(http.headers[header::AUTHORIZATION].is_sensitive());
+        // The user's own Authorization wins.
+        let mut given = HeaderMap::new();
+        given.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        let http = Http::new(url, false, given, None, limits, Duration::from_secs(1));
+        assert_eq!(http.headers[header::AUTHORIZATION], "Bearer abc");
+        assert!(!http.url_authorization);
+        assert_eq!(http.url.as_str(), "http://127.0.0.1:3001/mcp");
     }
 
     #[test]

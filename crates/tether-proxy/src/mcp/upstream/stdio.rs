@@ -9,12 +9,14 @@ use std::time::Duration;
 use serde_json::Value;
 use tether_process::{Child, Signal};
 use tether_resilience::{Cause, Failure, Phase};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
+use tokio::process::ChildStderr;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::{Events, Limits, Link, Outbound, StderrSink, UpEvent};
+use super::{Events, Limits, Link, Outbound, Permit, Scoped, StderrSink, UpEvent, members};
 use crate::mcp::frame::{Line, LineReader, sniff_id};
+use crate::mcp::limits::{LINK_QUEUE, Milestones, STDERR_LINE};
 
 /// How many stderr lines a failure quotes.
 const STDERR_TAIL: usize = 5;
@@ -48,7 +50,9 @@ impl Stdio {
 
     /// How messages name it.
     pub fn name(&self) -> String {
-        format!("stdio server `{}`", self.argv.join(" "))
+        // A word of the command line may be a URL with a password.
+        let words: Vec<String> = self.argv.iter().map(|w| super::redact_text(w)).collect();
+        format!("stdio server `{}`", words.join(" "))
     }
 
     /// Starts the server.
@@ -72,7 +76,7 @@ impl Stdio {
                 .with_detail(format!("start {name}: {e}"))
         })?;
         debug!(pid = child.id(), "started {name}");
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let task = tokio::spawn(run(
             child,
             rx,
@@ -102,7 +106,7 @@ impl Drop for KillOnDrop {
 
 async fn run(
     mut child: Child,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    mut rx: mpsc::Receiver<Outbound>,
     events: Events,
     name: String,
     limits: Limits,
@@ -116,30 +120,44 @@ async fn run(
         stopped: false,
     };
     let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
-        events.lost(Failure::new(
-            Phase::Spawn,
-            Cause::ProcessNotStarted,
-            format!("{name}: no pipes"),
-        ));
+        events
+            .lost(Failure::new(
+                Phase::Spawn,
+                Cause::ProcessNotStarted,
+                format!("{name}: no pipes"),
+            ))
+            .await;
         return;
     };
     // A writer of its own, so a server that stops reading (frozen, busy)
-    // never stalls this loop.
-    let (write_tx, write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // never stalls this loop: it goes on reading the server's stdout and
+    // stderr, so the server never blocks on a pipe tether does not read.
+    // Its queue is bounded (backpressure: while it is full, this loop takes
+    // no more messages, so they wait in the driver's bounded queue and the
+    // driver stops reading the client).
+    let (write_tx, write_rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
     let mut write_tx = Some(write_tx);
-    tokio::spawn(write_lines(stdin, write_rx, name.clone()));
+    let _writer = Scoped(tokio::spawn(write_lines(stdin, write_rx, name.clone())));
+    let not_reading = Milestones::new();
     let mut lines = LineReader::new(stdout, limits.max_message);
-    let mut errors = BufReader::new(stderr).lines();
+    let mut errors = LineReader::new(stderr, STDERR_LINE);
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut stderr_open = true;
+    // Room in the session's queue, taken before reading stdout: while the
+    // session is behind, the server's writes fill the pipe and block it.
+    let mut permit: Option<Permit> = None;
     let why: Failure = loop {
+        // Without a writer (it ended), messages are dropped at once.
+        let room = write_tx.as_ref().is_none_or(|tx| tx.capacity() > 0);
         tokio::select! {
-            out = rx.recv() => match out {
+            out = rx.recv(), if room => match out {
                 Some(Outbound::Message(message)) => {
                     let mut line = message.to_string().into_bytes();
                     line.push(b'\n');
                     if let Some(tx) = &write_tx {
-                        let _ = tx.send(line);
+                        // Room was checked; only this loop sends. An ended
+                        // writer means the server is going: its exit says so.
+                        let _ = tx.try_send(line);
                     }
                 }
                 Some(Outbound::Close) | None => {
@@ -153,9 +171,27 @@ async fn run(
                     return;
                 }
             },
-            line = lines.next() => match line {
+            closed = writer_room(write_tx.as_ref()), if !room => {
+                if closed {
+                    // The writer ended (the server closed its stdin): what
+                    // still comes is dropped, and its exit is reported.
+                    write_tx = None;
+                } else if let Some(n) = not_reading.hit() {
+                    warn!("{name} is not reading its stdin: {LINK_QUEUE} messages wait for it ({n} times so far)");
+                }
+            }
+            taken = events.reserve(), if permit.is_none() => match taken {
+                Some(taken) => permit = Some(taken),
+                // The driver is gone: nobody to serve.
+                None => break Failure::new(Phase::Stream, Cause::ResetMidStream, format!("{name}: tether is stopping")),
+            },
+            line = lines.next(), if permit.is_some() => match line {
                 Ok(Some(Line::Data(bytes))) => match serde_json::from_slice::<Value>(&bytes) {
-                    Ok(message) => events.message(message),
+                    Ok(message) => {
+                        if let Some(permit) = permit.take() {
+                            permit.send(UpEvent::Messages(members(message)));
+                        }
+                    }
                     Err(e) => warn!("{name} wrote a line to stdout that is not JSON ({e}); ignored"),
                 },
                 Ok(Some(Line::TooLong { limit, head })) => {
@@ -164,27 +200,47 @@ async fn run(
                         Cause::LimitReached,
                         format!("{name} sent a message larger than the {limit}-byte limit"),
                     );
-                    match sniff_id(&head).and_then(|id| id.as_u64()) {
-                        Some(id) => events.send(UpEvent::RequestFailed { id, failure }),
-                        None => warn!("{}; ignored", failure.detail),
+                    match (sniff_id(&head).and_then(|id| id.as_u64()), permit.take()) {
+                        (Some(id), Some(permit)) => permit.send(UpEvent::RequestFailed { id, failure }),
+                        _ => warn!("{}; ignored", failure.detail),
                     }
                 }
                 Ok(None) | Err(_) => break closed_stdout(&mut guard.child, &name, &mut errors, &mut tail, &sink).await,
             },
-            line = errors.next_line(), if stderr_open => match line {
-                Ok(Some(line)) => keep(&mut tail, &line, &sink),
+            line = errors.next(), if stderr_open => match line {
+                Ok(Some(line)) => keep(&mut tail, &stderr_text(&line), &sink),
                 _ => stderr_open = false,
             },
         }
     };
+    drop(permit);
     let _ = guard.child.stop(Signal::TERM, GRACE).await;
     guard.stopped = true;
-    events.lost(why);
+    events.lost(why).await;
+}
+
+/// Resolves when the writer's queue has room; `true` when the writer is
+/// gone.
+async fn writer_room(tx: Option<&mpsc::Sender<Vec<u8>>>) -> bool {
+    match tx {
+        Some(tx) => tx.reserve().await.is_err(),
+        None => true,
+    }
+}
+
+/// A stderr line as text; a line longer than the limit is cut, marked.
+fn stderr_text(line: &Line) -> String {
+    match line {
+        Line::Data(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Line::TooLong { limit, head } => {
+            format!("{}… (cut at {limit} bytes)", String::from_utf8_lossy(head))
+        }
+    }
 }
 
 async fn write_lines(
     mut stdin: tokio::process::ChildStdin,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
     name: String,
 ) {
     while let Some(line) = rx.recv().await {
@@ -202,7 +258,7 @@ async fn write_lines(
 async fn closed_stdout(
     child: &mut Child,
     name: &str,
-    errors: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    errors: &mut LineReader<ChildStderr>,
     tail: &mut VecDeque<String>,
     sink: &StderrSink,
 ) -> Failure {
@@ -210,8 +266,8 @@ async fn closed_stdout(
     let exit = tokio::time::timeout(wait, async {
         let exit = child.wait().await;
         // Its last words, until its stderr closes too.
-        while let Ok(Some(line)) = errors.next_line().await {
-            keep(tail, &line, sink);
+        while let Ok(Some(line)) = errors.next().await {
+            keep(tail, &stderr_text(&line), sink);
         }
         exit
     })
@@ -252,5 +308,37 @@ fn keep(tail: &mut VecDeque<String>, line: &str, sink: &StderrSink) {
     }
     if !line.is_empty() {
         tail.push_back(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_on_the_command_line_is_not_shown() {
+        let argv = [
+            "mcp-remote",
+            "https://user:s3cret@example.com/mcp",
+            "--debug",
+        ];
+        let stdio = Stdio::new(
+            argv.iter().map(|w| w.to_string()).collect(),
+            Limits { max_message: 1024 },
+            std::sync::Arc::new(|_: &str| {}),
+        );
+        assert_eq!(
+            stdio.name(),
+            "stdio server `mcp-remote https://***@example.com/mcp --debug`"
+        );
+    }
+
+    #[test]
+    fn long_stderr_lines_are_cut_and_marked() {
+        let line = Line::TooLong {
+            limit: 16,
+            head: bytes::Bytes::from_static(b"0123456789abcdef"),
+        };
+        assert_eq!(stderr_text(&line), "0123456789abcdef… (cut at 16 bytes)");
     }
 }
