@@ -70,7 +70,7 @@ pub(crate) fn ps(args: PsArgs) -> ExitCode {
         return ExitCode::from(exit::INTERNAL);
     };
     if args.json {
-        println!("{answer}");
+        let _ = outln!("{answer}");
         return ExitCode::SUCCESS;
     }
     let now = tether_supervisor::event::unix_ms(SystemTime::now());
@@ -120,9 +120,9 @@ pub(crate) fn ps(args: PsArgs) -> ExitCode {
         }
         out.trim_end().to_string()
     };
-    println!("{}", line(header));
+    let _ = outln!("{}", line(header));
     for r in &rows {
-        println!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
+        let _ = outln!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
     }
     ExitCode::SUCCESS
 }
@@ -142,9 +142,12 @@ pub(crate) fn logs(args: LogsArgs) -> ExitCode {
         if let Some(line) = v.get("line") {
             let service = line["service"].as_str().unwrap_or("?");
             let text = line["text"].as_str().unwrap_or_default();
-            println!("{service} | {text}");
+            if outln!("{service} | {text}").is_err() {
+                // Nobody reads any more (a closed pipe): stop following.
+                return false;
+            }
         } else if let Some(n) = v.get("skipped") {
-            eprintln!("tether: ({n} lines skipped: this reader was too slow)");
+            let _ = errln!("tether: ({n} lines skipped: this reader was too slow)");
         } else if v["ok"] == false {
             failed = v["error"].as_str().map(str::to_string);
             return false;
@@ -152,7 +155,7 @@ pub(crate) fn logs(args: LogsArgs) -> ExitCode {
         true
     });
     if let Some(error) = failed {
-        eprintln!("tether: {error}");
+        let _ = errln!("tether: {error}");
         return ExitCode::from(exit::USAGE);
     }
     ExitCode::from(code)
@@ -185,11 +188,11 @@ pub(crate) fn service(verb: &str, args: ServiceArgs) -> ExitCode {
                 "stop" => "stopped",
                 _ => "restarting",
             };
-            println!("tether: {} {done}", args.service);
+            let _ = outln!("tether: {} {done}", args.service);
             ExitCode::SUCCESS
         }
         Some(v) => {
-            eprintln!("tether: {}", v["error"].as_str().unwrap_or("failed"));
+            let _ = errln!("tether: {}", v["error"].as_str().unwrap_or("failed"));
             ExitCode::from(exit::USAGE)
         }
         None => ExitCode::from(exit::INTERNAL),
@@ -200,7 +203,7 @@ pub(crate) fn down(args: DownArgs) -> ExitCode {
     let code = talk(&args.stack, &Request::Down, |_| false);
     if code == exit::READY {
         if let Ok(name) = args.stack.name() {
-            println!("tether: stack '{name}' is down");
+            let _ = outln!("tether: stack '{name}' is down");
         }
     }
     ExitCode::from(code)
@@ -212,7 +215,7 @@ fn talk(stack: &StackArgs, request: &Request, each: impl FnMut(Value) -> bool) -
     let name = match stack.name() {
         Ok(name) => name,
         Err(e) => {
-            eprintln!("tether: {e}");
+            let _ = errln!("tether: {e}");
             return exit::USAGE;
         }
     };
@@ -229,14 +232,14 @@ fn talk(stack: &StackArgs, request: &Request, each: impl FnMut(Value) -> bool) -
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            eprintln!(
+            let _ = errln!(
                 "tether: stack '{name}' is not running (nothing answers at {})",
                 socket.display()
             );
             exit::NOT_RUNNING
         }
         Err(e) => {
-            eprintln!("tether: stack '{name}': {e}");
+            let _ = errln!("tether: stack '{name}': {e}");
             exit::INTERNAL
         }
     }

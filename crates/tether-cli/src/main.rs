@@ -2,10 +2,14 @@
 //! and maps outcomes to exit codes. It is the only crate that uses `anyhow`
 //! and the only one that prints.
 
-// Printing to the terminal is this crate's job.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+// Printing to the terminal is this crate's job, and goes through `out`
+// (`outln!`, `errln!`, `Out`), which never panics on a closed pipe and
+// never blocks the runtime; `println!` and `eprintln!` stay denied.
 #![forbid(unsafe_code)]
 
+// The printing macros, for every module below.
+#[macro_use]
+mod out;
 mod client;
 mod exit;
 mod mcp;
@@ -52,11 +56,14 @@ fn main() -> ExitCode {
         Command::Mcp(args) => args.log_target(),
         _ => (false, None),
     };
-    if let Err(e) = init_logging(json, file) {
-        eprintln!("tether: cannot open the log file: {e}");
-        return ExitCode::from(exit::USAGE);
+    match init_logging(json, file) {
+        Ok(guard) => *LOGS.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard),
+        Err(e) => {
+            let _ = errln!("tether: cannot open the log file: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
     }
-    match cli.command {
+    let code = match cli.command {
         Command::Up(args) => up::run(args),
         Command::Wait(args) => wait::run(args),
         Command::Mcp(args) => mcp::run(args),
@@ -66,7 +73,20 @@ fn main() -> ExitCode {
         Command::Stop(args) => client::service("stop", args),
         Command::Restart(args) => client::service("restart", args),
         Command::Down(args) => client::down(args),
-    }
+    };
+    flush_logs();
+    code
+}
+
+/// The log writer's guard, dropped (writing what is queued) by
+/// [`flush_logs`].
+static LOGS: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
+    std::sync::Mutex::new(None);
+
+/// Writes the queued log lines out (bounded), before exiting or exec'ing.
+pub(crate) fn flush_logs() {
+    let guard = LOGS.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(guard);
 }
 
 /// The runtime every command runs on: one thread, since probes and
@@ -77,7 +97,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, u8> {
         .enable_all()
         .build()
         .map_err(|e| {
-            eprintln!("tether: cannot start: {e}");
+            let _ = errln!("tether: cannot start: {e}");
             exit::INTERNAL
         })
 }
@@ -103,7 +123,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
                 .find(|l| l.starts_with("error:"))
                 .map(|l| l.trim_start_matches("error:").trim().to_string())
                 .unwrap_or(text);
-            eprintln!("tether: {line} (see 'tether --help')");
+            let _ = errln!("tether: {line} (see 'tether --help')");
             ExitCode::from(exit::USAGE)
         }
     }
@@ -111,37 +131,79 @@ fn usage_error(e: clap::Error) -> ExitCode {
 
 /// Diagnostics go to stderr (or `file`, appended to), as text or JSON
 /// lines, at the level `TETHER_LOG` names: `off`, `error`, `warn` (the
-/// default), `info`, `debug` or `trace`.
-fn init_logging(json: bool, file: Option<&std::path::Path>) -> std::io::Result<()> {
-    use std::sync::Mutex;
+/// default), `info`, `debug` or `trace`. Lines go through a bounded queue
+/// to a thread of their own, so a stderr nobody reads (or a slow disk)
+/// never stops tether: when the queue is full, lines are dropped. The
+/// returned guard writes what is queued when dropped (bounded by
+/// tracing-appender to about a second).
+fn init_logging(
+    json: bool,
+    file: Option<&std::path::Path>,
+) -> std::io::Result<tracing_appender::non_blocking::WorkerGuard> {
+    use std::io::IsTerminal;
+    use tracing_appender::non_blocking::NonBlockingBuilder;
     use tracing_subscriber::filter::LevelFilter;
-    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let level = std::env::var("TETHER_LOG")
         .ok()
         .and_then(|v| v.trim().parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::WARN);
-    let (writer, ansi) = match file {
+    let builder = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES)
+        .thread_name("tether-log");
+    let (writer, guard, ansi) = match file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?;
-            (BoxMakeWriter::new(Mutex::new(file)), false)
+            let (writer, guard) = builder.finish(file);
+            (writer, guard, false)
         }
-        None => (BoxMakeWriter::new(std::io::stderr), true),
+        None => {
+            let ansi = std::io::stderr().is_terminal() && !up::no_color();
+            let (writer, guard) = builder.finish(std::io::stderr());
+            let _ = STDERR.set(writer.clone());
+            (writer, guard, ansi)
+        }
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(writer)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(ansi);
     if json {
         builder.json().with_current_span(false).init();
     } else if file.is_some() {
-        builder.with_ansi(false).init();
+        builder.init();
     } else {
-        builder.with_ansi(ansi).without_time().init();
+        builder.without_time().init();
     }
-    Ok(())
+    Ok(guard)
+}
+
+/// Log lines waiting for stderr, at most.
+const LOG_LINES: usize = 1024;
+
+/// The writer behind the log lines, when they go to stderr.
+static STDERR: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> =
+    std::sync::OnceLock::new();
+
+/// Writes a line to stderr through the log writer's queue (never blocking,
+/// in order with the log lines), or directly when logs go elsewhere.
+pub(crate) fn stderr_line(line: &str) {
+    use std::io::Write;
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
+    match STDERR.get() {
+        Some(writer) => {
+            let _ = writer.clone().write_all(text.as_bytes());
+        }
+        None => {
+            let _ = std::io::stderr().write_all(text.as_bytes());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
 //! `tether mcp URL` / `tether mcp -- CMD ARGS...`.
 
-use std::io::Write;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -253,7 +252,7 @@ pub(crate) fn run(args: McpArgs) -> ExitCode {
     let (upstream, local) = match upstream(&args, sink) {
         Ok(built) => built,
         Err((code, why)) => {
-            eprintln!("tether: {why}");
+            let _ = errln!("tether: {why}");
             return ExitCode::from(code);
         }
     };
@@ -307,7 +306,7 @@ pub(crate) fn run(args: McpArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether: {e}");
+            let _ = errln!("tether: {e}");
             ExitCode::from(exit::INTERNAL)
         }
     }
@@ -321,13 +320,9 @@ fn stderr_sink(json: bool, to_file: bool) -> StderrSink {
             tracing::info!(target: "upstream", stderr = line, "server stderr");
         });
     }
-    let stderr = Mutex::new(std::io::stderr());
-    Arc::new(move |line: &str| {
-        let mut err = stderr
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = writeln!(err, "{line}");
-    })
+    // Through the log writer's queue: a stderr nobody reads never stops
+    // tether, and the lines keep their order with tether's own.
+    Arc::new(crate::stderr_line)
 }
 
 #[cfg(test)]

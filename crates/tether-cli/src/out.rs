@@ -36,8 +36,6 @@ macro_rules! errln {
     }};
 }
 
-pub(crate) use {errln, outln};
-
 /// Lines waiting for the writer, at most.
 const QUEUE_LINES: usize = 4096;
 /// Bytes waiting for the writer, at most (lines are up to 64 KiB each).
@@ -55,23 +53,17 @@ pub(crate) enum Sink {
 
 impl Sink {
     pub(crate) fn of_stdout() -> Sink {
+        use rustix::fs::FileType;
         use std::io::IsTerminal;
-        use std::os::unix::fs::FileTypeExt;
         if std::io::stdout().is_terminal() {
             return Sink::Terminal;
         }
         match rustix::fs::fstat(std::io::stdout()) {
-            Ok(stat) => {
-                let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
-                match kind {
-                    rustix::fs::FileType::Fifo | rustix::fs::FileType::Socket => Sink::Pipe,
-                    rustix::fs::FileType::RegularFile => Sink::File,
-                    _ => {
-                        let _ = FileTypeExt::is_fifo;
-                        Sink::Other
-                    }
-                }
-            }
+            Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
+                FileType::Fifo | FileType::Socket => Sink::Pipe,
+                FileType::RegularFile => Sink::File,
+                _ => Sink::Other,
+            },
             Err(_) => Sink::Other,
         }
     }
@@ -83,9 +75,7 @@ impl Sink {
             Sink::Terminal => format!(
                 "the terminal took no output for {stuck} (paused with Ctrl-S, or scrolled back?)"
             ),
-            Sink::Pipe => format!(
-                "the program reading tether's output did not read for {stuck}"
-            ),
+            Sink::Pipe => format!("the program reading tether's output did not read for {stuck}"),
             Sink::File => format!("writing to the output file blocked for {stuck}"),
             Sink::Other => format!("stdout took no output for {stuck}"),
         }

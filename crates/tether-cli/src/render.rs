@@ -78,7 +78,7 @@ impl Renderer {
             })),
             Mode::Plain => {
                 let what = if self.invert { "until down:" } else { "for" };
-                eprintln!(
+                let _ = errln!(
                     "tether: waiting up to {} {what} {}",
                     human_duration(self.timeout),
                     self.names.join(", ")
@@ -142,7 +142,7 @@ impl Renderer {
                     }
                 }
                 for line in self.summary(report, code, interrupted) {
-                    eprintln!("{line}");
+                    let _ = errln!("{line}");
                 }
             }
         }
@@ -239,7 +239,7 @@ impl Renderer {
                 if changed || due {
                     let name = &self.names[*target];
                     let lead = if changed { "" } else { "still " };
-                    eprintln!(
+                    let _ = errln!(
                         "tether: {name}: {lead}{} ({}; attempt {attempt}, {})",
                         failure.detail,
                         failure.cause,
@@ -256,7 +256,7 @@ impl Renderer {
                 detail,
             } => {
                 let word = if self.invert { "down" } else { "ready" };
-                eprintln!(
+                let _ = errln!(
                     "tether: {}: {word} after {} ({}): {detail}",
                     self.names[*target],
                     human_duration(*elapsed),

@@ -1,7 +1,6 @@
 //! `tether up`: run a stack until it is brought down.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,12 +9,14 @@ use clap::Args;
 use tether_status::{Event as StatusEvent, ServiceStatus, Snapshot};
 use tether_supervisor::control::ControlServer;
 use tether_supervisor::{
-    Event, EventKind, Handle, LaunchOptions, RunDir, ServiceView, State, launch,
+    CgroupMode, Event, EventKind, Handle, LaunchOptions, RunDir, ServiceView, State, claim, launch,
 };
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::exit;
+use crate::out::{Out, Sink};
 use crate::stack::{StackArgs, rundir_path};
 
 /// Start a stack in dependency order, gated on readiness, and supervise it.
@@ -52,7 +53,7 @@ pub(crate) fn run(args: UpArgs) -> ExitCode {
     let loaded = match tether_config::load(&args.stack.file) {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("tether: {e}");
+            let _ = errln!("tether: {e}");
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -60,25 +61,71 @@ pub(crate) fn run(args: UpArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return ExitCode::from(code),
     };
-    let code = runtime.block_on(up(args, loaded));
+    let style = Style::new(&loaded.stack, args.json);
+    let notice = (!args.quiet).then(|| {
+        let style = style.clone();
+        Box::new(move |words: &str| style.voice_line(words)) as crate::out::Notice
+    });
+    let (out, finish) = Out::start(notice);
+    let printer = Printer::new(&loaded.stack, style, args.quiet, out);
+    let code = runtime.block_on(up(args, loaded, printer));
     runtime.shutdown_timeout(Duration::from_secs(2));
+    // What is still queued gets a moment; a reader that never reads cannot
+    // keep tether from exiting.
+    finish.wait(Duration::from_secs(2));
     ExitCode::from(code)
 }
 
-async fn up(args: UpArgs, loaded: tether_config::Loaded) -> u8 {
+/// Whether tether's services get cgroups: `TETHER_CGROUPS=off` walks the
+/// process tree instead, even where tether may make cgroups.
+fn cgroup_mode() -> CgroupMode {
+    match std::env::var("TETHER_CGROUPS").as_deref() {
+        Ok("off" | "0" | "no") => CgroupMode::Off,
+        _ => CgroupMode::Auto,
+    }
+}
+
+async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8 {
     let stack = loaded.stack;
     let name = stack.name.clone();
     let rundir = match RunDir::create(&rundir_path(&name)) {
         Ok(dir) => dir,
         Err(e) => {
-            eprintln!("tether: {e}");
+            let _ = errln!("tether: {e}");
             return exit::INTERNAL;
         }
     };
+    // One supervisor per stack, and nothing left over from one that was
+    // killed: both before anything starts.
+    let claim = match claim(&rundir, &name, cgroup_mode()).await {
+        Ok(claim) => claim,
+        Err(e) => {
+            let _ = errln!("tether: stack '{name}': {e}");
+            return exit::INTERNAL;
+        }
+    };
+    if !claim.ended.is_empty() {
+        let pids: Vec<String> = claim.ended.iter().map(|m| m.pid.to_string()).collect();
+        printer.say(&format!(
+            "ended {} {} an earlier tether up of this stack left running (pids {})",
+            pids.len(),
+            if pids.len() == 1 {
+                "process"
+            } else {
+                "processes"
+            },
+            pids.join(", ")
+        ));
+    }
+    if let Some(why) = &claim.no_cgroup {
+        tracing::debug!(
+            "no cgroups for this stack ({why}): its processes are found by walking the process tree"
+        );
+    }
     let control = match ControlServer::bind(&rundir.control_socket()).await {
         Ok(control) => control,
         Err(e) => {
-            eprintln!("tether: stack '{name}': {e}");
+            let _ = errln!("tether: stack '{name}': {e}");
             return exit::INTERNAL;
         }
     };
@@ -100,17 +147,20 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded) -> u8 {
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
     let services = stack.services.len();
-    let printer = Printer::new(&stack, args.quiet, args.json);
     let options = LaunchOptions {
         rundir: rundir.clone(),
         base_dir,
         keep_lines: 1000,
+        cgroup: claim.cgroup(),
     };
     let (handle, supervisor) = launch(stack, options, kill.clone());
     // Subscribe before the first await: the services start as soon as this
     // task yields, and their first events must not be missed.
     let follow = (handle.output().subscribe(), handle.events());
 
+    // Everything besides the supervisor, tracked, and ended after it.
+    let tasks = TaskTracker::new();
+    let done = CancellationToken::new();
     let listen = if args.no_status {
         None
     } else {
@@ -119,14 +169,16 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded) -> u8 {
     let status = match listen {
         Some(addr) => match tether_status::bind(addr).await {
             Ok(listener) => {
-                let (snapshots, events) = bridge(&handle, kill.clone());
-                tokio::spawn(tether_status::serve(
+                // Port 0 picks one: say the one picked.
+                let bound = listener.local_addr().unwrap_or(addr);
+                let (snapshots, events) = bridge(&handle, &tasks, done.clone());
+                tasks.spawn(tether_status::serve(
                     listener,
                     snapshots,
                     events,
-                    kill.clone(),
+                    done.clone(),
                 ));
-                Some(addr)
+                Some(bound)
             }
             Err(e) => {
                 printer.say(&format!(
@@ -137,7 +189,7 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded) -> u8 {
         },
         None => None,
     };
-    tokio::spawn(control.serve(handle.clone(), kill.clone()));
+    tasks.spawn(control.serve(handle.clone(), done.clone()));
     let status_words = status
         .map(|a| format!("; status on http://{a}/"))
         .unwrap_or_default();
@@ -146,19 +198,36 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded) -> u8 {
         rundir.control_socket().display()
     ));
     let voice = printer.voice();
-    let printing = tokio::spawn(printer.run(handle.clone(), follow));
+    tasks.spawn(printer.run(handle.clone(), follow, done.clone()));
+    tasks.spawn(on_signals(
+        handle.clone(),
+        kill.clone(),
+        voice,
+        done.clone(),
+    ));
+    tasks.close();
 
-    let signals = tokio::spawn(on_signals(handle.clone(), kill.clone(), voice));
     let _ = supervisor.await;
-    signals.abort();
     kill.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), printing).await;
+    done.cancel();
+    if tokio::time::timeout(Duration::from_secs(3), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the status and control servers did not end within 3s");
+    }
+    drop(claim);
     exit::READY
 }
 
 /// First SIGINT or SIGTERM: bring the stack down in order. Second: kill
-/// every process group at once.
-async fn on_signals(handle: Handle, kill: CancellationToken, voice: Voice) {
+/// every process of the stack at once.
+async fn on_signals(
+    handle: Handle,
+    kill: CancellationToken,
+    voice: Voice,
+    done: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -167,18 +236,16 @@ async fn on_signals(handle: Handle, kill: CancellationToken, voice: Voice) {
         return;
     };
     tokio::select! {
+        () = done.cancelled() => return,
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
     voice.say("stopping the stack (Ctrl-C again to kill it)");
-    let down = tokio::spawn({
-        let handle = handle.clone();
-        async move { handle.down().await }
-    });
     tokio::select! {
+        () = done.cancelled() => return,
         _ = int.recv() => {}
         _ = term.recv() => {}
-        _ = down => return,
+        () = handle.down() => return,
     }
     voice.say("killing every process of the stack");
     kill.cancel();
@@ -188,6 +255,7 @@ async fn on_signals(handle: Handle, kill: CancellationToken, voice: Voice) {
 /// Nothing ticks: uptimes are computed when asked, from `up_since`.
 fn bridge(
     handle: &Handle,
+    tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> (watch::Receiver<Snapshot>, broadcast::Sender<StatusEvent>) {
     // Subscribe before the first snapshot: every change after it arrives as
@@ -197,7 +265,7 @@ fn bridge(
     let (events, _) = broadcast::channel(1024);
     let handle = handle.clone();
     let out = events.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -260,34 +328,73 @@ fn status_event(event: &Event) -> StatusEvent {
     }
 }
 
-/// How tether's own lines look: aligned with the services' prefixes.
+/// How tether's lines look: aligned with the services' prefixes, coloured
+/// only on a terminal (and never with `NO_COLOR`), or JSON.
 #[derive(Debug, Clone)]
-struct Voice {
+struct Style {
     width: usize,
     color: bool,
     json: bool,
 }
 
-impl Voice {
-    fn say(&self, text: &str) {
-        let line = if self.json {
+impl Style {
+    fn new(stack: &tether_supervisor::StackConfig, json: bool) -> Style {
+        let width = names(stack)
+            .iter()
+            .map(String::len)
+            .chain(["tether".len()])
+            .max()
+            .unwrap_or(6);
+        let color = !json && Sink::of_stdout() == Sink::Terminal && !no_color();
+        Style { width, color, json }
+    }
+
+    /// One of tether's own lines.
+    fn voice_line(&self, text: &str) -> String {
+        if self.json {
             serde_json::json!({"event": "tether", "message": text}).to_string()
         } else if self.color {
             format!("\x1b[1m{:<w$}{RESET} | {text}", "tether", w = self.width)
         } else {
             format!("{:<w$} | {text}", "tether", w = self.width)
-        };
-        let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
     }
 }
 
-/// Prints the stack's output and tether's own lines.
+/// `NO_COLOR` set to anything but the empty string (no-color.org).
+pub(crate) fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+fn names(stack: &tether_supervisor::StackConfig) -> Vec<String> {
+    stack
+        .services
+        .iter()
+        .map(|s| s.name.clone())
+        .chain(stack.hooks.iter().map(|h| format!("hook:{}", h.name)))
+        .collect()
+}
+
+/// Says tether's own lines.
+#[derive(Debug, Clone)]
+struct Voice {
+    style: Style,
+    out: Out,
+}
+
+impl Voice {
+    fn say(&self, text: &str) {
+        self.out.line(self.style.voice_line(text));
+    }
+}
+
+/// Prints the stack's output and tether's own lines, through [`Out`]: a
+/// reader that does not read never holds anything up.
 struct Printer {
-    width: usize,
+    style: Style,
     colors: HashMap<String, &'static str>,
-    color: bool,
     quiet: bool,
-    json: bool,
+    out: Out,
     started: tokio::time::Instant,
 }
 
@@ -297,40 +404,25 @@ const PALETTE: [&str; 6] = [
 const RESET: &str = "\x1b[0m";
 
 impl Printer {
-    fn new(stack: &tether_supervisor::StackConfig, quiet: bool, json: bool) -> Printer {
-        let names = stack
-            .services
-            .iter()
-            .map(|s| s.name.clone())
-            .chain(stack.hooks.iter().map(|h| format!("hook:{}", h.name)));
-        let names: Vec<String> = names.collect();
-        let width = names
-            .iter()
-            .map(String::len)
-            .chain(["tether".len()])
-            .max()
-            .unwrap_or(6);
-        let colors = names
-            .iter()
+    fn new(stack: &tether_supervisor::StackConfig, style: Style, quiet: bool, out: Out) -> Printer {
+        let colors = names(stack)
+            .into_iter()
             .enumerate()
-            .map(|(i, n)| (n.clone(), PALETTE[i % PALETTE.len()]))
+            .map(|(i, n)| (n, PALETTE[i % PALETTE.len()]))
             .collect();
-        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         Printer {
-            width,
+            style,
             colors,
-            color,
             quiet,
-            json,
+            out,
             started: tokio::time::Instant::now(),
         }
     }
 
     fn voice(&self) -> Voice {
         Voice {
-            width: self.width,
-            color: self.color,
-            json: self.json,
+            style: self.style.clone(),
+            out: self.out.clone(),
         }
     }
 
@@ -340,17 +432,16 @@ impl Printer {
     }
 
     fn prefixed(&self, name: &str, color: &str, text: &str) -> String {
-        if self.color {
-            format!("{color}{name:<w$}{RESET} | {text}", w = self.width)
+        let width = self.style.width;
+        if self.style.color {
+            format!("{color}{name:<width$}{RESET} | {text}")
         } else {
-            format!("{name:<w$} | {text}", w = self.width)
+            format!("{name:<width$} | {text}")
         }
     }
 
-    fn out(&self, line: &str) {
-        let mut stdout = std::io::stdout().lock();
-        // A closed stdout must not stop the stack.
-        let _ = writeln!(stdout, "{line}");
+    fn out(&self, line: String) {
+        self.out.line(line);
     }
 
     async fn run(
@@ -360,6 +451,7 @@ impl Printer {
             broadcast::Receiver<tether_supervisor::Line>,
             broadcast::Receiver<Event>,
         ),
+        done: CancellationToken,
     ) {
         let (mut output, mut events) = follow;
         let mut ready: HashMap<String, bool> = HashMap::new();
@@ -367,23 +459,29 @@ impl Printer {
         let total = handle.views().len();
         loop {
             tokio::select! {
+                () = done.cancelled() => return,
                 line = output.recv() => match line {
                     Ok(line) if !self.quiet => {
-                        if self.json {
-                            self.out(&serde_json::json!({"event": "output", "service": line.service, "stream": line.stream, "text": line.text}).to_string());
+                        if self.style.json {
+                            self.out(serde_json::json!({"event": "output", "service": line.service, "stream": line.stream, "text": line.text}).to_string());
                         } else {
                             let color = self.colors.get(&line.service).copied().unwrap_or("");
-                            self.out(&self.prefixed(&line.service, color, &line.text));
+                            self.out(self.prefixed(&line.service, color, &line.text));
                         }
                     }
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => self.say(&format!("({n} lines of output skipped: the terminal is too slow)")),
+                    // Services wrote faster than this task could take their
+                    // lines (not the reader of stdout: that is `Out`'s to say).
+                    Err(broadcast::error::RecvError::Lagged(n)) if !self.quiet => self.say(&format!(
+                        "{n} lines of output skipped: the services wrote them faster than tether could print them"
+                    )),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 event = events.recv() => match event {
                     Ok(event) => {
-                        if self.json {
-                            self.out(&event.to_json());
+                        if self.style.json {
+                            self.out(event.to_json());
                         } else if worth_saying(&event) {
                             self.say(&event.to_string());
                         }

@@ -90,7 +90,7 @@ pub(crate) fn run(args: WaitArgs) -> ExitCode {
         match Target::parse(text).and_then(|t| t.preflight().map(|()| t)) {
             Ok(target) => targets.push(target),
             Err(e) => {
-                eprintln!("tether: {e}");
+                let _ = errln!("tether: {e}");
                 return ExitCode::from(exit::USAGE);
             }
         }
@@ -98,7 +98,7 @@ pub(crate) fn run(args: WaitArgs) -> ExitCode {
     if let Some(program) = args.command.first() {
         // Fail before waiting, not 60 s later.
         if let Err(why) = find_program(program) {
-            eprintln!("tether: cannot run the command: {why}");
+            let _ = errln!("tether: cannot run the command: {why}");
             return ExitCode::from(exit::cannot_run(&why));
         }
     }
@@ -176,8 +176,9 @@ async fn on_signal(shutdown: CancellationToken) -> Option<u8> {
 
 /// Replaces this process with the command; returns only if that failed.
 fn exec(program: &str, args: &[String]) -> ExitCode {
+    crate::flush_logs();
     let err = std::process::Command::new(program).args(args).exec();
-    eprintln!("tether: cannot run '{program}': {err}");
+    let _ = errln!("tether: cannot run '{program}': {err}");
     let code = match err.kind() {
         std::io::ErrorKind::NotFound => exit::NOT_FOUND,
         _ => exit::CANNOT_EXECUTE,

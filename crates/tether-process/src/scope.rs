@@ -225,13 +225,11 @@ impl Inner {
     }
 
     fn signal(&self, signal: Signal) -> usize {
-        if signal == Signal::KILL {
-            if let Some(cgroup) = &self.cgroup {
-                // Counted before: once killed, they may be gone at once.
-                let count = self.members().len();
-                if matches!(cgroup.kill(), Ok(true)) {
-                    return count;
-                }
+        if let Some(cgroup) = self.cgroup.as_ref().filter(|_| signal == Signal::KILL) {
+            // Counted before: once killed, they may be gone at once.
+            let count = self.members().len();
+            if matches!(cgroup.kill(), Ok(true)) {
+                return count;
             }
         }
         // Never `killpg`: a group id may belong to another process by now.

@@ -12,6 +12,12 @@
 //! | `{"cmd":"logs","service":null,"follow":false,"lines":100}` | one `{"line":{...}}` per line; with `follow`, more as they come |
 //! | `{"cmd":"start"/"stop"/"restart","service":"db"}` | `{"ok":true}` or `{"ok":false,"error":".."}` once done |
 //! | `{"cmd":"down"}` | `{"ok":true}` once every process is gone |
+//!
+//! It is bounded like everything an outsider can reach: at most
+//! [`MAX_CONNECTIONS`] at once (the next gets an error line and is closed),
+//! a request line of at most [`MAX_REQUEST`] bytes that must arrive within
+//! [`REQUEST_TIMEOUT`], and answers that a client must take within
+//! [`WRITE_TIMEOUT`] each (a `logs -f` nobody reads is closed).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -56,6 +62,15 @@ pub enum Request {
 fn default_lines() -> usize {
     100
 }
+
+/// Control connections served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// The longest request line.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client may take to send its request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to read one answer line.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A bound control socket.
 #[derive(Debug)]
@@ -111,6 +126,7 @@ impl ControlServer {
     pub async fn serve(self, handle: Handle, shutdown: CancellationToken) {
         let tasks = TaskTracker::new();
         let me = rustix::process::geteuid().as_raw();
+        let mut refused = 0u64;
         loop {
             let stream = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -125,6 +141,22 @@ impl ControlServer {
             };
             // The directory is private already; this is a second lock.
             if stream.peer_cred().map(|c| c.uid()).ok() != Some(me) {
+                continue;
+            }
+            if tasks.len() >= MAX_CONNECTIONS {
+                refused += 1;
+                if matches!(refused, 1 | 5 | 20 | 50) || refused % 100 == 0 {
+                    tracing::warn!(
+                        "control socket: {refused} connections refused so far: all {MAX_CONNECTIONS} it serves at once are busy"
+                    );
+                }
+                // One try, never a wait: a client that does not read only
+                // misses the words.
+                let line = format!(
+                    "{}\n",
+                    json!({"ok": false, "error": format!("too many control connections (at most {MAX_CONNECTIONS} at once)")})
+                );
+                let _ = stream.try_write(line.as_bytes());
                 continue;
             }
             let (handle, shutdown) = (handle.clone(), shutdown.clone());
@@ -150,9 +182,16 @@ impl Drop for ControlServer {
 
 async fn answer(stream: UnixStream, handle: Handle) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let Some(line) = lines.next_line().await? else {
-        return Ok(());
+    let line = match read_request(read).await {
+        Ok(Some(line)) => line,
+        Ok(None) => return Ok(()),
+        Err(why) => {
+            return send(
+                &mut write,
+                &json!({"ok": false, "error": format!("bad request: {why}")}),
+            )
+            .await;
+        }
     };
     let request: Request = match serde_json::from_str(&line) {
         Ok(request) => request,
@@ -223,10 +262,40 @@ async fn reply(
     }
 }
 
+/// Reads the request line: at most [`MAX_REQUEST`] bytes, within
+/// [`REQUEST_TIMEOUT`]. `Ok(None)` when the client closed without a word.
+async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Option<String>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    let mut line = Vec::new();
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => Err(format!(
+            "no request line within {}",
+            tether_resilience::failure::human_duration(REQUEST_TIMEOUT)
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(0)) => Ok(None),
+        Ok(Ok(_)) if line.last() != Some(&b'\n') && line.len() > MAX_REQUEST => Err(format!(
+            "the request line is longer than {MAX_REQUEST} bytes"
+        )),
+        Ok(Ok(_)) => String::from_utf8(line)
+            .map(|l| Some(l.trim_end().to_string()))
+            .map_err(|_| "the request line is not UTF-8".to_string()),
+    }
+}
+
+/// Writes one answer line; a client that does not take it within
+/// [`WRITE_TIMEOUT`] is given up on.
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, value: &Value) -> io::Result<()> {
     let mut line = value.to_string();
     line.push('\n');
-    write.write_all(line.as_bytes()).await
+    match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(line.as_bytes())).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not read its answer",
+        )),
+    }
 }
 
 /// The client side: sends `request` to the stack at `socket` and calls

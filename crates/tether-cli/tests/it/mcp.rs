@@ -277,13 +277,31 @@ impl Client {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
-    async fn exit(mut self) {
+    /// The log once it holds `text`: tether writes its log from a thread
+    /// of its own, a moment after the event.
+    async fn log_with(&self, text: &str) -> String {
+        within(&format!("{text:?} in tether's log"), async {
+            loop {
+                let log = self.tether_log();
+                if log.contains(text) {
+                    return log;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+
+    /// Ends the client (and so tether); returns tether's whole log.
+    async fn exit(mut self) -> String {
         let tag = self.send(json!({"op": "exit"})).await;
         let _ = tag;
         let status = within("the client to exit", self.child.wait())
             .await
             .unwrap();
-        assert!(status.success(), "{status}\n{}", self.tether_log());
+        let log = self.tether_log();
+        assert!(status.success(), "{status}\n{log}");
+        log
     }
 }
 
@@ -306,8 +324,7 @@ async fn restart_between_calls(kind: Kind) {
         peer.restart(&client).await;
         client.echo(&peer, n).await;
     }
-    let log = client.tether_log();
-    assert!(log.contains("session restored"), "{log}");
+    client.log_with("session restored").await;
     client.exit().await;
 }
 
@@ -370,8 +387,7 @@ async fn frozen_server(kind: Kind) {
         "{message}"
     );
     assert_eq!(result["error"]["data"]["tether"]["cause"], "idle.timeout");
-    let log = client.tether_log();
-    assert!(log.contains("sent notifications/cancelled"), "{log}");
+    client.log_with("sent notifications/cancelled").await;
     client.echo(&peer, "thawed").await;
     client.exit().await;
 }
@@ -1125,8 +1141,8 @@ async fn url_credentials_authenticate_and_are_never_printed() {
         .await;
     assert_eq!(result["ok"], true, "{result}\n{}", client.tether_log());
     assert_eq!(result["result"]["content"][0]["text"], "authenticated");
-    let log = client.tether_log();
-    client.exit().await;
+    // Read once tether has exited: its log is complete then.
+    let log = client.exit().await;
     for secret in secrets {
         assert!(!log.contains(secret), "{secret} in tether's log:\n{log}");
     }

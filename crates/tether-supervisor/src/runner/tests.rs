@@ -314,11 +314,9 @@ fn what_an_exited_main_process_left_is_stopped_before_anything_else() {
     );
     // The grace runs out: SIGKILL.
     assert_eq!(t.until_deadline(), [KILL]);
-    assert!(
-        t.on(Input::Gone).iter().any(
-            |a| matches!(a, Action::Warn(w) if w.contains("did not stop within 10s of SIGTERM"))
-        )
-    );
+    assert!(t.on(Input::Gone).iter().any(
+        |a| matches!(a, Action::Warn(w) if w.contains("did not stop within 10.0s of SIGTERM"))
+    ));
     assert_eq!(t.state(), State::Exited);
     assert!(
         t.reason().starts_with("exited with status 1 after"),

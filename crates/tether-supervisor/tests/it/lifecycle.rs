@@ -225,7 +225,7 @@ async fn down_stops_in_reverse_dependency_order() {
 }
 
 #[tokio::test]
-async fn stale_heartbeat_files_are_removed_at_start() {
+async fn a_stale_heartbeat_file_is_replaced_by_one_that_names_its_writer() {
     let dir = tempfile::tempdir().unwrap();
     let rundir = tether_supervisor::RunDir::create(&dir.path().join("run")).unwrap();
     let path = rundir.heartbeat("svc");
@@ -236,10 +236,17 @@ async fn stale_heartbeat_files_are_removed_at_start() {
     .unwrap();
     let mut stack = Stack::launch_in(dir, rundir, vec![sh("svc", "exec sleep 1000")], vec![]);
     stack.until_state("svc", State::Ready).await;
-    let pid = stack.view("svc").pid.unwrap();
-    let beat = heartbeat_until(&path, |b| b["state"] == "ready").await;
-    assert_eq!(beat["pid"], pid, "{beat}");
+    let view = stack.view("svc");
+    let pid = view.pid.unwrap();
+    let beat = heartbeat_until(&path, |b| b["state"] == "ready" && b["pid"] == pid).await;
     assert!(beat["since_ms"].as_u64().unwrap() > 0);
+    assert_eq!(beat["pid_start"], view.pid_start_ticks.unwrap(), "{beat}");
+    // The writer is this process: a reader can tell it from a dead one.
+    let me = tether_process::Identity::current().unwrap();
+    assert_eq!(beat["writer"]["pid"], me.pid, "{beat}");
+    assert_eq!(beat["writer"]["start"], me.start_ticks, "{beat}");
+    assert_eq!(beat["writer"]["boot_id"], me.boot_id.as_str(), "{beat}");
+    assert_eq!(beat["writer"]["pid_ns"], me.pid_ns.as_str(), "{beat}");
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions())
             & 0o777;

@@ -72,7 +72,7 @@ impl Stack {
     pub(crate) async fn until(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
         let events = &mut self.events;
         let seen = &mut self.seen;
-        within(what, async {
+        let found = tokio::time::timeout(tether_test::PATIENCE, async {
             loop {
                 match events.recv().await {
                     Ok(event) => {
@@ -88,7 +88,18 @@ impl Stack {
                 }
             }
         })
-        .await
+        .await;
+        match found {
+            Ok(event) => event,
+            Err(_) => panic!(
+                "{what}: did not happen within {:?}; saw:\n{}",
+                tether_test::PATIENCE,
+                seen.iter()
+                    .map(|e| format!("  {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
     }
 
     pub(crate) async fn until_state(&mut self, service: &str, state: State) -> Event {
