@@ -201,10 +201,10 @@ pub(crate) fn service(verb: &str, args: ServiceArgs) -> ExitCode {
 
 pub(crate) fn down(args: DownArgs) -> ExitCode {
     let code = talk(&args.stack, &Request::Down, |_| false);
-    if code == exit::READY {
-        if let Ok(name) = args.stack.name() {
-            let _ = outln!("tether: stack '{name}' is down");
-        }
+    if code == exit::READY
+        && let Ok(name) = args.stack.name()
+    {
+        let _ = outln!("tether: stack '{name}' is down");
     }
     ExitCode::from(code)
 }

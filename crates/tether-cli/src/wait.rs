@@ -152,10 +152,10 @@ pub(crate) fn run(args: WaitArgs) -> ExitCode {
         None => exit::of_report(&report, args.invert),
     };
     renderer.finish(&report, code, signal.is_some());
-    if code == exit::READY || (args.run_anyway && signal.is_none()) {
-        if let Some((program, rest)) = args.command.split_first() {
-            return exec(program, rest);
-        }
+    if (code == exit::READY || (args.run_anyway && signal.is_none()))
+        && let Some((program, rest)) = args.command.split_first()
+    {
+        return exec(program, rest);
     }
     ExitCode::from(code)
 }

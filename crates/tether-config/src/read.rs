@@ -153,10 +153,10 @@ pub(crate) fn read(src: Source<'_>) -> Result<RawStack, ConfigError> {
         let span = e.span().unwrap_or(0..0);
         let mut message = format!("invalid TOML: {}", e.message().trim_end());
         // "duplicate key" names no key; the span does.
-        if e.message() == "duplicate key" {
-            if let Some(key) = src.text.get(span.clone()).filter(|k| !k.is_empty()) {
-                message = format!("invalid TOML: duplicate key '{key}'");
-            }
+        if e.message() == "duplicate key"
+            && let Some(key) = src.text.get(span.clone()).filter(|k| !k.is_empty())
+        {
+            message = format!("invalid TOML: duplicate key '{key}'");
         }
         ConfigError::at(src.path, src.text, span, None, message)
     })?;

@@ -65,10 +65,10 @@ pub(crate) async fn probe(spec: &ExecSpec, attempt: Attempt) -> Result<Ready, Fa
     let stderr = collect(stderr).await;
     let stdout = collect(stdout).await;
 
-    if let tether_process::Exit::Code(code) = status {
-        if spec.codes.contains(&code) {
-            return Ok(Ready::new(format!("{what} exited with status {code}")));
-        }
+    if let tether_process::Exit::Code(code) = status
+        && spec.codes.contains(&code)
+    {
+        return Ok(Ready::new(format!("{what} exited with status {code}")));
     }
     let how = status.to_string();
     let wanted = spec

@@ -126,17 +126,17 @@ fn judge(spec: &FileSpec, what: &str, found: &Found, now: SystemTime) -> Result<
         (Some(_), Some(Liveness::Alive)) => true,
         _ => false,
     };
-    if let (Some(max_age), false) = (spec.max_age, writer_alive) {
-        if age > max_age {
-            return Err(Failure::new(
-                Phase::Stream,
-                Cause::HeartbeatStale,
-                format!(
-                    "{what}: stale: last {written}, more than max-age {}",
-                    human_duration(max_age)
-                ),
-            ));
-        }
+    if let (Some(max_age), false) = (spec.max_age, writer_alive)
+        && age > max_age
+    {
+        return Err(Failure::new(
+            Phase::Stream,
+            Cause::HeartbeatStale,
+            format!(
+                "{what}: stale: last {written}, more than max-age {}",
+                human_duration(max_age)
+            ),
+        ));
     }
     let Some(state) = heartbeat.and_then(|h| h.state.as_deref()) else {
         return Ok(Ready::new(format!("{what} exists, {written}")));

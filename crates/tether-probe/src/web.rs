@@ -196,10 +196,10 @@ impl Connection {
                 h.insert(name, value.clone());
             }
             // An explicit Authorization header wins over the URL's user.
-            if !h.contains_key(header::AUTHORIZATION) {
-                if let Some(auth) = basic_auth(url) {
-                    h.insert(header::AUTHORIZATION, auth);
-                }
+            if !h.contains_key(header::AUTHORIZATION)
+                && let Some(auth) = basic_auth(url)
+            {
+                h.insert(header::AUTHORIZATION, auth);
             }
         }
         let request = request.body(Full::new(body)).map_err(|e| RequestError {

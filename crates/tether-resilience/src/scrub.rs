@@ -34,15 +34,15 @@ pub fn scrub_passwords(text: &str) -> Cow<'_, str> {
             })
             .map_or(text.len(), |at| start + at);
         let authority = &text[start..end];
-        if let Some(at) = authority.rfind('@') {
-            if let Some(colon) = authority[..at].find(':') {
-                let (pw_start, pw_end) = (start + colon + 1, start + at);
-                if pw_end > pw_start && &text[pw_start..pw_end] != MASK {
-                    let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
-                    out.push_str(&text[copied..pw_start]);
-                    out.push_str(MASK);
-                    copied = pw_end;
-                }
+        if let Some(at) = authority.rfind('@')
+            && let Some(colon) = authority[..at].find(':')
+        {
+            let (pw_start, pw_end) = (start + colon + 1, start + at);
+            if pw_end > pw_start && &text[pw_start..pw_end] != MASK {
+                let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                out.push_str(&text[copied..pw_start]);
+                out.push_str(MASK);
+                copied = pw_end;
             }
         }
         // The next `://` starts at the end of this authority at the

@@ -92,10 +92,10 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         // The services are gone by now; their cgroups are empty and go too.
-        if let Some(cgroup) = self.cgroup.take() {
-            if cgroup.remove().is_ok() {
-                let _ = std::fs::remove_file(self.rundir.cgroup_record());
-            }
+        if let Some(cgroup) = self.cgroup.take()
+            && cgroup.remove().is_ok()
+        {
+            let _ = std::fs::remove_file(self.rundir.cgroup_record());
         }
     }
 }
@@ -127,10 +127,10 @@ async fn end_cgroup_left_by_earlier_run(rundir: &RunDir) -> Vec<Member> {
             .stop(Signal::TERM, LEFTOVER_GRACE, crate::runner::AFTER_KILL)
             .await;
     }
-    if let Some(cgroup) = scope.cgroup() {
-        if cgroup.remove().is_ok() {
-            let _ = std::fs::remove_file(&record);
-        }
+    if let Some(cgroup) = scope.cgroup()
+        && cgroup.remove().is_ok()
+    {
+        let _ = std::fs::remove_file(&record);
     }
     members
 }

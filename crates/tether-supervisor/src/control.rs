@@ -145,7 +145,7 @@ impl ControlServer {
             }
             if tasks.len() >= MAX_CONNECTIONS {
                 refused += 1;
-                if matches!(refused, 1 | 5 | 20 | 50) || refused % 100 == 0 {
+                if matches!(refused, 1 | 5 | 20 | 50) || refused.is_multiple_of(100) {
                     tracing::warn!(
                         "control socket: {refused} connections refused so far: all {MAX_CONNECTIONS} it serves at once are busy"
                     );
@@ -215,11 +215,10 @@ async fn answer(stream: UnixStream, handle: Handle) -> io::Result<()> {
             send(&mut write, &json!({"ok": true})).await
         }
         Request::Logs { service, follow, lines } => {
-            if let Some(name) = &service {
-                if !handle.views().iter().any(|v| &v.name == name) {
+            if let Some(name) = &service
+                && !handle.views().iter().any(|v| &v.name == name) {
                     return send(&mut write, &json!({"ok": false, "error": format!("no service named '{name}'")})).await;
                 }
-            }
             // Subscribe first, so nothing falls between the old lines and
             // the new ones.
             let mut follow_rx = follow.then(|| handle.output().subscribe());

@@ -384,7 +384,7 @@ async fn execute(
 }
 
 fn milestone(n: u64) -> bool {
-    matches!(n, 1 | 5 | 20 | 50) || (n > 0 && n % 100 == 0)
+    matches!(n, 1 | 5 | 20 | 50) || (n > 0 && n.is_multiple_of(100))
 }
 
 fn emit(handle: &Handle, kind: EventKind) {

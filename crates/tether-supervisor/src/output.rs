@@ -185,17 +185,17 @@ impl LogFile {
     /// When the directory cannot be made or the file cannot be opened.
     pub fn open(path: &Path) -> std::io::Result<LogFile> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)?;
-                tracing::warn!(
-                    "log directory {} did not exist; created it (mode 0700)",
-                    dir.display()
-                );
-            }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            tracing::warn!(
+                "log directory {} did not exist; created it (mode 0700)",
+                dir.display()
+            );
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -222,7 +222,7 @@ impl LogFile {
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = writeln!(file, "{text}") {
             let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
-            if matches!(lost, 1 | 5 | 20 | 50) || lost % 100 == 0 {
+            if matches!(lost, 1 | 5 | 20 | 50) || lost.is_multiple_of(100) {
                 tracing::warn!(
                     "cannot write to log file {}: {e} ({lost} lines lost so far)",
                     self.path.display()

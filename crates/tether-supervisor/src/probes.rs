@@ -61,10 +61,10 @@ pub(crate) async fn run<T: Copy>(
                 outcome = prober.check(timeouts.current()) => outcome,
             };
             let ok = outcome.is_ok();
-            if let Err(f) = &outcome {
-                if f.cause.is_timeout() {
-                    timeouts.grow();
-                }
+            if let Err(f) = &outcome
+                && f.cause.is_timeout()
+            {
+                timeouts.grow();
             }
             // One success at startup marks it healthy (Envoy, HAProxy).
             let transition = if ok { tracker.record(true) } else { None };

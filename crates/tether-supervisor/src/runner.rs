@@ -409,10 +409,10 @@ impl Runner {
                 then => *then = Then::Stopped(vec![id]),
             },
             (Phase::Stopping(stop), Command::Start | Command::Restart) => {
-                if !matches!(stop.then, Then::Finish) {
-                    if let Then::Stopped(ids) = std::mem::replace(&mut stop.then, Then::Restart) {
-                        self.actions.extend(ids.into_iter().map(Action::Reply));
-                    }
+                if !matches!(stop.then, Then::Finish)
+                    && let Then::Stopped(ids) = std::mem::replace(&mut stop.then, Then::Restart)
+                {
+                    self.actions.extend(ids.into_iter().map(Action::Reply));
                 }
             }
         }
@@ -490,10 +490,12 @@ impl Runner {
         if let Some(exit) = exit {
             self.record_exit(now, pid, exit, started, &tail);
         }
+        // Ending before it was ready is a failure, even with status 0,
+        // unless it has no check (a one-shot job that completed).
+        let one_shot_done =
+            |exit: Exit| exit.success() && matches!(self.config.ready, Readiness::None);
         let failure = match exit {
-            Some(exit)
-                if !ready && !(exit.success() && matches!(self.config.ready, Readiness::None)) =>
-            {
+            Some(exit) if !ready && !one_shot_done(exit) => {
                 Some(format!("{exit} before it was ready{}", last_output(&tail)))
             }
             _ => None,
@@ -671,13 +673,13 @@ impl Runner {
                         human_duration(self.config.start_deadline)
                     );
                     self.fail(now, failure);
-                } else if let Some((every, at)) = run.watchdog {
-                    if now.at >= at {
-                        self.fail(
-                            now,
-                            format!("no WATCHDOG=1 within {}", human_duration(every)),
-                        );
-                    }
+                } else if let Some((every, at)) = run.watchdog
+                    && now.at >= at
+                {
+                    self.fail(
+                        now,
+                        format!("no WATCHDOG=1 within {}", human_duration(every)),
+                    );
                 }
             }
             Phase::Stopping(stop) => {

@@ -226,10 +226,10 @@ async fn serve(
             let mut replies = Vec::new();
             for name in wave {
                 let (tx, rx) = oneshot::channel();
-                if let Some(commands) = commands.get(&name) {
-                    if commands.send(ServiceRequest::Stop(tx)).await.is_ok() {
-                        replies.push(rx);
-                    }
+                if let Some(commands) = commands.get(&name)
+                    && commands.send(ServiceRequest::Stop(tx)).await.is_ok()
+                {
+                    replies.push(rx);
                 }
             }
             for reply in replies {

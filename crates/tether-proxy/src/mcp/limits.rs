@@ -66,7 +66,7 @@ pub const STDERR_LINE: usize = 16 * 1024;
 
 /// Whether the `n`th occurrence of something is worth a log line.
 pub fn is_milestone(n: u64) -> bool {
-    matches!(n, 1 | 5 | 20 | 50) || (n > 0 && n % 100 == 0)
+    matches!(n, 1 | 5 | 20 | 50) || (n > 0 && n.is_multiple_of(100))
 }
 
 /// Counts occurrences of a limit being hit; says when to log.

@@ -137,10 +137,11 @@ impl Stack {
     pub(crate) fn order_of(&self, state: State) -> Vec<String> {
         let mut order = Vec::new();
         for e in &self.seen {
-            if let EventKind::State { service, to, .. } = &e.kind {
-                if *to == state && !order.contains(service) {
-                    order.push(service.clone());
-                }
+            if let EventKind::State { service, to, .. } = &e.kind
+                && *to == state
+                && !order.contains(service)
+            {
+                order.push(service.clone());
             }
         }
         order
@@ -241,10 +242,10 @@ pub(crate) async fn heartbeat_until(
     within("the heartbeat file", async {
         loop {
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            if let Ok(beat) = serde_json::from_str::<serde_json::Value>(&text) {
-                if pred(&beat) {
-                    return beat;
-                }
+            if let Ok(beat) = serde_json::from_str::<serde_json::Value>(&text)
+                && pred(&beat)
+            {
+                return beat;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
