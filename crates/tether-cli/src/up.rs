@@ -514,8 +514,11 @@ fn worth_saying(event: &Event) -> bool {
             reason: None,
             ..
         } => false,
+        // A stop by hand says nothing new; a stop of what an exited main
+        // process left running does.
         EventKind::State {
             to: State::Stopping,
+            reason: None,
             ..
         } => false,
         // The Restarting event says it better.

@@ -15,6 +15,7 @@
 //! - [`breaker`]: a circuit breaker (consecutive failures or a windowed success
 //!   rate, doubling open penalty with jitter, one probe, a rise threshold);
 //! - [`health`]: rise/fall hysteresis with state-dependent probe intervals;
+//! - [`milestone`]: which of many repeated events are worth a log line;
 //! - [`failure::scrub_passwords`]: `scheme://user:password@` to
 //!   `scheme://user:***@` in any text; every `Failure` detail passes through
 //!   it.
@@ -34,6 +35,7 @@ mod deadline;
 pub mod failure;
 pub mod health;
 mod jitter;
+mod milestone;
 pub mod retry;
 mod scrub;
 
@@ -43,6 +45,7 @@ pub use deadline::{AttemptTimeout, Deadline};
 pub use failure::{Cause, Failure, Origin, Phase, Safety, Verdict};
 pub use health::{Health, HealthConfig, HealthTracker, Transition};
 pub use jitter::Jitter;
+pub use milestone::milestone;
 pub use retry::{Decision, DelaySource, GiveUp, RetryBudget, RetryPolicy, RetryState};
 
 /// A policy value that failed validation when it was built.

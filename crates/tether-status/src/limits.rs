@@ -292,10 +292,10 @@ impl Drop for StreamPermit {
     }
 }
 
-/// Whether the `n`th occurrence of a repeated warning is logged: the 1st,
-/// 5th, 20th, 50th, then every 100th.
+/// Whether the `n`th occurrence of a repeated warning is logged (see
+/// [`tether_resilience::milestone`]).
 pub(crate) fn is_milestone(n: u64) -> bool {
-    matches!(n, 1 | 5 | 20 | 50) || (n > 0 && n.is_multiple_of(100))
+    tether_resilience::milestone(n)
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ impl ControlServer {
             }
             if tasks.len() >= MAX_CONNECTIONS {
                 refused += 1;
-                if matches!(refused, 1 | 5 | 20 | 50) || refused.is_multiple_of(100) {
+                if tether_resilience::milestone(refused) {
                     tracing::warn!(
                         "control socket: {refused} connections refused so far: all {MAX_CONNECTIONS} it serves at once are busy"
                     );

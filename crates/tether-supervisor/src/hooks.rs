@@ -12,7 +12,9 @@
 //! - its command lines are read with a cap of [`MAX_LINE`] bytes (a longer
 //!   line is skipped whole) and carried out one after another, in order, by
 //!   one task; at most [`COMMANDS`] wait, the rest are dropped and counted
-//!   (a `hook_commands_dropped` event at the same milestones);
+//!   (a `hook_commands_dropped` event at the same milestones), and after a
+//!   drop its output is not read for [`THROTTLE`], so a hook that floods
+//!   costs little CPU too (it waits on its full pipe meanwhile);
 //! - lines that are not commands are counted and said at the same
 //!   milestones, not one log line each.
 //!
@@ -42,6 +44,8 @@ pub const EVENTS: usize = 256;
 pub const COMMANDS: usize = 64;
 /// The longest command line read from a hook.
 pub const MAX_LINE: usize = 4096;
+/// After a dropped command, how long a hook's output is left unread.
+pub const THROTTLE: Duration = Duration::from_millis(10);
 
 /// What a hook's tasks need from the stack.
 #[derive(Debug, Clone)]
@@ -57,6 +61,8 @@ struct Drops {
     events: u64,
     commands: u64,
     not_commands: u64,
+    /// A command was just dropped: leave the hook's output for a moment.
+    throttle: bool,
 }
 
 /// Runs `hook` until `stop`, restarting it when it ends. `events` was
@@ -195,9 +201,15 @@ async fn run_once(
     }
     let mut lines = child.stdout.take().map(BufReader::new);
     let mut line = Vec::with_capacity(256);
+    let mut throttled: Option<tokio::time::Instant> = None;
 
     loop {
+        if drops.throttle {
+            drops.throttle = false;
+            throttled = Some(tokio::time::Instant::now() + THROTTLE);
+        }
         tokio::select! {
+            () = sleep_until(throttled) => throttled = None,
             () = stop.cancelled() => {
                 let _ = child.stop(Signal::TERM, Duration::from_secs(5)).await;
                 return Ended::Stop;
@@ -226,10 +238,11 @@ async fn run_once(
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ended::Stop,
             },
-            read = next_line(&mut lines, &mut line) => match read {
-                Some(Read::Line) => take(hook, cx, commands, drops, &line),
+            read = next_line(&mut lines, &mut line), if throttled.is_none() => match read {
+                Some(Read::Line(text)) => take(hook, cx, commands, drops, &text),
                 Some(Read::TooLong) => {
                     drops.commands += 1;
+                    drops.throttle = true;
                     if milestone(drops.commands) {
                         emit(&cx.handle, EventKind::HookCommandsDropped {
                             hook: hook.name.clone(),
@@ -246,19 +259,19 @@ async fn run_once(
 
 /// What one read of a hook's stdout gave.
 enum Read {
-    /// A line (without its newline) is in the buffer.
-    Line,
+    /// A line, without its newline.
+    Line(Vec<u8>),
     /// A line over [`MAX_LINE`] was skipped.
     TooLong,
 }
 
-/// Reads the next line into `line`, never keeping more than [`MAX_LINE`]
-/// bytes of it; `None` at the end (or on a read error).
+/// Reads the next line, never keeping more than [`MAX_LINE`] bytes of it;
+/// `None` at the end (or on a read error).
 ///
 /// # Cancel safety
 ///
-/// Cancel-safe: bytes consumed stay in `line` (or are counted as skipped)
-/// and the next call goes on from there.
+/// Cancel-safe: the bytes of a line read so far stay in `line` (its
+/// buffer) and the next call goes on from there.
 async fn next_line(
     reader: &mut Option<BufReader<tokio::process::ChildStdout>>,
     line: &mut Vec<u8>,
@@ -290,7 +303,7 @@ async fn read_capped(reader: &mut (impl AsyncBufRead + Unpin), line: &mut Vec<u8
                 line.clear();
                 return Some(Read::TooLong);
             }
-            return Some(Read::Line);
+            return Some(Read::Line(std::mem::take(line)));
         }
     }
 }
@@ -310,6 +323,7 @@ fn take(
     }
     let Some((verb, service)) = parse_command(text) else {
         drops.not_commands += 1;
+        drops.throttle = true;
         if milestone(drops.not_commands) {
             let shown: String = text.chars().take(200).collect();
             tracing::warn!(
@@ -322,6 +336,7 @@ fn take(
     };
     if commands.try_send((verb, service)).is_err() {
         drops.commands += 1;
+        drops.throttle = true;
         if milestone(drops.commands) {
             emit(
                 &cx.handle,
@@ -332,6 +347,13 @@ fn take(
                 },
             );
         }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -383,9 +405,7 @@ async fn execute(
     }
 }
 
-fn milestone(n: u64) -> bool {
-    matches!(n, 1 | 5 | 20 | 50) || (n > 0 && n.is_multiple_of(100))
-}
+use tether_resilience::milestone;
 
 fn emit(handle: &Handle, kind: EventKind) {
     let event = Event::now(kind);
@@ -409,10 +429,9 @@ mod tests {
         let mut seen = Vec::new();
         while let Some(read) = read_capped(&mut reader, &mut line).await {
             match read {
-                Read::Line => seen.push(String::from_utf8_lossy(&line).into_owned()),
+                Read::Line(text) => seen.push(String::from_utf8_lossy(&text).into_owned()),
                 Read::TooLong => seen.push("<too long>".into()),
             }
-            line.clear();
             assert!(
                 line.capacity() <= 2 * MAX_LINE + 64,
                 "the buffer stays small"
@@ -430,11 +449,10 @@ mod tests {
         let input = format!("{exact}\n");
         let mut reader = BufReader::with_capacity(100, input.as_bytes());
         let mut line = Vec::new();
-        assert!(matches!(
-            read_capped(&mut reader, &mut line).await,
-            Some(Read::Line)
-        ));
-        assert_eq!(line.len(), MAX_LINE);
+        let Some(Read::Line(text)) = read_capped(&mut reader, &mut line).await else {
+            panic!("a line")
+        };
+        assert_eq!(text.len(), MAX_LINE);
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl LogFile {
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = writeln!(file, "{text}") {
             let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
-            if matches!(lost, 1 | 5 | 20 | 50) || lost.is_multiple_of(100) {
+            if tether_resilience::milestone(lost) {
                 tracing::warn!(
                     "cannot write to log file {}: {e} ({lost} lines lost so far)",
                     self.path.display()

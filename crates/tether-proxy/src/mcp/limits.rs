@@ -64,9 +64,10 @@ pub const MAX_POSTS: usize = MAX_PENDING + 64;
 /// a longer one is cut.
 pub const STDERR_LINE: usize = 16 * 1024;
 
-/// Whether the `n`th occurrence of something is worth a log line.
+/// Whether the `n`th occurrence of something is worth a log line (see
+/// [`tether_resilience::milestone`]).
 pub fn is_milestone(n: u64) -> bool {
-    matches!(n, 1 | 5 | 20 | 50) || (n > 0 && n.is_multiple_of(100))
+    tether_resilience::milestone(n)
 }
 
 /// Counts occurrences of a limit being hit; says when to log.
