@@ -40,6 +40,8 @@ macro_rules! errln {
 const QUEUE_LINES: usize = 4096;
 /// Bytes waiting for the writer, at most (lines are up to 64 KiB each).
 const QUEUE_BYTES: usize = 1 << 20;
+/// Lines written between two looks at the drop count.
+const BATCH: usize = 256;
 
 /// What stdout is, to say why output could not be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +179,9 @@ fn write_lines(rx: Receiver<String>, shared: &Shared, sink: Sink, notice: Option
         let mut out = stdout.lock();
         let mut next = Some(first);
         let began = Instant::now();
-        // Everything queued now goes out in one flush.
+        // What is queued goes out in one flush, a batch at a time, so the
+        // drops are said even while a flood goes on.
+        let mut batch = 0;
         while let Some(line) = next.take() {
             shared
                 .queued_bytes
@@ -185,7 +189,10 @@ fn write_lines(rx: Receiver<String>, shared: &Shared, sink: Sink, notice: Option
             if writeln!(out, "{line}").is_err() {
                 return;
             }
-            next = rx.try_recv().ok();
+            batch += 1;
+            if batch < BATCH {
+                next = rx.try_recv().ok();
+            }
         }
         if out.flush().is_err() {
             // A closed pipe: nothing more can be shown, ever.

@@ -49,7 +49,21 @@ const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
 /// When the lock is held ([`LockError::Held`] names the holder's pid) or
 /// cannot be taken.
 pub async fn claim(rundir: &RunDir, stack: &str, mode: CgroupMode) -> Result<Claim, LockError> {
-    let lock = rundir.lock()?;
+    let lock = match rundir.lock() {
+        Ok(lock) => lock,
+        // The holder writes its pid a moment after it took the lock: give
+        // it that moment, to name it.
+        Err(LockError::Held(None)) => {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if let Some(pid) = rundir.lock_holder() {
+                    return Err(LockError::Held(Some(pid)));
+                }
+            }
+            return Err(LockError::Held(None));
+        }
+        Err(e) => return Err(e),
+    };
     let mut ended = end_cgroup_left_by_earlier_run(rundir).await;
     let marker = format!("TETHER_RUNTIME_DIR={}", rundir.path().display());
     let left = processes_with(&marker);

@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tether_process::{Scope, Signal};
 use tether_resilience::{Backoff, Jitter};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -199,8 +199,7 @@ async fn run_once(
             }
         });
     }
-    let mut lines = child.stdout.take().map(BufReader::new);
-    let mut line = Vec::with_capacity(256);
+    let mut lines = child.stdout.take().map(CappedLines::new);
     let mut throttled: Option<tokio::time::Instant> = None;
 
     loop {
@@ -238,7 +237,7 @@ async fn run_once(
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ended::Stop,
             },
-            read = next_line(&mut lines, &mut line), if throttled.is_none() => match read {
+            read = next_line(&mut lines), if throttled.is_none() => match read {
                 Some(Read::Line(text)) => take(hook, cx, commands, drops, &text),
                 Some(Read::TooLong) => {
                     drops.commands += 1;
@@ -251,6 +250,9 @@ async fn run_once(
                         });
                     }
                 }
+                // A line without end: read on, but at the pace a drop
+                // allows.
+                Some(Read::Skipped) => drops.throttle = true,
                 None => lines = None,
             },
         }
@@ -258,53 +260,83 @@ async fn run_once(
 }
 
 /// What one read of a hook's stdout gave.
+#[derive(Debug, PartialEq, Eq)]
 enum Read {
     /// A line, without its newline.
     Line(Vec<u8>),
-    /// A line over [`MAX_LINE`] was skipped.
+    /// A line passed [`MAX_LINE`]: it is dropped (said once per line).
     TooLong,
+    /// More of a line that was too long, read and let go.
+    Skipped,
 }
 
-/// Reads the next line, never keeping more than [`MAX_LINE`] bytes of it;
-/// `None` at the end (or on a read error).
-///
-/// # Cancel safety
-///
-/// Cancel-safe: the bytes of a line read so far stay in `line` (its
-/// buffer) and the next call goes on from there.
-async fn next_line(
-    reader: &mut Option<BufReader<tokio::process::ChildStdout>>,
-    line: &mut Vec<u8>,
-) -> Option<Read> {
-    let Some(reader) = reader else {
-        return std::future::pending().await;
-    };
-    read_capped(reader, line).await
+/// A hook's stdout as lines of at most [`MAX_LINE`] bytes: a longer line
+/// is dropped as soon as it passes the limit, and the rest of it is read
+/// and let go a chunk at a time, so a line without end costs no memory and
+/// its reader can pause between chunks.
+struct CappedLines<R> {
+    reader: BufReader<R>,
+    line: Vec<u8>,
+    skipping: bool,
 }
 
-async fn read_capped(reader: &mut (impl AsyncBufRead + Unpin), line: &mut Vec<u8>) -> Option<Read> {
-    loop {
-        let available = match reader.fill_buf().await {
-            Ok([]) | Err(_) => return None,
-            Ok(bytes) => bytes,
-        };
-        let newline = available.iter().position(|b| *b == b'\n');
-        let end = newline.unwrap_or(available.len());
-        // Past the cap, the rest of the line is skipped: `line` holds one
-        // byte more than the cap as the mark.
-        if line.len() <= MAX_LINE {
-            let room = MAX_LINE + 1 - line.len();
-            line.extend_from_slice(&available[..end.min(room)]);
+impl<R: tokio::io::AsyncRead + Unpin> CappedLines<R> {
+    fn new(reader: R) -> CappedLines<R> {
+        CappedLines {
+            reader: BufReader::new(reader),
+            line: Vec::with_capacity(256),
+            skipping: false,
         }
-        let consumed = newline.map(|i| i + 1).unwrap_or(available.len());
-        reader.consume(consumed);
-        if newline.is_some() {
-            if line.len() > MAX_LINE {
-                line.clear();
-                return Some(Read::TooLong);
+    }
+
+    /// The next line (or what became of a long one); `None` at the end or
+    /// on a read error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: what was read of a line so far stays and the next call
+    /// goes on from there.
+    async fn next(&mut self) -> Option<Read> {
+        // Buffered lines come without touching the pipe: yield every so
+        // many all the same. Here, before anything is taken, so that a
+        // cancelled call loses nothing.
+        tokio::task::coop::consume_budget().await;
+        loop {
+            let available = match self.reader.fill_buf().await {
+                Ok([]) | Err(_) => return None,
+                Ok(bytes) => bytes,
+            };
+            let newline = available.iter().position(|b| *b == b'\n');
+            let consumed = newline.map(|i| i + 1).unwrap_or(available.len());
+            let read = if self.skipping {
+                self.skipping = newline.is_none();
+                Some(Read::Skipped)
+            } else {
+                let end = newline.unwrap_or(available.len());
+                let room = MAX_LINE + 1 - self.line.len();
+                self.line.extend_from_slice(&available[..end.min(room)]);
+                if self.line.len() > MAX_LINE {
+                    self.line.clear();
+                    self.skipping = newline.is_none();
+                    Some(Read::TooLong)
+                } else if newline.is_some() {
+                    Some(Read::Line(std::mem::take(&mut self.line)))
+                } else {
+                    None
+                }
+            };
+            self.reader.consume(consumed);
+            if read.is_some() {
+                return read;
             }
-            return Some(Read::Line(std::mem::take(line)));
         }
+    }
+}
+
+async fn next_line(lines: &mut Option<CappedLines<tokio::process::ChildStdout>>) -> Option<Read> {
+    match lines {
+        Some(lines) => lines.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -420,39 +452,47 @@ fn emit(handle: &Handle, kind: EventKind) {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn lines_are_capped_and_long_ones_skipped_whole() {
-        let long = "x".repeat(MAX_LINE * 3);
-        let input = format!("{{\"restart\":\"a\"}}\n{long}\n{{\"stop\":\"b\"}}\nlast");
-        let mut reader = BufReader::with_capacity(64, input.as_bytes());
-        let mut line = Vec::new();
+    async fn all(input: &[u8], chunk: usize) -> Vec<Read> {
+        let mut lines = CappedLines {
+            reader: BufReader::with_capacity(chunk, input),
+            line: Vec::new(),
+            skipping: false,
+        };
         let mut seen = Vec::new();
-        while let Some(read) = read_capped(&mut reader, &mut line).await {
-            match read {
-                Read::Line(text) => seen.push(String::from_utf8_lossy(&text).into_owned()),
-                Read::TooLong => seen.push("<too long>".into()),
-            }
+        while let Some(read) = lines.next().await {
             assert!(
-                line.capacity() <= 2 * MAX_LINE + 64,
+                lines.line.capacity() <= 2 * MAX_LINE + 64,
                 "the buffer stays small"
             );
+            seen.push(read);
         }
-        assert_eq!(
-            seen,
-            ["{\"restart\":\"a\"}", "<too long>", "{\"stop\":\"b\"}"]
-        );
+        seen
+    }
+
+    #[tokio::test]
+    async fn lines_are_capped_and_long_ones_dropped_as_soon_as_they_pass() {
+        let long = "x".repeat(MAX_LINE * 3);
+        let input = format!("{{\"restart\":\"a\"}}\n{long}\n{{\"stop\":\"b\"}}\nlast");
+        let seen = all(input.as_bytes(), 1024).await;
+        assert_eq!(seen[0], Read::Line(b"{\"restart\":\"a\"}".to_vec()));
+        assert_eq!(seen[1], Read::TooLong);
+        assert!(seen[2..seen.len() - 1].iter().all(|r| *r == Read::Skipped));
+        assert_eq!(seen.last(), Some(&Read::Line(b"{\"stop\":\"b\"}".to_vec())));
+    }
+
+    #[tokio::test]
+    async fn a_line_without_end_is_said_once_and_let_go_in_chunks() {
+        let endless = vec![b'a'; MAX_LINE * 10];
+        let seen = all(&endless, 4096).await;
+        assert_eq!(seen.iter().filter(|r| **r == Read::TooLong).count(), 1);
+        assert!(seen.len() >= 9, "one read per chunk: {}", seen.len());
     }
 
     #[tokio::test]
     async fn a_line_of_exactly_the_cap_is_kept() {
         let exact = "y".repeat(MAX_LINE);
-        let input = format!("{exact}\n");
-        let mut reader = BufReader::with_capacity(100, input.as_bytes());
-        let mut line = Vec::new();
-        let Some(Read::Line(text)) = read_capped(&mut reader, &mut line).await else {
-            panic!("a line")
-        };
-        assert_eq!(text.len(), MAX_LINE);
+        let seen = all(format!("{exact}\n").as_bytes(), 100).await;
+        assert_eq!(seen, [Read::Line(exact.into_bytes())]);
     }
 
     #[test]

@@ -136,6 +136,11 @@ impl OutputHub {
                 text,
                 time_ms: unix_ms(SystemTime::now()),
             });
+            // Lines already in the buffer come without touching the pipe,
+            // so nothing else would make a flooding service's pump yield:
+            // this does, every so many lines, and the rest of the stack
+            // (status, control, the printer) keeps its turn.
+            tokio::task::coop::consume_budget().await;
         }
     }
 }
@@ -224,8 +229,9 @@ impl LogFile {
             let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
             if tether_resilience::milestone(lost) {
                 tracing::warn!(
-                    "cannot write to log file {}: {e} ({lost} lines lost so far)",
-                    self.path.display()
+                    "cannot write to log file {}: {e} ({lost} {} lost so far)",
+                    self.path.display(),
+                    if lost == 1 { "line" } else { "lines" }
                 );
             }
         }

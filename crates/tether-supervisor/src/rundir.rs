@@ -85,7 +85,7 @@ impl RunDir {
     /// runs this stack; [`LockError::Io`] when the lock file cannot be
     /// opened (a symlink there is refused).
     pub fn lock(&self) -> Result<StackLock, LockError> {
-        use std::io::{Read, Seek, Write};
+        use std::io::{Seek, Write};
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.path.join("lock");
         let mut file = std::fs::OpenOptions::new()
@@ -100,9 +100,7 @@ impl RunDir {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = (&file).take(64).read_to_string(&mut text);
-                return Err(LockError::Held(text.trim().parse().ok()));
+                return Err(LockError::Held(self.lock_holder()));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(LockError::Io(path, e)),
         }
@@ -114,6 +112,23 @@ impl RunDir {
             return Err(LockError::Io(path, e));
         }
         Ok(StackLock { _file: file })
+    }
+
+    /// The pid the lock's holder wrote (it writes it just after taking the
+    /// lock, so a moment later than the lock itself).
+    pub fn lock_holder(&self) -> Option<u32> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut text = String::new();
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.path.join("lock"))
+            .ok()?
+            .take(64)
+            .read_to_string(&mut text)
+            .ok()?;
+        text.trim().parse().ok()
     }
 
     /// Removes what an earlier run left in the directory: heartbeat files

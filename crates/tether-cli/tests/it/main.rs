@@ -5,7 +5,9 @@
 // Test helpers outside #[test] functions may unwrap: a failure is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod faults;
 mod mcp;
+mod stack;
 mod support;
 mod up;
 mod wait;

@@ -1,124 +1,13 @@
 //! `tether up` and the commands that talk to it, as a user runs them.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-use serde_json::Value;
 use tether_test::peers::free_port;
-use tether_test::within;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::run;
 
-/// A stack in a temporary directory with its own runtime directory.
-struct Stack {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    out: Option<Lines<BufReader<ChildStdout>>>,
-    seen: Vec<String>,
-}
-
-impl Stack {
-    fn new(toml: &str) -> Stack {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tether.toml"), toml).unwrap();
-        std::fs::create_dir(dir.path().join("run")).unwrap();
-        Stack {
-            dir,
-            child: None,
-            out: None,
-            seen: Vec::new(),
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-        cmd.args(args)
-            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
-            .env("NO_COLOR", "1")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd
-    }
-
-    fn up(&mut self, extra: &[&str]) {
-        let mut args = vec!["up", "--no-status"];
-        args.extend_from_slice(extra);
-        let mut child = self.command(&args).spawn().unwrap();
-        self.out = Some(BufReader::new(child.stdout.take().unwrap()).lines());
-        self.child = Some(child);
-    }
-
-    /// Reads `up`'s output until a line contains `text`.
-    async fn until(&mut self, text: &str) -> String {
-        let out = self.out.as_mut().unwrap();
-        let seen = &mut self.seen;
-        within(&format!("a line with {text:?}"), async {
-            loop {
-                let Some(line) = out.next_line().await.unwrap() else {
-                    panic!("up ended before {text:?}; saw:\n{}", seen.join("\n"))
-                };
-                seen.push(line.clone());
-                if line.contains(text) {
-                    return line;
-                }
-            }
-        })
-        .await
-    }
-
-    /// Like `until`, but a line already read counts too: for lines whose
-    /// order against others is not fixed (output and events interleave).
-    async fn eventually(&mut self, text: &str) -> String {
-        match self.seen.iter().find(|l| l.contains(text)) {
-            Some(line) => line.clone(),
-            None => self.until(text).await,
-        }
-    }
-
-    async fn tether(&self, args: &[&str]) -> crate::support::Run {
-        let out = within("a client command", self.command(args).output())
-            .await
-            .unwrap();
-        crate::support::Run {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    async fn ps(&self) -> Value {
-        let r = self.tether(&["ps", "--json"]).await;
-        assert_eq!(r.code(), 0, "{r:?}");
-        serde_json::from_str(&r.stdout).unwrap()
-    }
-
-    /// Waits for `up` to exit; returns its code and the rest of its output.
-    async fn exited(&mut self) -> (i32, Vec<String>) {
-        let mut rest = Vec::new();
-        if let Some(out) = self.out.as_mut() {
-            while let Some(line) = within("up's output to end", out.next_line()).await.unwrap() {
-                rest.push(line);
-            }
-        }
-        let status = within("up to exit", self.child.as_mut().unwrap().wait())
-            .await
-            .unwrap();
-        (status.code().unwrap_or(-1), rest)
-    }
-
-    fn pid(&self) -> rustix::process::Pid {
-        rustix::process::Pid::from_raw(self.child.as_ref().unwrap().id().unwrap() as i32).unwrap()
-    }
-}
-
-fn python() -> String {
-    tether_test::peers::python().display().to_string()
-}
+use crate::stack::{Stack, python};
 
 fn http_service() -> String {
     tether_test::peers::peer_script("http_service.py")

@@ -49,6 +49,10 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     ///
     /// Cancel-safe: bytes read stay buffered for the next call.
     pub async fn next(&mut self) -> io::Result<Option<Line>> {
+        // Lines already buffered come without touching the stream: yield
+        // every so many all the same. Here, before anything is taken, so
+        // that a cancelled call loses nothing.
+        tokio::task::coop::consume_budget().await;
         loop {
             if let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
                 let end = self.scanned + at;
