@@ -4,7 +4,6 @@
 //! processes left behind are found by a marker on their command line;
 //! secrets are looked for on every surface.
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
