@@ -53,6 +53,17 @@ pub(crate) struct Context {
     pub(crate) handle: Handle,
     pub(crate) tasks: TaskTracker,
     pub(crate) runtime_dir: PathBuf,
+    /// Cancelled for the fast way out (a second Ctrl-C): no grace then.
+    pub(crate) kill: CancellationToken,
+}
+
+/// A hook's grace after SIGTERM, cut to nothing by a kill.
+fn grace(cx: &Context) -> Duration {
+    if cx.kill.is_cancelled() {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(5)
+    }
 }
 
 /// Counts drops and says so at milestones.
@@ -210,7 +221,7 @@ async fn run_once(
         tokio::select! {
             () = sleep_until(throttled) => throttled = None,
             () = stop.cancelled() => {
-                let _ = child.stop(Signal::TERM, Duration::from_secs(5)).await;
+                let _ = child.stop(Signal::TERM, grace(cx)).await;
                 return Ended::Stop;
             }
             exit = child.wait() => {

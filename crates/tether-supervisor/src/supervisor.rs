@@ -153,6 +153,7 @@ pub fn launch(
                 handle: handle.clone(),
                 tasks: tasks.clone(),
                 runtime_dir: handle.rundir.path().to_path_buf(),
+                kill: shutdown.clone(),
             },
             events,
             runners_stop.clone(),
