@@ -1,8 +1,8 @@
 # Shared by run_all.sh (tether wait) and run_up.sh (tether up): arguments, a
-# bounded step runner, the release build, the peer's installation and the
+# bounded step runner, the release build, the peers' installation and the
 # machine context. Source it after setting `me` (the runner's name) and
-# `peer_package` / `peer_command` (the Debian package to install when its
-# command is missing).
+# `peer_package` / `peer_command` (the Debian packages to install when their
+# commands are missing: space-separated lists, one command per package).
 #
 #   [--quick] [--no-build] [--out DIR]
 
@@ -76,8 +76,16 @@ if [ "$build" -eq 1 ]; then
     [ -x "$TETHER_BIN" ] || status=1
 fi
 
-if ! command -v "$peer_command" >/dev/null 2>&1; then
-    echo "== installing $peer_package" >&2
+read -r -a peer_packages <<<"$peer_package"
+read -r -a peer_commands <<<"$peer_command"
+to_install=()
+for i in "${!peer_packages[@]}"; do
+    if ! command -v "${peer_commands[$i]}" >/dev/null 2>&1; then
+        to_install+=("${peer_packages[$i]}")
+    fi
+done
+if [ "${#to_install[@]}" -gt 0 ]; then
+    echo "== installing ${to_install[*]}" >&2
     if [ "$(id -u)" -eq 0 ]; then
         sudo=()
     else
@@ -86,7 +94,7 @@ if ! command -v "$peer_command" >/dev/null 2>&1; then
     # Installing a package may try to start its system service; the
     # benchmarks start their own peers and never use that one.
     step "apt-get update" 600 "${sudo[@]}" apt-get update -q
-    step "apt-get install" 600 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$peer_package"
+    step "apt-get install" 600 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${to_install[@]}"
 fi
 
 # context TITLE: the heading and the machine the numbers come from.

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Crash to ready again: how long a crashed service is away under
-`tether up` (restart = "always", ready = its /health) and under supervisord
-(autorestart=true), beside the service's own start-up.
+`tether up` (restart = "always", ready = its /health or its READY=1), under
+supervisord (autorestart=true), s6 (s6-supervise, plain and with
+notification-fd) and pm2 (autorestart, restart_delay 0), beside the
+service's own start-up and a restart by the harness itself.
 
 The service (up_service.py) is Python's http.server on 127.0.0.1; once it
 listens it sends one UDP datagram, "<time.monotonic_ns()> <pid>", to this
@@ -14,12 +16,22 @@ socket), all running at once:
   right after the kill, so crash -> listening - (kill -> spawn) is the
   service's own start-up (spawn -> listening), taken under the same
   conditions as the restarts;
-- tether, once per --delays value (restart_delay), with stable_after =
-  --stable-after (under the dwell, so every crash is a first restart and its
-  pause is restart_delay +/- 20 % jitter) and a crash-loop limit far above
-  --crashes;
+- tether, once per --stacks entry DELAY/READY[/cgroups-off]: restart_delay
+  DELAY (1ns is the smallest it takes: it must be more than zero), the
+  readiness check READY (http: its /health; tcp: its port; notify: the
+  service's READY=1 on $NOTIFY_SOCKET; none), TETHER_CGROUPS=off with
+  cgroups-off; stable_after = --stable-after (under the dwell, so every crash
+  is a first restart and its pause is restart_delay +/- 20 % jitter) and a
+  crash-loop limit far above --crashes;
 - supervisord, startsecs = --supervisord-startsecs (0, the lowest it allows),
-  startretries = 1000.
+  startretries = 1000;
+- s6: s6-svscan over one service directory (`run` execs the service); and
+  the same with notification-fd 3 (the service writes a newline to fd 3
+  once it listens). s6-supervise waits until 1 s after the previous start
+  before it respawns (without readiness notification, 1 s after any death);
+- pm2: one app (interpreter none, autorestart, restart_delay 0,
+  min_uptime 100 ms, max_restarts 100000), PM2_HOME in a temporary
+  directory.
 
 --crashes rounds; in each, every subject in turn (the order rotates each
 round, so load drifts hit all alike): wait --dwell seconds with the instance
@@ -31,9 +43,11 @@ arriving at this harness, on its monotonic clock; the event's own time_ms,
 wall clock with ms precision, converted, beside it). The next kill waits
 until tether has declared the instance ready.
 
-Goal: tether's crash -> ready at most the service's own start-up (median)
+Goals: tether's crash -> ready at most the service's own start-up (median)
 + 10 ms + the backoff it chose, judged on the median of (crash -> ready -
-backoff).
+backoff); and, for stacks with no backoff (a restart_delay under 1 ms),
+crash -> ready at most the direct restart's crash -> listening (median)
++ 5 ms.
 
 Python 3 standard library only. Exit 0 when every crash was followed by a
 restart and nothing was left running, 1 otherwise, 2 when a tool is missing,
@@ -54,6 +68,10 @@ import uplib as u
 
 SERVICE = str(b.BENCH_DIR / "up_service.py")
 GOAL_SLACK_MS = 10.0
+# With no backoff: crash -> ready at most the direct restart + this.
+GOAL_DIRECT_SLACK_MS = 5.0
+TOOLS = (u.TETHER, u.SUPERVISORD, u.S6, u.PM2)
+DEFAULT_STACKS = "100ms/http,1ns/http,1ns/notify,1ns/http/cgroups-off"
 # Per crash: how long the next instance may take to be up (and ready).
 BOUND_S = 15.0
 DIRECT = "direct"
@@ -63,9 +81,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--crashes", type=int, default=30, help="crashes per subject (default: %(default)s)")
     p.add_argument(
+        "--stacks",
+        default=DEFAULT_STACKS,
+        help="tether stacks, comma-separated DELAY/READY[/cgroups-off]: restart_delay, readiness check "
+        "(http, tcp, notify, none), and TETHER_CGROUPS=off (default: %(default)s)",
+    )
+    p.add_argument(
         "--delays",
-        default="100ms,10ms",
-        help="tether restart_delay values, one stack each (default: %(default)s)",
+        default=None,
+        help="tether restart_delay values: with --ready, replaces --stacks by every DELAY/READY pair",
     )
     p.add_argument(
         "--stable-after",
@@ -80,10 +104,10 @@ def main():
     )
     p.add_argument(
         "--ready",
-        default="http",
-        help="comma-separated readiness checks for the tether stacks: http (the service's /health), "
-        "tcp (its port), none (ready once spawned; crash -> ready is then meaningless, but it shows "
-        "what the probe costs the service's start-up) (default: %(default)s)",
+        default=None,
+        help="comma-separated readiness checks for the tether stacks (with --delays: replaces --stacks): "
+        "http (the service's /health), tcp (its port), notify (READY=1), none (ready once spawned; "
+        "crash -> ready is then meaningless, but it shows what the probe costs the service's start-up)",
     )
     p.add_argument(
         "--supervisord-startsecs",
@@ -97,19 +121,30 @@ def main():
         help="the interpreter of the service (default: %(default)s)",
     )
     p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
-    u.add_tool_args(p, (u.TETHER, u.SUPERVISORD))
+    u.add_tool_args(p, TOOLS)
     args = p.parse_args()
     if not 1 <= args.crashes <= 1000:
         p.error("--crashes must be between 1 and 1000")
     if not 0.3 <= args.dwell <= 30:
         p.error("--dwell must be between 0.3 and 30 seconds")
-    delays = [d.strip() for d in args.delays.split(",") if d.strip()]
-    readies = [r.strip() for r in args.ready.split(",") if r.strip()]
-    for r in readies:
-        if r not in ("http", "tcp", "none"):
-            p.error(f"--ready: unknown check {r!r}")
+    if args.delays is not None or args.ready is not None:
+        delays = [d.strip() for d in (args.delays or "100ms").split(",") if d.strip()]
+        readies = [r.strip() for r in (args.ready or "http").split(",") if r.strip()]
+        stacks = [(d, r, True) for r in readies for d in delays]
+    else:
+        stacks = []
+        for item in args.stacks.split(","):
+            parts = [x.strip() for x in item.split("/") if x.strip()]
+            if not parts:
+                continue
+            if len(parts) > 3 or (len(parts) == 3 and parts[2] != "cgroups-off"):
+                p.error(f"--stacks: {item!r} is not DELAY/READY[/cgroups-off]")
+            stacks.append((parts[0], parts[1] if len(parts) > 1 else "http", len(parts) < 3))
+    for _, r, _ in stacks:
+        if r not in ("http", "tcp", "notify", "none"):
+            p.error(f"unknown readiness check {r!r}")
 
-    tools, missing = u.selected_tools(args, (u.TETHER, u.SUPERVISORD))
+    tools, missing = u.selected_tools(args, TOOLS)
     tcp_at_start = b.tcp_sockets()
     if not b.become_subreaper():
         print("warning: could not become a child subreaper", file=sys.stderr)
@@ -117,9 +152,13 @@ def main():
 
     subjects = [Direct(args)]
     if u.TETHER in tools:
-        subjects += [Tether(args, delay, ready) for ready in readies for delay in delays]
+        subjects += [Tether(args, delay, ready, cgroups) for delay, ready, cgroups in stacks]
     if u.SUPERVISORD in tools:
         subjects.append(Supervisord(args))
+    if u.S6 in tools:
+        subjects += [S6(args, notify=False), S6(args, notify=True)]
+    if u.PM2 in tools:
+        subjects.append(Pm2(args))
     try:
         for s in subjects:
             print(f"starting {s.label}...", file=sys.stderr)
@@ -270,15 +309,19 @@ class Direct(Subject):
 
 
 class Tether(Subject):
-    def __init__(self, args, delay, ready="http"):
+    def __init__(self, args, delay, ready="http", cgroups=True):
         label = f"tether, restart_delay {delay}"
         if ready != "http":
             label += f", ready = {ready}"
+        if not cgroups:
+            label += ", TETHER_CGROUPS=off"
         super().__init__(args, u.TETHER, label)
         self.ready = ready
+        self.cgroups = cgroups
         ready_line = {
             "http": f'ready = "http://127.0.0.1:{self.port}/health"\n',
             "tcp": f'ready = "tcp://127.0.0.1:{self.port}"\n',
+            "notify": 'ready = "notify"\n',
             "none": "",
         }[ready]
         self.xdg = os.path.join(self.tmp, "run")
@@ -295,17 +338,20 @@ stable_after = {u.toml_str(args.stable_after)}
 crash_loop = {{ exits = {args.crashes * 10 + 100}, window = "60s" }}
 
 [services.svc]
-command = {u.toml_argv(self.service_argv())}
+command = {u.toml_argv(self.service_argv() + (["--sd-notify"] if ready == "notify" else []))}
 {ready_line}"""
             )
         self.run["restart_delay"] = delay
         self.run["ready"] = ready
+        self.run["cgroups"] = cgroups
         self.run["config"] = open(self.config).read()
         self.run["argv"] = [args.tether, "up", "-f", self.config, "--no-status", "--json"]
         self.events = None
 
     def start(self):
         env = u.tether_env(self.xdg, self.mark)
+        if not self.cgroups:
+            env["TETHER_CGROUPS"] = "off"
         self.proc = u.Proc(self.run["argv"], env, stderr=os.path.join(self.tmp, "stderr"), lines=True)
         self.events = u.Events(self.proc)
         got = self.first_up()
@@ -362,7 +408,23 @@ command = {u.toml_argv(self.service_argv())}
         super().stop()
 
 
-class Supervisord(Subject):
+class Peer(Subject):
+    """A peer supervisor: the harness kills the instance and waits for the
+    next one's datagram; the peer has no readiness of its own to report."""
+
+    def crash(self, i):
+        old = self.pid
+        t0 = time.monotonic_ns()
+        os.kill(old, signal.SIGKILL)
+        got = recv_up(self.reporter, t0 + int(BOUND_S * 1e9), not_pid=old)
+        if got is None:
+            self.fail(f"crash {i}: no new instance within {BOUND_S:g} s")
+            return
+        t1, self.pid = got
+        self.run["crashes"].append({"crash_to_listening_ns": t1 - t0, "old_pid": old, "new_pid": self.pid})
+
+
+class Supervisord(Peer):
     def __init__(self, args):
         super().__init__(args, u.SUPERVISORD, f"supervisord, startsecs={args.supervisord_startsecs}")
         keys = {
@@ -386,23 +448,64 @@ class Supervisord(Subject):
         )
         self.first_up()
 
-    def crash(self, i):
-        old = self.pid
-        t0 = time.monotonic_ns()
-        os.kill(old, signal.SIGKILL)
-        got = recv_up(self.reporter, t0 + int(BOUND_S * 1e9), not_pid=old)
-        if got is None:
-            self.fail(f"crash {i}: no new instance within {BOUND_S:g} s")
-            return
-        t1, self.pid = got
-        self.run["crashes"].append({"crash_to_listening_ns": t1 - t0, "old_pid": old, "new_pid": self.pid})
-
     def stop(self):
         if self.proc is not None:
             if self.proc.running():
                 u.supervisorctl(self.args, self.conf, "shutdown")
             if not self.proc.wait(20):
                 self.fail("supervisord did not exit within 20 s of supervisorctl shutdown")
+        super().stop()
+
+
+class S6(Peer):
+    def __init__(self, args, notify):
+        label = "s6, notification-fd 3" if notify else "s6 (no readiness notification)"
+        super().__init__(args, u.S6, label)
+        argv = self.service_argv() + (["--notify-fd", "3"] if notify else [])
+        files = {"notification-fd": "3\n"} if notify else {}
+        self.stack = u.S6Stack(args, self.tmp, [("svc", argv, files)], self.mark)
+        self.run["config"] = self.stack.config()
+        self.run["argv"] = self.stack.argv
+
+    def start(self):
+        self.proc = self.stack.start()
+        self.first_up()
+
+    def stop(self):
+        if not self.stack.stop():
+            self.fail("s6-svscan did not exit within 20 s of s6-svscanctl -t")
+        super().stop()
+
+
+class Pm2(Peer):
+    def __init__(self, args):
+        super().__init__(args, u.PM2, "pm2 (autorestart, restart_delay 0)")
+        app = {
+            "name": "svc",
+            "script": self.service_argv()[0],
+            "args": self.service_argv()[1:],
+            "interpreter": "none",
+            "exec_mode": "fork",
+            "autorestart": True,
+            "restart_delay": 0,
+            "min_uptime": 100,
+            "max_restarts": 100000,
+            "kill_timeout": 1000,
+        }
+        self.stack = u.Pm2Stack(args, self.tmp, [app], self.mark)
+        self.run["config"] = self.stack.config()
+        self.run["argv"] = [args.pm2, "start", self.stack.file]
+
+    def start(self):
+        _, _, code = self.stack.start()
+        if code != 0:
+            self.fail(f"pm2 start: exit {code}")
+            return
+        self.first_up()
+
+    def stop(self):
+        if not self.stack.stop():
+            self.fail("the pm2 daemon was still running after pm2 kill (killed)")
         super().stop()
 
 
@@ -580,6 +683,52 @@ def report(args, runs, missing, m, versions):
             f"\nGoal: crash → ready ≤ the service's own start-up ({fmt_ms(startup_med)} median) "
             f"+ {GOAL_SLACK_MS:g} ms + the backoff tether chose."
         )
+        direct_med = med_ms(col(direct, "crash_to_listening_ns"))
+        no_backoff = [
+            r
+            for r in tether_runs
+            if r.get("ready") != "none" and col(r, "backoff_ms") and max(col(r, "backoff_ms")) < 1
+        ]
+        if no_backoff and direct_med is not None:
+            print(f"\n### tether with no backoff: crash → ready against the direct restart + {GOAL_DIRECT_SLACK_MS:g} ms\n")
+            rows = []
+            bound = direct_med + GOAL_DIRECT_SLACK_MS
+            for r in no_backoff:
+                sm = b.summary_ms(col(r, "crash_to_ready_ns"))
+                over = sum(1 for v in col(r, "crash_to_ready_ns") if v / 1e6 > bound)
+                ok = sm is not None and sm["median"] <= bound and not r["failures"]
+                goals_ok &= ok
+                r["goal_direct"] = {"bound_ms": bound, "median_ms": sm and sm["median"], "met": ok}
+                rows.append(
+                    [
+                        r["label"],
+                        sm and sm["median"],
+                        sm and sm["p95"],
+                        sm and sm["median"] - direct_med,
+                        bound,
+                        f"{over}/{len(col(r, 'crash_to_ready_ns'))}",
+                        "met" if ok else f"MISSED by {sm['median'] - bound:.2f} ms" if sm else "MISSED",
+                    ]
+                )
+            print(
+                b.table(
+                    [
+                        "run",
+                        "crash → ready median ms",
+                        "p95 ms",
+                        "over direct (median) ms",
+                        f"bound: direct crash → listening median + {GOAL_DIRECT_SLACK_MS:g} ms",
+                        "crashes over the bound",
+                        "goal (median)",
+                    ],
+                    rows,
+                )
+            )
+            print(
+                f"\nThe direct restart's crash → listening: {fmt_ms(direct_med)} median (SIGKILL, the harness sees "
+                "the exit through a pidfd, reaps, spawns at once). A restart_delay under 1 ms is as good as none "
+                "(the smallest tether takes is 1ns: it must be more than zero)."
+            )
     for r in runs:
         for f in r["failures"]:
             print(f"\nFAILED ({r['label']}): {f}")

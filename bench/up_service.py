@@ -3,6 +3,7 @@
 on 127.0.0.1 that says when it is listening.
 
     up_service.py --port PORT --report-port UDP_PORT [--delay SECONDS]
+                  [--notify-fd FD] [--sd-notify]
 
 GET /health answers 200 "ok"; anything else 404. Once the socket listens
 (HTTPServer binds and listens in its constructor), it sends one UDP datagram
@@ -11,6 +12,12 @@ same clock in every process, so the harness knows to the microsecond when
 this instance was up, without polling. --delay sleeps before binding (a
 slower start-up); by default the start-up is Python's own plus the import of
 http.server, about 30 ms. It logs nothing.
+
+Readiness, for supervisors that are told rather than probe, right after the
+datagram: --notify-fd FD writes a newline to FD and closes it (s6's
+notification-fd protocol); --sd-notify sends READY=1 to $NOTIFY_SOCKET
+(systemd's sd_notify, `ready = "notify"` in tether; `@` starts an abstract
+name).
 """
 
 import argparse
@@ -38,6 +45,8 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--report-port", type=int, required=True)
     p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--notify-fd", type=int, default=None)
+    p.add_argument("--sd-notify", action="store_true")
     args = p.parse_args()
     if args.delay > 0:
         time.sleep(args.delay)
@@ -46,6 +55,16 @@ def main():
     report = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     report.sendto(f"{t_listen} {os.getpid()}".encode(), ("127.0.0.1", args.report_port))
     report.close()
+    if args.notify_fd is not None:
+        os.write(args.notify_fd, b"\n")
+        os.close(args.notify_fd)
+    if args.sd_notify and os.environ.get("NOTIFY_SOCKET"):
+        path = os.environ["NOTIFY_SOCKET"]
+        if path.startswith("@"):
+            path = "\0" + path[1:]
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.sendto(b"READY=1", path)
+        notify.close()
     server.serve_forever()
 
 

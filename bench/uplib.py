@@ -1,7 +1,8 @@
 """Shared pieces of the `tether up` benchmarks (up_restart.py, up_idle.py,
-up_down.py): running tether and supervisord as bounded children, reading
-tether's NDJSON events as they arrive, finding every process of a stack by a
-marker in its environment, and reading a process's CPU time and memory.
+up_down.py, up_floods.py, up_setsid.py): running tether, supervisord, s6 and
+pm2 as bounded children, reading tether's NDJSON events as they arrive,
+finding every process of a stack by a marker in its environment, and reading
+a process's CPU time and memory.
 
 Builds on benchlib.py (session kill, subreaper, statistics, tables, machine
 context). Python 3 standard library only, Linux only (pidfd, /proc). Nothing
@@ -26,6 +27,12 @@ import benchlib as b
 
 TETHER = "tether"
 SUPERVISORD = "supervisord"
+S6 = "s6"
+PM2 = "pm2"
+
+# pm2 is installed by run_up.sh into a folder of the project's own, never
+# globally (and never in the tests' .tools/npm).
+DEFAULT_PM2 = b.REPO_ROOT / ".tools" / "bench-up-npm" / "node_modules" / ".bin" / "pm2"
 
 # Every process a benchmark starts (the supervisor, its services and their
 # children) carries this variable in its environment, with a value unique to
@@ -57,11 +64,27 @@ def add_tool_args(parser, tools):
         help="path of supervisorctl (default: %(default)s)",
     )
     parser.add_argument(
+        "--s6-svscan",
+        dest="s6_svscan",
+        default=shutil.which("s6-svscan") or "/usr/bin/s6-svscan",
+        help="path of s6-svscan; s6-svc and s6-svscanctl are taken from its directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pm2",
+        default=os.environ.get("PM2_BIN", str(DEFAULT_PM2)),
+        help="path of the pm2 command (default: $PM2_BIN or %(default)s)",
+    )
+    parser.add_argument(
         "--tools",
         default=",".join(tools),
         help="comma-separated tools to measure (default: %(default)s)",
     )
     parser.add_argument("--json", metavar="FILE", help="write the raw numbers to FILE")
+
+
+def s6_tool(args, name):
+    """An s6 program beside s6-svscan."""
+    return os.path.join(os.path.dirname(args.s6_svscan), name)
 
 
 def selected_tools(args, known):
@@ -87,6 +110,23 @@ def selected_tools(args, known):
                     f"supervisord/supervisorctl not found at {args.supervisord}, {args.supervisorctl}: "
                     "install them with `apt-get update && apt-get install -y supervisor`"
                 )
+        elif tool == S6:
+            needed = [args.s6_svscan] + [s6_tool(args, n) for n in ("s6-svc", "s6-svscanctl", "s6-svstat")]
+            if all(os.access(x, os.X_OK) for x in needed):
+                present.append(tool)
+            else:
+                missing[tool] = (
+                    f"s6 not found at {os.path.dirname(args.s6_svscan)}: "
+                    "install it with `apt-get update && apt-get install -y s6`"
+                )
+        elif tool == PM2:
+            if os.access(args.pm2, os.X_OK) and shutil.which("node"):
+                present.append(tool)
+            else:
+                missing[tool] = (
+                    f"pm2 not found at {args.pm2} (or no node on PATH): bench/run_up.sh installs it "
+                    "into .tools/bench-up-npm, or pass --pm2 PATH"
+                )
     for msg in missing.values():
         print(f"warning: {msg}", file=sys.stderr)
     return present, missing
@@ -98,7 +138,23 @@ def versions(args, tools):
         out[TETHER] = run_bounded([args.tether, "--version"], 5).strip() or "?"
     if SUPERVISORD in tools:
         out[SUPERVISORD] = "supervisord " + (run_bounded([args.supervisord, "--version"], 10).strip() or "?")
+    if S6 in tools:
+        # s6's programs have no --version; the Debian package says it.
+        out[S6] = "s6 " + (run_bounded(["dpkg-query", "-W", "-f", "${Version}", "s6"], 10).strip() or "?")
+    if PM2 in tools:
+        out[PM2] = f"pm2 {pm2_version(args)} (node {run_bounded(['node', '--version'], 10).strip() or '?'})"
     return out
+
+
+def pm2_version(args):
+    """From its package.json: `pm2 --version` would start a daemon in
+    ~/.pm2."""
+    path = os.path.join(os.path.dirname(os.path.realpath(args.pm2)), "..", "package.json")
+    try:
+        with open(path) as f:
+            return json.load(f).get("version", "?")
+    except (OSError, ValueError):
+        return "?"
 
 
 def run_bounded(argv, timeout, env=None):
@@ -176,9 +232,10 @@ class Proc:
     (as benchlib.Child), with its own environment. With `lines=True` its
     stdout is a pipe read by a thread that stamps each line with
     time.monotonic_ns() on arrival; the lines wait in `self.lines` (a
-    queue of (t_arrival_ns, text)). Otherwise stdout goes to `stdout`."""
+    queue of (t_arrival_ns, text)). With `stdout_fd` stdout is that
+    descriptor of ours. Otherwise stdout goes to the file `stdout`."""
 
-    def __init__(self, argv, env, stdout=os.devnull, stderr=os.devnull, lines=False):
+    def __init__(self, argv, env, stdout=os.devnull, stderr=os.devnull, lines=False, stdout_fd=None):
         self.argv = argv
         self.lines = queue.Queue() if lines else None
         rfd = None
@@ -187,6 +244,10 @@ class Proc:
             rfd, wfd = os.pipe()
             actions.append((os.POSIX_SPAWN_DUP2, wfd, 1))
             actions.append((os.POSIX_SPAWN_CLOSE, rfd))
+        elif stdout_fd is not None:
+            # A descriptor of the caller's (the write end of a pipe it
+            # never reads, for one).
+            actions.append((os.POSIX_SPAWN_DUP2, stdout_fd, 1))
         else:
             actions.append((os.POSIX_SPAWN_OPEN, 1, stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         actions.append((os.POSIX_SPAWN_OPEN, 2, stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
@@ -401,6 +462,186 @@ def wait_supervisord_running(args, conf, count, timeout_s=30):
     return False
 
 
+# --- s6 -------------------------------------------------------------------------
+
+
+class S6Stack:
+    """An s6 supervision tree of our own: `s6-svscan SCANDIR` (a bounded
+    child in a session of its own, the marker in its environment, which
+    s6-supervise and every service inherit) over one service directory per
+    (name, argv, {file: content}) of `services`. Each directory gets a `run`
+    script (`#!/bin/sh` then `exec` the argv) and the extra files (s6's own
+    knobs: notification-fd, timeout-kill, down, ...). s6-svscan is started
+    without -t, so it never rescans on a timer."""
+
+    def __init__(self, args, tmp, services, mark):
+        self.args = args
+        self.scandir = os.path.join(tmp, "scan")
+        self.mark = mark
+        self.tmp = tmp
+        self.names = []
+        os.mkdir(self.scandir)
+        for name, argv, files in services:
+            d = os.path.join(self.scandir, name)
+            os.mkdir(d)
+            with open(os.path.join(d, "run"), "w") as f:
+                f.write("#!/bin/sh\nexec " + shlex.join(argv) + "\n")
+            os.chmod(os.path.join(d, "run"), 0o755)
+            for fname, content in files.items():
+                with open(os.path.join(d, fname), "w") as f:
+                    f.write(content)
+            self.names.append(name)
+        self.argv = [args.s6_svscan, self.scandir]
+        self.proc = None
+
+    def config(self):
+        """The service directories as text, for the JSON record."""
+        out = {}
+        for name in self.names:
+            d = os.path.join(self.scandir, name)
+            out[name] = {f: open(os.path.join(d, f)).read() for f in sorted(os.listdir(d)) if os.path.isfile(os.path.join(d, f))}
+        return out
+
+    def start(self):
+        env = dict(os.environ)
+        env[MARK_VAR] = self.mark
+        self.proc = Proc(
+            self.argv, env, stdout=os.path.join(self.tmp, "stdout"), stderr=os.path.join(self.tmp, "stderr")
+        )
+        return self.proc
+
+    def dir(self, name):
+        return os.path.join(self.scandir, name)
+
+    def svc(self, name, *flags, timeout_s=10):
+        """`s6-svc FLAGS SERVICEDIR`; returns its exit code (or "killed")."""
+        return bounded([s6_tool(self.args, "s6-svc"), *flags, self.dir(name)], clean_env(), timeout_s)[2]
+
+    def pid(self, name):
+        """The service's pid as s6-svstat says it, or None."""
+        out = run_bounded([s6_tool(self.args, "s6-svstat"), "-p", self.dir(name)], 5, env=clean_env()).strip()
+        try:
+            pid = int(out)
+        except ValueError:
+            return None
+        return pid if pid > 0 else None
+
+    def supervisor_pids(self):
+        """s6-svscan and every s6-supervise of this tree."""
+        return {pid for pid, (_, comm) in marked(self.mark).items() if comm.startswith("s6-")}
+
+    def stop(self, timeout_s=20):
+        """s6-svscanctl -t (every service down, every s6-supervise out,
+        s6-svscan exits); the session killed at the bound. Returns whether
+        s6-svscan exited by itself."""
+        if self.proc is None:
+            return True
+        if self.proc.running():
+            bounded([s6_tool(self.args, "s6-svscanctl"), "-t", self.scandir], clean_env(), 10)
+        return self.proc.wait(timeout_s)
+
+
+# --- pm2 ------------------------------------------------------------------------
+
+
+class Pm2Stack:
+    """pm2 with a PM2_HOME of its own in `tmp` (never ~/.pm2): its daemon
+    (the "God" process) is started by the first `pm2 start` and detaches
+    into a session of its own, so it is found through PM2_HOME/pm2.pid and
+    the marker, and `stop()` ends it with `pm2 kill`, then by the marker.
+    `apps` are pm2 app declarations (dicts: name, script, args, ...), written
+    to one process file."""
+
+    def __init__(self, args, tmp, apps, mark):
+        self.args = args
+        self.home = os.path.join(tmp, "pm2-home")
+        os.mkdir(self.home)
+        self.mark = mark
+        self.file = os.path.join(tmp, "apps.json")
+        with open(self.file, "w") as f:
+            json.dump({"apps": apps}, f, indent=2)
+        self.env = dict(os.environ)
+        self.env["PM2_HOME"] = self.home
+        self.env[MARK_VAR] = self.mark
+        self.started = False
+
+    def config(self):
+        return open(self.file).read()
+
+    def cli(self, *words, timeout_s=60, marked_env=False):
+        """A pm2 command against this PM2_HOME; returns (start, end, code).
+        Only the command that starts the daemon carries the marker."""
+        env = self.env if marked_env else self.cli_env()
+        return bounded([self.args.pm2, *words], env, timeout_s)
+
+    def cli_env(self):
+        env = clean_env()
+        env["PM2_HOME"] = self.home
+        return env
+
+    def start(self):
+        """`pm2 start FILE`: the daemon starts and runs every app."""
+        self.started = True
+        return self.cli("start", self.file, marked_env=True)
+
+    def daemon_pid(self):
+        try:
+            with open(os.path.join(self.home, "pm2.pid")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def jlist(self):
+        """`pm2 jlist`, parsed ([] when it fails)."""
+        out = run_bounded([self.args.pm2, "jlist"], 30, env=self.cli_env())
+        try:
+            start = out.index("[")
+            return json.loads(out[start:])
+        except ValueError:
+            return []
+
+    def supervisor_pids(self):
+        pid = self.daemon_pid()
+        return {pid} if pid else set()
+
+    def stop(self):
+        """`pm2 kill` (its apps and its daemon), then whatever still carries
+        the daemon's pid. Returns whether the daemon is gone."""
+        if not self.started:
+            return True
+        pid = self.daemon_pid()
+        self.cli("kill", timeout_s=30)
+        if not pid:
+            return True
+        # `pm2 kill` may return a moment before its daemon is gone: give it
+        # 5 s, seen through a pidfd.
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return True
+        try:
+            gone = bool(select.select([fd], [], [], 5)[0])
+        finally:
+            os.close(fd)
+        if gone or not pid_alive(pid):
+            return True
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return False
+
+
+def pid_alive(pid):
+    """Running (not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
+
+
 # --- Processes of a stack -------------------------------------------------------
 
 
@@ -519,6 +760,84 @@ def status_kb(pid, key):
     except OSError:
         pass
     return None
+
+
+def thread_counters(pid):
+    """{tid: (run time ns from schedstat, voluntary + involuntary context
+    switches)} of every live thread of `pid`. Threads come and go (a
+    runtime's idle blocking threads exit), so a window's change is taken
+    per thread: see counters_delta()."""
+    out = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            ctx = 0
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        ctx += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        out[f"{pid}/{tid}"] = (ns, ctx)
+    return out
+
+
+def counters_delta(samples):
+    """The change over a list of thread_counters() samples, per thread: from
+    its first sample (or from 0 if it was born after the first) to its last.
+    What a thread did between its last sample and its exit is missed, so
+    sample often. Returns (ns, context switches)."""
+    if not samples:
+        return 0, 0
+    first, last = {}, {}
+    for sample in samples:
+        for tid, v in sample.items():
+            first.setdefault(tid, v)
+            last[tid] = v
+    born_before = samples[0]
+    ns = ctx = 0
+    for tid, (lns, lctx) in last.items():
+        fns, fctx = born_before.get(tid, (0, 0))
+        ns += lns - fns
+        ctx += lctx - fctx
+    return ns, ctx
+
+
+def pss_kb(pid):
+    """Proportional set size (shared pages split among their users) from
+    /proc/PID/smaps_rollup, or None."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def ctx_switches(pid):
+    """Voluntary + involuntary context switches of every live thread: how
+    often the process was woken (or preempted)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def threads(pid):
