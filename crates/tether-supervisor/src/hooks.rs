@@ -119,6 +119,12 @@ pub(crate) async fn run(
         {
             Ended::Stop => break,
             Ended::Exited(words) => {
+                // What the hook left running goes before it starts again.
+                if !scope.is_empty() {
+                    scope
+                        .stop(Signal::TERM, grace(&cx), crate::runner::AFTER_KILL)
+                        .await;
+                }
                 if began.elapsed() > Duration::from_secs(10) {
                     backoff.reset();
                 }
