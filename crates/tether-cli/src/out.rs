@@ -225,29 +225,24 @@ fn write_lines(rx: Receiver<String>, shared: &Shared, sink: Sink, notice: Option
 mod tests {
     use super::*;
 
+    /// An `Out` whose writer never runs: the queue alone decides.
+    fn unread() -> (Out, Receiver<String>) {
+        let (tx, rx) = sync_channel(QUEUE_LINES);
+        let shared = Arc::new(Shared {
+            queued_bytes: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        (Out { tx, shared }, rx)
+    }
+
     #[test]
     fn the_queue_is_bounded_in_lines_and_bytes() {
-        // A writer that never runs: the queue alone decides.
-        let (tx, _rx) = sync_channel(QUEUE_LINES);
-        let out = Out {
-            tx,
-            shared: Arc::new(Shared {
-                queued_bytes: AtomicUsize::new(0),
-                dropped: AtomicU64::new(0),
-            }),
-        };
+        let (out, _rx) = unread();
         for _ in 0..QUEUE_LINES + 10 {
             out.line("x".into());
         }
         assert_eq!(out.dropped(), 10, "lines over the count are dropped");
-        let (tx, _rx) = sync_channel(QUEUE_LINES);
-        let out = Out {
-            tx,
-            shared: Arc::new(Shared {
-                queued_bytes: AtomicUsize::new(0),
-                dropped: AtomicU64::new(0),
-            }),
-        };
+        let (out, _rx) = unread();
         let big = "y".repeat(64 * 1024);
         for _ in 0..32 {
             out.line(big.clone());

@@ -196,6 +196,24 @@ pub fn all_stats() -> Vec<Stat> {
         .collect()
 }
 
+/// This process's direct children, from `/proc/self/task/*/children` (a
+/// child belongs to the thread that forked it; orphans to the main thread).
+pub fn own_children() -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return pids;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
 /// Whether the environment of `pid` holds `entry` (`KEY=VALUE`, exactly).
 /// `false` when it cannot be read (another user's process, gone).
 pub fn environ_has(pid: i32, entry: &str) -> bool {

@@ -59,7 +59,7 @@ impl Drop for Reaper {
 /// Reaps every exited child that no `Child` owns; returns how many.
 pub(crate) fn reap_orphans() -> usize {
     let mut reaped = 0;
-    for pid in children() {
+    for pid in crate::procfs::own_children() {
         // Hold the lock while reaping, so a spawn cannot register a pid the
         // kernel hands out again between our check and our wait.
         let owned = owned();
@@ -76,23 +76,4 @@ pub(crate) fn reap_orphans() -> usize {
         drop(owned);
     }
     reaped
-}
-
-/// The pids of this process's children, from `/proc/self/task/*/children`
-/// (a child belongs to the thread that forked it; orphans to the main
-/// thread).
-fn children() -> Vec<i32> {
-    let mut pids = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return pids;
-    };
-    for task in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            pids.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
-    }
-    pids
 }

@@ -31,7 +31,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::cgroup::Cgroup;
 use crate::child::{Child, spawn_with};
-use crate::procfs::{Stat, all_stats, environ_has};
+use crate::procfs::{Stat, all_stats, environ_has, own_children};
 
 /// Where a service's processes live. Cheap to clone; when the last clone
 /// is dropped, whatever still runs in it is killed.
@@ -370,23 +370,6 @@ fn descendants_of(root: i32, stats: &[Stat]) -> HashSet<i32> {
         }
     }
     found
-}
-
-/// This process's direct children, from `/proc/self/task/*/children`.
-fn own_children() -> Vec<i32> {
-    let mut pids = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return pids;
-    };
-    for task in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            pids.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
-    }
-    pids
 }
 
 fn owner(pid: i32) -> Option<u32> {

@@ -119,6 +119,27 @@ pub enum EventKind {
     Stack { state: String },
 }
 
+impl ServiceView {
+    /// A service that has not started yet: pending since `since_ms`.
+    pub fn new(name: impl Into<String>, since_ms: u64) -> ServiceView {
+        ServiceView {
+            name: name.into(),
+            state: State::Pending,
+            pid: None,
+            pid_start_ticks: None,
+            since_ms,
+            up_since_ms: None,
+            restarts: 0,
+            last_exit: None,
+            last_error: None,
+            status_text: None,
+            busy: false,
+            completed: false,
+            probe: ProbeStats::default(),
+        }
+    }
+}
+
 /// The bounds of the probe duration histogram, in seconds.
 pub const PROBE_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

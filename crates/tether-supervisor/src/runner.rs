@@ -39,7 +39,7 @@ use tether_resilience::{ExponentialBackoff, Failure, Health, Jitter};
 use tokio::time::Instant;
 
 use crate::config::{Condition, Dependency, Readiness, RestartPolicy, ServiceConfig};
-use crate::event::{EventKind, ProbeStats, ServiceView, exit_fields};
+use crate::event::{EventKind, ServiceView, exit_fields};
 use crate::notify::Notice;
 use crate::state::State;
 
@@ -237,21 +237,7 @@ enum Then {
 impl Runner {
     pub(crate) fn new(config: Arc<ServiceConfig>, jitter: Jitter, now: Now) -> Runner {
         let backoff = config.restart_backoff.start(jitter);
-        let view = ServiceView {
-            name: config.name.clone(),
-            state: State::Pending,
-            pid: None,
-            pid_start_ticks: None,
-            since_ms: now.unix_ms,
-            up_since_ms: None,
-            restarts: 0,
-            last_exit: None,
-            last_error: None,
-            status_text: None,
-            busy: false,
-            completed: false,
-            probe: ProbeStats::default(),
-        };
+        let view = ServiceView::new(config.name.clone(), now.unix_ms);
         Runner {
             config,
             phase: Phase::Waiting,

@@ -15,13 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::StackConfig;
-use crate::event::{Event, EventKind, ProbeStats, ServiceView, unix_ms};
+use crate::event::{Event, EventKind, ServiceView, unix_ms};
 use crate::handle::{Handle, Request, RequestError};
 use crate::hooks;
 use crate::output::{LogFile, OutputHub};
 use crate::rundir::RunDir;
 use crate::service::{Request as ServiceRequest, Service, Shared};
-use crate::state::State;
 
 /// Options for [`launch`].
 #[derive(Debug, Clone)]
@@ -68,21 +67,7 @@ pub fn launch(
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for service in &config.services {
-        let (tx, rx) = watch::channel(ServiceView {
-            name: service.name.clone(),
-            state: State::Pending,
-            pid: None,
-            pid_start_ticks: None,
-            since_ms: now,
-            up_since_ms: None,
-            restarts: 0,
-            last_exit: None,
-            last_error: None,
-            status_text: None,
-            busy: false,
-            completed: false,
-            probe: ProbeStats::default(),
-        });
+        let (tx, rx) = watch::channel(ServiceView::new(service.name.clone(), now));
         senders.push(tx);
         receivers.push(rx);
     }

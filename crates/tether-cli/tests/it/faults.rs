@@ -563,24 +563,8 @@ async fn a_password_in_a_probe_url_is_sent_but_never_printed() {
     }
     assert_eq!(stack.tether(&["down"]).await.code(), 0);
     let (_, rest) = stack.exited().await;
-    let mut stderr = String::new();
-    stack
-        .child
-        .as_mut()
-        .unwrap()
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
-    let stdout = stack
-        .seen
-        .iter()
-        .chain(rest.iter())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let stderr = stack.stderr().await;
+    let stdout = stack.all_output(&rest);
     surfaces.push(("up's --json stdout", stdout));
     surfaces.push(("up's stderr (debug logs)", stderr));
     for (surface, text) in &surfaces {
@@ -796,17 +780,7 @@ async fn no_colour_reaches_a_pipe_and_log_file_errors_are_said() {
     stack.eventually("three").await;
     assert_eq!(stack.tether(&["down"]).await.code(), 0);
     let (_, rest) = stack.exited().await;
-    let mut stderr = String::new();
-    stack
-        .child
-        .as_mut()
-        .unwrap()
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    let stderr = stack.stderr().await;
     assert!(
         stderr.contains("cannot write to log file /dev/full: No space left on device")
             && stderr.contains("(1 line lost so far)"),
@@ -814,13 +788,7 @@ async fn no_colour_reaches_a_pipe_and_log_file_errors_are_said() {
     );
     assert!(stderr.contains("did not exist; created it"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&missing).unwrap(), "three\n");
-    let stdout = stack
-        .seen
-        .iter()
-        .chain(rest.iter())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let stdout = stack.all_output(&rest);
     assert!(
         !stdout.contains('\u{1b}') && !stderr.contains('\u{1b}'),
         "colour on a pipe"

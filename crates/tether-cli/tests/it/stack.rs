@@ -140,6 +140,29 @@ impl Stack {
         (status.code().unwrap_or(-1), rest)
     }
 
+    /// All of `up`'s stderr, once it has exited.
+    pub(crate) async fn stderr(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut stderr = String::new();
+        let pipe = self.child.as_mut().and_then(|c| c.stderr.take());
+        if let Some(mut pipe) = pipe {
+            within("up's stderr", pipe.read_to_string(&mut stderr))
+                .await
+                .unwrap();
+        }
+        stderr
+    }
+
+    /// Every line of `up`'s stdout: those read so far and `rest`.
+    pub(crate) fn all_output(&self, rest: &[String]) -> String {
+        self.seen
+            .iter()
+            .chain(rest)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub(crate) fn pid(&self) -> rustix::process::Pid {
         rustix::process::Pid::from_raw(self.child.as_ref().unwrap().id().unwrap() as i32).unwrap()
     }

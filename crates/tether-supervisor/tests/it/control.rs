@@ -10,14 +10,45 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::Stack;
 
+/// A control socket served for an empty stack.
+struct Control {
+    _stack: Stack,
+    dir: tempfile::TempDir,
+    stop: CancellationToken,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Control {
+    async fn start() -> Control {
+        let stack = Stack::launch(vec![]);
+        let dir = tempfile::tempdir().unwrap();
+        let server = ControlServer::bind(&dir.path().join("control.sock"))
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(server.serve(stack.handle.clone(), stop.clone()));
+        Control {
+            _stack: stack,
+            dir,
+            stop,
+            serving,
+        }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.serving.await.unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_client_is_answered_and_closed_at_the_request_timeout() {
-    let stack = Stack::launch(vec![]);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("control.sock");
-    let server = ControlServer::bind(&path).await.unwrap();
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(server.serve(stack.handle.clone(), stop.clone()));
+    let control = Control::start().await;
+    let path = control.path();
     let mut idle = UnixStream::connect(&path).await.unwrap();
     let began = tokio::time::Instant::now();
     let mut answer = String::new();
@@ -28,18 +59,13 @@ async fn an_idle_client_is_answered_and_closed_at_the_request_timeout() {
         .unwrap();
     assert_eq!(began.elapsed().as_secs(), 10);
     assert!(answer.contains("no request line within 10.0s"), "{answer}");
-    stop.cancel();
-    serving.await.unwrap();
+    control.stop().await;
 }
 
 #[tokio::test]
 async fn over_the_connection_limit_a_client_is_told_why() {
-    let stack = Stack::launch(vec![]);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("control.sock");
-    let server = ControlServer::bind(&path).await.unwrap();
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(server.serve(stack.handle.clone(), stop.clone()));
+    let control = Control::start().await;
+    let path = control.path();
     let mut held = Vec::new();
     for _ in 0..MAX_CONNECTIONS {
         held.push(UnixStream::connect(&path).await.unwrap());
@@ -55,6 +81,5 @@ async fn over_the_connection_limit_a_client_is_told_why() {
         "{answer}"
     );
     drop(held);
-    stop.cancel();
-    serving.await.unwrap();
+    control.stop().await;
 }
