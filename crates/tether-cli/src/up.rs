@@ -459,7 +459,9 @@ impl Printer {
         let total = handle.views().len();
         loop {
             tokio::select! {
-                () = done.cancelled() => return,
+                // What came before the end is said first: `done` only wins
+                // once nothing else is waiting.
+                biased;
                 line = output.recv() => match line {
                     Ok(line) if !self.quiet => {
                         if self.style.json {
@@ -501,6 +503,7 @@ impl Printer {
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
+                () = done.cancelled() => return,
             }
         }
     }
