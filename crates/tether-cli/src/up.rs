@@ -459,27 +459,10 @@ impl Printer {
         let total = handle.views().len();
         loop {
             tokio::select! {
-                // What came before the end is said first: `done` only wins
-                // once nothing else is waiting.
+                // Events before output (a flooding service must not hold
+                // back what tether says), and what came before the end is
+                // said first: `done` only wins once nothing else waits.
                 biased;
-                line = output.recv() => match line {
-                    Ok(line) if !self.quiet => {
-                        if self.style.json {
-                            self.out(serde_json::json!({"event": "output", "service": line.service, "stream": line.stream, "text": line.text}).to_string());
-                        } else {
-                            let color = self.colors.get(&line.service).copied().unwrap_or("");
-                            self.out(self.prefixed(&line.service, color, &line.text));
-                        }
-                    }
-                    Ok(_) => {}
-                    // Services wrote faster than this task could take their
-                    // lines (not the reader of stdout: that is `Out`'s to say).
-                    Err(broadcast::error::RecvError::Lagged(n)) if !self.quiet => self.say(&format!(
-                        "{n} lines of output skipped: the services wrote them faster than tether could print them"
-                    )),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
                 event = events.recv() => match event {
                     Ok(event) => {
                         if self.style.json {
@@ -500,6 +483,24 @@ impl Printer {
                             return;
                         }
                     }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                line = output.recv() => match line {
+                    Ok(line) if !self.quiet => {
+                        if self.style.json {
+                            self.out(serde_json::json!({"event": "output", "service": line.service, "stream": line.stream, "text": line.text}).to_string());
+                        } else {
+                            let color = self.colors.get(&line.service).copied().unwrap_or("");
+                            self.out(self.prefixed(&line.service, color, &line.text));
+                        }
+                    }
+                    Ok(_) => {}
+                    // Services wrote faster than this task could take their
+                    // lines (not the reader of stdout: that is `Out`'s to say).
+                    Err(broadcast::error::RecvError::Lagged(n)) if !self.quiet => self.say(&format!(
+                        "{n} lines of output skipped: the services wrote them faster than tether could print them"
+                    )),
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
