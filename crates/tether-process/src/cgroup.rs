@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct Cgroup {
     path: PathBuf,
+    /// The directory itself, for `clone3(CLONE_INTO_CGROUP)`.
+    dir: File,
     procs: File,
 }
 
@@ -54,11 +56,17 @@ impl Cgroup {
     ///
     /// When `path` is not a cgroup directory this user may write.
     pub fn open(path: &Path) -> io::Result<Cgroup> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(path)?;
         let procs = OpenOptions::new()
             .write(true)
             .open(path.join("cgroup.procs"))?;
         Ok(Cgroup {
             path: path.to_path_buf(),
+            dir,
             procs,
         })
     }
@@ -86,6 +94,11 @@ impl Cgroup {
     /// The open `cgroup.procs`: writing `0` to it moves the writer in.
     pub(crate) fn procs_fd(&self) -> BorrowedFd<'_> {
         self.procs.as_fd()
+    }
+
+    /// The open directory: `clone3(CLONE_INTO_CGROUP)` creates a child in it.
+    pub(crate) fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
     }
 
     /// Whether any process runs in it or below it (`cgroup.events`).

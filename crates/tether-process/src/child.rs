@@ -64,18 +64,35 @@ pub struct StopReport {
 /// The spawn's own error (the program does not exist, is not executable, a
 /// bad working directory, ...), or an error opening the pidfd.
 pub fn spawn(command: &mut Command) -> io::Result<Child> {
-    spawn_with(command, None)
+    spawn_with(command, None, crate::preexec::Stdin::Null)
 }
 
-/// [`spawn`], joining the cgroup whose `cgroup.procs` is `cgroup_procs`
-/// before `exec`.
+/// [`spawn`], into `cgroup` if given: created there directly with
+/// `clone3(CLONE_INTO_CGROUP)` (stdin as `stdin`, stdout and stderr piped),
+/// or, where the kernel refuses that, moved there before `exec`.
 pub(crate) fn spawn_with(
     command: &mut Command,
-    cgroup_procs: Option<std::os::fd::BorrowedFd<'_>>,
+    cgroup: Option<&crate::cgroup::Cgroup>,
+    stdin: crate::preexec::Stdin,
 ) -> io::Result<Child> {
     use std::os::unix::process::CommandExt;
+    if let Some(cgroup) = cgroup {
+        // Registering under the lock the reaper also takes means the
+        // reaper never sees this pid unowned, even if the child dies at
+        // once.
+        let mut owned = owned();
+        match crate::preexec::spawn_into_cgroup(command, cgroup.dir_fd(), stdin) {
+            Ok(spawned) => {
+                owned.insert(spawned.pid);
+                drop(owned);
+                return Child::from_spawned(spawned);
+            }
+            Err(crate::preexec::CloneError::Spawn(e)) => return Err(e),
+            Err(crate::preexec::CloneError::Unsupported) => {}
+        }
+    }
     command.process_group(0);
-    crate::preexec::arm(command, cgroup_procs)?;
+    crate::preexec::arm(command, cgroup.map(|c| c.procs_fd()))?;
     // Registering under the lock the reaper also takes means the reaper
     // never sees this pid unowned, even if the child dies at once.
     let mut owned = owned();
@@ -150,6 +167,26 @@ fn reap(pidfd: &OwnedFd) -> io::Result<Option<Exit>> {
 // === impl Child ===
 
 impl Child {
+    /// A child `clone3` made: its pidfd came with it.
+    fn from_spawned(spawned: crate::preexec::Spawned) -> io::Result<Child> {
+        let pid =
+            Pid::from_raw(spawned.pid).ok_or_else(|| io::Error::other("clone3 returned pid 0"))?;
+        let stdin = spawned
+            .stdin
+            .map(|fd| ChildStdin::from_std(std::process::ChildStdin::from(fd)))
+            .transpose()?;
+        let stdout = ChildStdout::from_std(std::process::ChildStdout::from(spawned.stdout))?;
+        let stderr = ChildStderr::from_std(std::process::ChildStderr::from(spawned.stderr))?;
+        Ok(Child {
+            pid,
+            pidfd: watch(spawned.pidfd)?,
+            exit: None,
+            stdin,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        })
+    }
+
     /// The pid of the group leader, which is also the group's id.
     pub fn id(&self) -> u32 {
         self.pid.as_raw_nonzero().get() as u32

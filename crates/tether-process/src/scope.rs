@@ -31,6 +31,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::cgroup::Cgroup;
 use crate::child::{Child, spawn_with};
+pub use crate::preexec::Stdin;
 use crate::procfs::{Stat, all_stats, environ_has, own_children};
 
 /// Where a service's processes live. Cheap to clone; when the last clone
@@ -80,17 +81,26 @@ impl Scope {
     }
 
     /// Spawns `command` into the scope: its own process group, the marker in
-    /// its environment, the cgroup (joined before `exec`), and a
-    /// parent-death signal, as [`crate::spawn`] does.
+    /// its environment, the cgroup, and a parent-death signal, as
+    /// [`crate::spawn`] does. Its stdout and stderr are piped and its stdin
+    /// is `stdin` (the command's own stdio settings are replaced). With a
+    /// cgroup, the child is created in it (`clone3(CLONE_INTO_CGROUP)`, at
+    /// no cost), or where the kernel cannot, moved there before `exec`.
     ///
     /// # Errors
     ///
     /// As [`crate::spawn`]; also when the child cannot join the cgroup.
-    pub fn spawn(&self, command: &mut Command) -> io::Result<Child> {
+    pub fn spawn(&self, command: &mut Command, stdin: Stdin) -> io::Result<Child> {
         let (key, value) = &self.inner.marker;
-        command.env(key, value);
-        let procs = self.inner.cgroup.as_ref().map(|c| c.procs_fd());
-        let child = spawn_with(command, procs)?;
+        command
+            .env(key, value)
+            .stdin(match stdin {
+                Stdin::Null => std::process::Stdio::null(),
+                Stdin::Piped => std::process::Stdio::piped(),
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = spawn_with(command, self.inner.cgroup.as_ref(), stdin)?;
         let mut groups = lock(&self.inner.groups);
         let pgid = child.id() as i32;
         if !groups.contains(&pgid) {

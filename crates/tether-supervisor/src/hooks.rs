@@ -22,7 +22,6 @@
 //! started is stopped with it (its own [`Scope`]).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -172,14 +171,11 @@ async fn run_once(
     command
         .args(&hook.command[1..])
         .envs(hook.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("TETHER_RUNTIME_DIR", &cx.runtime_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("TETHER_RUNTIME_DIR", &cx.runtime_dir);
     if let Some(cwd) = &hook.cwd {
         command.current_dir(cwd);
     }
-    let mut child = match scope.spawn(&mut command) {
+    let mut child = match scope.spawn(&mut command, tether_process::Stdin::Piped) {
         Ok(child) => child,
         Err(e) => return Ended::Exited(format!("could not start: {e}")),
     };

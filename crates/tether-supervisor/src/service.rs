@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -344,17 +343,16 @@ impl Service {
                     .map(|(k, v)| (k.as_str(), v.as_str())),
             )
             .env("TETHER_RUNTIME_DIR", self.shared.rundir.path())
-            .current_dir(self.config.cwd.as_deref().unwrap_or(&self.shared.base_dir))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .current_dir(self.config.cwd.as_deref().unwrap_or(&self.shared.base_dir));
         if let Some(socket) = notify {
             command.env("NOTIFY_SOCKET", socket.path());
         }
         if let Some(every) = self.config.watchdog {
             command.env("WATCHDOG_USEC", every.as_micros().to_string());
         }
-        let mut child = self.scope.spawn(&mut command)?;
+        let mut child = self
+            .scope
+            .spawn(&mut command, tether_process::Stdin::Null)?;
         self.pump_output(&mut child);
         Ok(child)
     }

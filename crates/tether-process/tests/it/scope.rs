@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tether_process::cgroup::Cgroup;
-use tether_process::{Reaper, Scope, Signal, processes_with, signal_member};
+use tether_process::{Reaper, Scope, Signal, Stdin, processes_with, signal_member};
 use tether_test::procs::{alive_with, marker, until_alive, until_gone};
 use tether_test::within;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ async fn setsid_children_of_a_main_process_that_exited_are_stopped() {
     let (_reaper, scopes) = scopes(&m);
     for (mode, scope) in scopes {
         let script = format!("for i in 1 2 3 4 5 6 7 8 9 10; do setsid sleep {m} & done; exit 0");
-        let mut leader = scope.spawn(&mut sh(&script)).unwrap();
+        let mut leader = scope.spawn(&mut sh(&script), Stdin::Null).unwrap();
         assert!(within("leader", leader.wait()).await.unwrap().success());
         until_alive(&m, 10).await;
         assert!(!scope.is_empty(), "{mode}: ten setsid sleeps still run");
@@ -66,7 +66,7 @@ async fn what_a_crashed_main_process_left_in_its_group_is_stopped() {
     let (_reaper, scopes) = scopes(&m);
     for (mode, scope) in scopes {
         let script = format!("sleep {m} & sleep {m} & exit 1");
-        let mut leader = scope.spawn(&mut sh(&script)).unwrap();
+        let mut leader = scope.spawn(&mut sh(&script), Stdin::Null).unwrap();
         within("leader", leader.wait()).await.unwrap();
         until_alive(&m, 2).await;
         assert!(!scope.is_empty(), "{mode}");
@@ -86,7 +86,7 @@ async fn processes_that_ignore_the_stop_signal_are_killed_after_the_grace() {
     let (_reaper, scopes) = scopes(&m);
     for (mode, scope) in scopes {
         let script = format!("setsid sh -c 'trap \"\" TERM; exec sleep {m}' & exit 0");
-        let mut leader = scope.spawn(&mut sh(&script)).unwrap();
+        let mut leader = scope.spawn(&mut sh(&script), Stdin::Null).unwrap();
         within("leader", leader.wait()).await.unwrap();
         // The shell's own command line holds the marker too: wait for the
         // sleep it becomes once the trap is set.
@@ -116,7 +116,7 @@ async fn dropping_a_scope_kills_what_still_runs_in_it() {
     let (_reaper, scopes) = scopes(&m);
     for (mode, scope) in scopes {
         let mut leader = scope
-            .spawn(&mut sh(&format!("setsid sleep {m} & exit 0")))
+            .spawn(&mut sh(&format!("setsid sleep {m} & exit 0")), Stdin::Null)
             .unwrap();
         within("leader", leader.wait()).await.unwrap();
         until_alive(&m, 1).await;
@@ -141,7 +141,7 @@ async fn a_cgroup_holds_even_a_double_fork_that_cleared_its_environment() {
         return;
     };
     let script = format!("env -i /usr/bin/setsid sh -c 'sleep {m} &' ; exit 0");
-    let mut leader = scope.spawn(&mut sh(&script)).unwrap();
+    let mut leader = scope.spawn(&mut sh(&script), Stdin::Null).unwrap();
     within("leader", leader.wait()).await.unwrap();
     until_alive(&m, 1).await;
     assert_eq!(scope.members().len(), 1);
@@ -202,4 +202,98 @@ async fn processes_with_a_marker_are_found_outside_the_tree() {
         !signal_member(found[0], Signal::KILL),
         "a gone process is not signalled"
     );
+}
+
+#[tokio::test]
+async fn a_child_made_in_its_cgroup_gets_its_arguments_environment_directory_and_pipes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = marker();
+    let (_reaper, scopes) = scopes(&m);
+    for (mode, scope) in scopes {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "read line; echo \"$line $1 $TETHER_TEST_VAR $(pwd)\"; echo oops >&2",
+            "sh",
+            "arg1",
+        ])
+        .env("TETHER_TEST_VAR", "value")
+        .current_dir(dir.path());
+        let mut child = scope.spawn(&mut cmd, Stdin::Piped).unwrap();
+        if let Some(cgroup) = scope.cgroup() {
+            let own = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
+            let name = cgroup
+                .path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            assert!(
+                own.contains(&name),
+                "{mode}: the child is in its cgroup from birth: {own}"
+            );
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello\n").await.unwrap();
+        drop(stdin);
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await
+            .unwrap();
+        assert!(
+            within("exit", child.wait()).await.unwrap().success(),
+            "{mode}"
+        );
+        let expected = format!(
+            "hello arg1 value {}\n",
+            dir.path().canonicalize().unwrap().display()
+        );
+        assert_eq!(out, expected, "{mode}");
+        assert_eq!(err, "oops\n", "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn spawn_errors_are_the_same_in_and_out_of_a_cgroup() {
+    let m = marker();
+    let (_reaper, scopes) = scopes(&m);
+    let dir = tempfile::tempdir().unwrap();
+    let not_executable = dir.path().join("script");
+    std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+    for (mode, scope) in scopes {
+        let missing = scope.spawn(&mut Command::new("/nonexistent/tether-test"), Stdin::Null);
+        assert_eq!(
+            missing.unwrap_err().kind(),
+            std::io::ErrorKind::NotFound,
+            "{mode}"
+        );
+        let searched = scope.spawn(&mut Command::new("tether-no-such-program"), Stdin::Null);
+        assert_eq!(
+            searched.unwrap_err().kind(),
+            std::io::ErrorKind::NotFound,
+            "{mode}"
+        );
+        let denied = scope.spawn(&mut Command::new(&not_executable), Stdin::Null);
+        assert_eq!(
+            denied.unwrap_err().kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{mode}"
+        );
+        let mut bad_dir = Command::new("true");
+        bad_dir.current_dir("/nonexistent/dir");
+        assert!(scope.spawn(&mut bad_dir, Stdin::Null).is_err(), "{mode}");
+    }
 }
