@@ -47,6 +47,10 @@ use crate::state::State;
 /// some could not be killed.
 pub(crate) const AFTER_KILL: Duration = Duration::from_secs(5);
 
+/// A restart pause shorter than this is no pause: the runtime's timers
+/// have a resolution of 1 ms, and waiting for one would only add it.
+const IMMEDIATE: Duration = Duration::from_millis(1);
+
 /// The moment an input happened: a monotonic instant for the rules, and the
 /// wall clock for what is shown.
 #[derive(Debug, Clone, Copy)]
@@ -849,6 +853,13 @@ impl Runner {
         }));
         let words = format!("{reason}; restarting in {}", human_duration(pause));
         self.set(now, State::Exited, None, Some(words));
+        if pause < IMMEDIATE {
+            // Below the timer's resolution a pause only adds its granularity:
+            // start again now.
+            self.count_restart();
+            self.wait_again(now);
+            return;
+        }
         self.phase = Phase::Paused {
             until: now.at + pause,
         };

@@ -628,3 +628,17 @@ fn late_inputs_of_an_old_lifetime_change_nothing() {
     assert!(t.exit(1, 0).is_empty());
     assert_eq!(t.r.view(), &before);
 }
+
+#[test]
+fn a_pause_below_a_millisecond_restarts_at_once() {
+    let mut s = service();
+    s.restart_backoff =
+        Backoff::try_new(Duration::from_nanos(1), Duration::from_nanos(1), 1.0, 0.0).unwrap();
+    let mut t = T::new(s);
+    t.start(1);
+    t.exit(1, 0);
+    assert_eq!(t.state(), State::Pending, "no timer, no pause");
+    assert_eq!(t.r.view().restarts, 1);
+    assert_eq!(t.restarting(), [0]);
+    assert_eq!(t.no_deps(), [Action::Spawn]);
+}
