@@ -172,11 +172,16 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
                 // Port 0 picks one: say the one picked.
                 let bound = listener.local_addr().unwrap_or(addr);
                 let (snapshots, events) = bridge(&handle, &tasks, done.clone());
-                tasks.spawn(tether_status::serve(
+                let options = tether_status::ServeOptions {
+                    max_connections: status_connections(services),
+                    ..tether_status::ServeOptions::default()
+                };
+                tasks.spawn(tether_status::serve_with(
                     listener,
                     snapshots,
                     events,
                     done.clone(),
+                    options,
                 ));
                 Some(bound)
             }
@@ -218,6 +223,25 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
     }
     drop(claim);
     exit::READY
+}
+
+/// How many status connections this process can afford: the default (128)
+/// unless its descriptor limit is low, so that whatever local users do to
+/// the status server, descriptors stay in reserve for the services (each
+/// spawn takes a few: pipes, a pidfd, probes, its stop) and the control
+/// socket.
+fn status_connections(services: usize) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    affordable_connections(services, limit)
+}
+
+fn affordable_connections(services: usize, limit: u64) -> usize {
+    let default = tether_status::ServeOptions::default().max_connections;
+    let reserve = 128 + 16 * services as u64 + tether_supervisor::control::MAX_CONNECTIONS as u64;
+    let room = limit.saturating_sub(reserve) / 2;
+    (room.min(default as u64) as usize).max(8)
 }
 
 /// First SIGINT or SIGTERM: bring the stack down in order. Second: kill
@@ -532,5 +556,26 @@ fn worth_saying(event: &Event) -> bool {
             ..
         } if r.contains("; restarting in ") => false,
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_connections_leave_descriptors_for_the_services() {
+        assert_eq!(
+            affordable_connections(20, 20_000),
+            128,
+            "plenty: the default"
+        );
+        assert_eq!(affordable_connections(20, 1024), 128);
+        assert_eq!(
+            affordable_connections(20, 600),
+            60,
+            "half of what the reserve leaves"
+        );
+        assert_eq!(affordable_connections(20, 256), 8, "never none");
     }
 }
