@@ -665,6 +665,11 @@ async fn a_heartbeat_left_by_a_stopped_stack_is_not_ready_and_up_clears_old_ones
         "{}",
         dead.stderr
     );
+    // The next run takes over what the killed one left (its cgroup too).
+    stack.up(&[]);
+    stack.until("api is ready").await;
+    assert_eq!(stack.tether(&["down"]).await.code(), 0);
+    assert_eq!(stack.exited().await.0, 0);
 }
 
 // --- 8. the smaller ones ---
