@@ -924,12 +924,12 @@ fn watch_memory(
 /// Sends each line of `from` on `to`, until either ends.
 fn forward_lines(
     from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    to: tokio::sync::mpsc::UnboundedSender<String>,
+    to: tokio::sync::mpsc::Sender<String>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(from).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if to.send(line).is_err() {
+            if to.send(line).await.is_err() {
                 break;
             }
         }
@@ -967,7 +967,9 @@ async fn flood(http: bool) {
     )
     .unwrap();
     // Both stderrs (tether's log, the server's), read all along.
-    let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // Bounded: when the test reads slowly, the pipe pushes back on tether,
+    // whose log queue then drops (it never blocks).
+    let (log_tx, mut log_rx) = tokio::sync::mpsc::channel::<String>(4096);
     let mut readers = Vec::new();
     let mut server = None;
     let args = if http {
