@@ -240,7 +240,7 @@ impl Service {
                 last_output: last_output(&tail),
             }),
             (Kind::PreStart, Err(e)) => {
-                self.step(Input::SpawnFailed(format!("pre-start command: {e}")))
+                self.step(Input::SpawnFailed(format!("cannot wait for its command: {e}")))
             }
             (Kind::Main, exit) => self.step(Input::Exited {
                 exit: exit.ok(),
