@@ -201,8 +201,9 @@ pub static KEYS: &[Key] = &[
         ty: Type::Duration,
         default: DefaultValue::Value(r#""10s""#),
         example: r#""1m""#,
-        doc: "Once a service has been up this long, its restart delay starts over from \
-              `restart_delay`.",
+        doc: "A run this long counts as stable: when it ends, the restart delay starts over \
+              from `restart_delay`, and the crash-loop count starts over too (only exits \
+              that come after short runs add up to a crash loop).",
     },
     Key {
         name: "crash_loop",
@@ -211,8 +212,10 @@ pub static KEYS: &[Key] = &[
         default: DefaultValue::Value(r#"{ exits = 5, window = "60s" }"#),
         example: r#"{ exits = 3, window = "30s" }"#,
         doc: "`exits` ends within `window` mark the service `failed`: it is not restarted \
-              again, and the reason is shown. A key left out of the table takes its built-in \
-              default.",
+              again, and the reason is shown. An exit after a stable run (see `stable_after`) \
+              starts the count over, so a service that crashes now and then after running \
+              fine is restarted for ever, and one that crashes at once is not. A key left \
+              out of the table takes its built-in default.",
     },
     Key {
         name: "probe_interval",

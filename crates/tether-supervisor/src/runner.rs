@@ -837,12 +837,15 @@ impl Runner {
             }
             return;
         }
-        if let Some(looping) = self.crash_loop(now, &reason) {
-            self.set(now, State::Failed, None, Some(looping));
-            return;
-        }
+        // A stable run starts everything over: the pause and the crash-loop
+        // count (pm2's min_uptime, Kubernetes' backoff reset; systemd counts
+        // every start, which fails a service that crashes once an hour).
         if uptime >= self.config.stable_after {
             self.backoff.reset();
+            self.exits.clear();
+        } else if let Some(looping) = self.crash_loop(now, &reason) {
+            self.set(now, State::Failed, None, Some(looping));
+            return;
         }
         let pause = self.backoff.next_delay();
         self.actions.push(Action::Emit(EventKind::Restarting {

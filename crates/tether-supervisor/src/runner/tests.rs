@@ -642,3 +642,30 @@ fn a_pause_below_a_millisecond_restarts_at_once() {
     assert_eq!(t.restarting(), [0]);
     assert_eq!(t.no_deps(), [Action::Spawn]);
 }
+
+#[test]
+fn exits_after_stable_runs_never_add_up_to_a_crash_loop() {
+    let mut s = service();
+    s.crash_loop = CrashLoop {
+        exits: 2,
+        window: Duration::from_secs(600),
+    };
+    s.stable_after = Duration::from_secs(5);
+    let mut t = T::new(s);
+    for pid in 1..10 {
+        t.start(pid);
+        t.at += Duration::from_secs(6);
+        t.exit(1, 0);
+        assert_eq!(t.state(), State::Exited, "run {pid}: stable, so restarted");
+        t.until_deadline();
+    }
+    assert_eq!(t.restarting(), [100; 9], "the pause starts over each time");
+    // Two short runs in a row are a crash loop.
+    t.start(20);
+    t.at += Duration::from_secs(1);
+    t.exit(1, 0);
+    t.until_deadline();
+    t.start(21);
+    t.exit(1, 0);
+    assert_eq!(t.state(), State::Failed);
+}
