@@ -59,12 +59,12 @@ pub(crate) struct DownArgs {
 
 pub(crate) fn ps(args: PsArgs) -> ExitCode {
     let mut answer = None;
-    let code = talk(&args.stack, &Request::Ps, |v| {
+    let talked = talk(&args.stack, &Request::Ps, |v| {
         answer = Some(v);
         false
     });
-    if code != exit::READY {
-        return ExitCode::from(code);
+    if let Err(failed) = talked {
+        return ExitCode::from(say_failed(failed, args.json));
     }
     let Some(answer) = answer else {
         return ExitCode::from(exit::INTERNAL);
@@ -128,6 +128,17 @@ pub(crate) fn ps(args: PsArgs) -> ExitCode {
 }
 
 pub(crate) fn logs(args: LogsArgs) -> ExitCode {
+    // Service names hold no '/': a path here is the stack's file given
+    // with -f, which for `logs` means --follow (as in tail and docker).
+    if let Some(given) = &args.service {
+        let path = std::path::Path::new(given);
+        if given.contains('/') || (given.ends_with(".toml") && path.is_file()) {
+            let _ = errln!(
+                "tether: '{given}' is a file, not a service name: use --file {given} (for `logs`, -f means --follow)"
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+    }
     let request = Request::Logs {
         service: args.service.clone(),
         follow: args.follow,
@@ -138,7 +149,7 @@ pub(crate) fn logs(args: LogsArgs) -> ExitCode {
         stack: args.stack.clone(),
     };
     let mut failed = None;
-    let code = talk(&stack, &request, |v| {
+    let talked = talk(&stack, &request, |v| {
         if let Some(line) = v.get("line") {
             let service = line["service"].as_str().unwrap_or("?");
             let text = line["text"].as_str().unwrap_or_default();
@@ -158,7 +169,10 @@ pub(crate) fn logs(args: LogsArgs) -> ExitCode {
         let _ = errln!("tether: {error}");
         return ExitCode::from(exit::USAGE);
     }
-    ExitCode::from(code)
+    match talked {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failed) => ExitCode::from(say_failed(failed, false)),
+    }
 }
 
 pub(crate) fn service(verb: &str, args: ServiceArgs) -> ExitCode {
@@ -174,12 +188,12 @@ pub(crate) fn service(verb: &str, args: ServiceArgs) -> ExitCode {
         },
     };
     let mut result = None;
-    let code = talk(&args.stack, &request, |v| {
+    let talked = talk(&args.stack, &request, |v| {
         result = Some(v);
         false
     });
-    if code != exit::READY {
-        return ExitCode::from(code);
+    if let Err(failed) = talked {
+        return ExitCode::from(say_failed(failed, false));
     }
     match result {
         Some(v) if v["ok"] == true => {
@@ -200,47 +214,74 @@ pub(crate) fn service(verb: &str, args: ServiceArgs) -> ExitCode {
 }
 
 pub(crate) fn down(args: DownArgs) -> ExitCode {
-    let code = talk(&args.stack, &Request::Down, |_| false);
-    if code == exit::READY
-        && let Ok(name) = args.stack.name()
-    {
-        let _ = outln!("tether: stack '{name}' is down");
+    match talk(&args.stack, &Request::Down, |_| false) {
+        Ok(()) => {
+            if let Ok(found) = args.stack.find() {
+                let _ = outln!("tether: stack '{}' is down", found.name);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failed) => ExitCode::from(say_failed(failed, false)),
     }
-    ExitCode::from(code)
+}
+
+/// Why a client command could not do its job: its words and exit code.
+#[derive(Debug)]
+struct Failed {
+    code: u8,
+    message: String,
+}
+
+/// Says `failed` on stderr and, with `json`, as one JSON document on stdout
+/// too (`{"ok":false,"error":...,"exit_code":N}`), so a script reading
+/// JSON always gets JSON. Returns its exit code.
+fn say_failed(failed: Failed, json: bool) -> u8 {
+    let _ = errln!("tether: {}", failed.message);
+    if json {
+        let doc =
+            serde_json::json!({"ok": false, "error": failed.message, "exit_code": failed.code});
+        let _ = outln!("{doc}");
+    }
+    failed.code
 }
 
 /// Sends `request` to the stack and feeds each answer to `each` until it
-/// says stop. Returns an exit code.
-fn talk(stack: &StackArgs, request: &Request, each: impl FnMut(Value) -> bool) -> u8 {
-    let name = match stack.name() {
-        Ok(name) => name,
-        Err(e) => {
-            let _ = errln!("tether: {e}");
-            return exit::USAGE;
-        }
-    };
-    let socket = rundir_path(&name).join("control.sock");
-    let runtime = match crate::runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
+/// says stop.
+fn talk(
+    stack: &StackArgs,
+    request: &Request,
+    each: impl FnMut(Value) -> bool,
+) -> Result<(), Failed> {
+    let found = stack.find().map_err(|message| Failed {
+        code: exit::USAGE,
+        message,
+    })?;
+    let name = &found.name;
+    let socket = rundir_path(name).join("control.sock");
+    let runtime = crate::runtime().map_err(|code| Failed {
+        code,
+        message: "cannot start".to_string(),
+    })?;
     match runtime.block_on(control::request(&socket, request, each)) {
-        Ok(()) => exit::READY,
+        Ok(()) => Ok(()),
         Err(e)
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            let _ = errln!(
-                "tether: stack '{name}' is not running (nothing answers at {})",
-                socket.display()
-            );
-            exit::NOT_RUNNING
+            Err(Failed {
+                code: exit::NOT_RUNNING,
+                message: format!(
+                    "stack '{name}' is not running (nothing answers at {}; the stack was {})",
+                    socket.display(),
+                    found.how
+                ),
+            })
         }
-        Err(e) => {
-            let _ = errln!("tether: stack '{name}': {e}");
-            exit::INTERNAL
-        }
+        Err(e) => Err(Failed {
+            code: exit::INTERNAL,
+            message: format!("stack '{name}': {e}"),
+        }),
     }
 }

@@ -102,30 +102,16 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, u8> {
         })
 }
 
-/// Prints clap's help and version as clap does; any other parse error as one
-/// line, with the usage exit code.
+/// Prints clap's help and version as clap does, and every other parse error
+/// as clap renders it: what is wrong or missing, by name, a suggestion for
+/// a mistyped subcommand or flag, the subcommand's usage line and a pointer
+/// to its `--help`; with the usage exit code.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
+    let _ = e.print();
     match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = e.print();
-            ExitCode::SUCCESS
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            let _ = e.print();
-            ExitCode::from(exit::USAGE)
-        }
-        _ => {
-            let text = e.kind().as_str().map(str::to_string).unwrap_or_default();
-            let rendered = e.render().to_string();
-            let line = rendered
-                .lines()
-                .find(|l| l.starts_with("error:"))
-                .map(|l| l.trim_start_matches("error:").trim().to_string())
-                .unwrap_or(text);
-            let _ = errln!("tether: {line} (see 'tether --help')");
-            ExitCode::from(exit::USAGE)
-        }
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        _ => ExitCode::from(exit::USAGE),
     }
 }
 

@@ -36,6 +36,19 @@ macro_rules! errln {
     }};
 }
 
+/// Says why a command cannot go on, on stderr, and, for a command that
+/// prints NDJSON events (`--json`), as an event on stdout too
+/// (`{"event":"error","message":...,"exit_code":N}`), so a script reading
+/// JSON always gets JSON. Returns `code`.
+pub(crate) fn error_event(json: bool, message: String, code: u8) -> u8 {
+    let _ = errln!("tether: {message}");
+    if json {
+        let event = serde_json::json!({"event": "error", "message": message, "exit_code": code});
+        let _ = outln!("{event}");
+    }
+    code
+}
+
 /// Lines waiting for the writer, at most.
 const QUEUE_LINES: usize = 4096;
 /// Bytes waiting for the writer, at most (lines are up to 64 KiB each).

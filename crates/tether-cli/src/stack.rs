@@ -4,6 +4,19 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+/// The stack's file, for `up`.
+#[derive(Debug, Args)]
+pub(crate) struct FileArgs {
+    /// The stack's file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        default_value = "tether.toml"
+    )]
+    pub(crate) file: PathBuf,
+}
+
 /// Which stack a command is about.
 #[derive(Debug, Args)]
 pub(crate) struct StackArgs {
@@ -22,12 +35,38 @@ pub(crate) struct StackArgs {
     pub(crate) stack: Option<String>,
 }
 
+/// A stack found by name, and how the name was found (said when the stack
+/// is not running, so a wrong guess shows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) name: String,
+    /// `named in tether.toml`, `named by --stack`, ...
+    pub(crate) how: String,
+}
+
 impl StackArgs {
-    pub(crate) fn name(&self) -> Result<String, String> {
-        match &self.stack {
-            Some(name) => Ok(name.clone()),
-            None => tether_config::stack_name(&self.file).map_err(|e| e.to_string()),
+    pub(crate) fn find(&self) -> Result<Found, String> {
+        if let Some(name) = &self.stack {
+            return Ok(Found {
+                name: name.clone(),
+                how: "named by --stack".to_string(),
+            });
         }
+        let found = tether_config::find_stack(&self.file).map_err(|e| e.to_string())?;
+        let file = self.file.display();
+        let how = match found.from {
+            tether_config::NameFrom::File => format!("named in {file}"),
+            tether_config::NameFrom::Directory => {
+                format!("named after the directory of {file}, which sets no name")
+            }
+            tether_config::NameFrom::NoFile => format!(
+                "there is no {file} here, so tether took this directory's name; give -f FILE or --stack NAME"
+            ),
+        };
+        Ok(Found {
+            name: found.name,
+            how,
+        })
     }
 }
 

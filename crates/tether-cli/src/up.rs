@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::exit;
 use crate::out::{Out, Sink};
-use crate::stack::{StackArgs, rundir_path};
+use crate::stack::{FileArgs, rundir_path};
 
 /// Start a stack in dependency order, gated on readiness, and supervise it.
 ///
@@ -30,7 +30,7 @@ use crate::stack::{StackArgs, rundir_path};
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
     #[command(flatten)]
-    stack: StackArgs,
+    stack: FileArgs,
 
     /// Serve status on this address instead of the file's [status] listen.
     #[arg(long, value_name = "ADDR", conflicts_with = "no_status")]
@@ -53,8 +53,11 @@ pub(crate) fn run(args: UpArgs) -> ExitCode {
     let loaded = match tether_config::load(&args.stack.file) {
         Ok(loaded) => loaded,
         Err(e) => {
-            let _ = errln!("tether: {e}");
-            return ExitCode::from(exit::USAGE);
+            return ExitCode::from(crate::out::error_event(
+                args.json,
+                e.to_string(),
+                exit::USAGE,
+            ));
         }
     };
     let runtime = match crate::runtime() {
@@ -90,18 +93,18 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
     let name = stack.name.clone();
     let rundir = match RunDir::create(&rundir_path(&name)) {
         Ok(dir) => dir,
-        Err(e) => {
-            let _ = errln!("tether: {e}");
-            return exit::INTERNAL;
-        }
+        Err(e) => return crate::out::error_event(args.json, e.to_string(), exit::INTERNAL),
     };
     // One supervisor per stack, and nothing left over from one that was
     // killed: both before anything starts.
     let claim = match claim(&rundir, &name, cgroup_mode()).await {
         Ok(claim) => claim,
         Err(e) => {
-            let _ = errln!("tether: stack '{name}': {e}");
-            return exit::INTERNAL;
+            return crate::out::error_event(
+                args.json,
+                format!("stack '{name}': {e}"),
+                exit::INTERNAL,
+            );
         }
     };
     if !claim.ended.is_empty() {
@@ -125,8 +128,11 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
     let control = match ControlServer::bind(&rundir.control_socket()).await {
         Ok(control) => control,
         Err(e) => {
-            let _ = errln!("tether: stack '{name}': {e}");
-            return exit::INTERNAL;
+            return crate::out::error_event(
+                args.json,
+                format!("stack '{name}': {e}"),
+                exit::INTERNAL,
+            );
         }
     };
     let kill = CancellationToken::new();
@@ -480,6 +486,7 @@ impl Printer {
         let (mut output, mut events) = follow;
         let mut ready: HashMap<String, bool> = HashMap::new();
         let mut all_ready_said = false;
+        let mut restarting = Restarting::default();
         let total = handle.views().len();
         loop {
             tokio::select! {
@@ -489,9 +496,10 @@ impl Printer {
                 biased;
                 event = events.recv() => match event {
                     Ok(event) => {
+                        let said = restarting.said(&event);
                         if self.style.json {
                             self.out(event.to_json());
-                        } else if worth_saying(&event) {
+                        } else if worth_saying(&event) && !said {
                             self.say(&event.to_string());
                         }
                         if let EventKind::State { service, to, .. } = &event.kind {
@@ -549,19 +557,65 @@ fn worth_saying(event: &Event) -> bool {
             reason: None,
             ..
         } => false,
-        // The Restarting event says it better.
-        EventKind::State {
-            to: State::Exited,
-            reason: Some(r),
-            ..
-        } if r.contains("; restarting in ") => false,
         _ => true,
+    }
+}
+
+/// Remembers which services are about to restart: the `restarting` event
+/// comes just before their move to `exited`, and says it better.
+#[derive(Debug, Default)]
+struct Restarting(std::collections::HashSet<String>);
+
+impl Restarting {
+    /// Whether `event` is the `exited` a `restarting` event already said.
+    fn said(&mut self, event: &Event) -> bool {
+        match &event.kind {
+            EventKind::Restarting { service, .. } => {
+                self.0.insert(service.clone());
+                false
+            }
+            EventKind::State {
+                service,
+                to: State::Exited,
+                ..
+            } => self.0.remove(service),
+            _ => false,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exit_followed_by_a_restart_is_said_once() {
+        let state = |to| {
+            Event::now(EventKind::State {
+                service: "w".into(),
+                from: State::Ready,
+                to,
+                pid: None,
+                reason: Some("exited with status 1; restarting in 100ms".into()),
+            })
+        };
+        let restart = Event::now(EventKind::Restarting {
+            service: "w".into(),
+            in_ms: 100,
+            restarts: 1,
+            reason: "exited with status 1".into(),
+        });
+        let mut restarting = Restarting::default();
+        assert!(!restarting.said(&restart));
+        assert!(
+            restarting.said(&state(State::Exited)),
+            "the restart said it"
+        );
+        assert!(
+            !restarting.said(&state(State::Exited)),
+            "a later exit is new"
+        );
+    }
 
     #[test]
     fn status_connections_leave_descriptors_for_the_services() {

@@ -90,16 +90,23 @@ pub(crate) fn run(args: WaitArgs) -> ExitCode {
         match Target::parse(text).and_then(|t| t.preflight().map(|()| t)) {
             Ok(target) => targets.push(target),
             Err(e) => {
-                let _ = errln!("tether: {e}");
-                return ExitCode::from(exit::USAGE);
+                return ExitCode::from(crate::out::error_event(
+                    args.json,
+                    e.to_string(),
+                    exit::USAGE,
+                ));
             }
         }
     }
     if let Some(program) = args.command.first() {
         // Fail before waiting, not 60 s later.
         if let Err(why) = find_program(program) {
-            let _ = errln!("tether: cannot run the command: {why}");
-            return ExitCode::from(exit::cannot_run(&why));
+            let code = exit::cannot_run(&why);
+            return ExitCode::from(crate::out::error_event(
+                args.json,
+                format!("cannot run the command: {why}"),
+                code,
+            ));
         }
     }
 

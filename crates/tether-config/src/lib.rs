@@ -72,14 +72,58 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 /// (`tether ps`) finds a running stack even if the file has since been
 /// edited into something invalid.
 pub fn stack_name(path: &Path) -> Result<String, ConfigError> {
+    Ok(find_stack(path)?.name)
+}
+
+/// A stack's name and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackName {
+    pub name: String,
+    pub from: NameFrom,
+}
+
+/// Where a stack's name came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameFrom {
+    /// The file's top-level `name`.
+    File,
+    /// The file has no `name`: its directory's.
+    Directory,
+    /// There is no file at the path: the name its directory would give.
+    NoFile,
+}
+
+/// [`stack_name`], saying where the name came from.
+///
+/// # Errors
+///
+/// When the path cannot be made absolute.
+pub fn find_stack(path: &Path) -> Result<StackName, ConfigError> {
     let absolute = std::path::absolute(path)
         .map_err(|e| ConfigError::file(path, format!("cannot make the path absolute: {e}")))?;
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (text, exists) = match std::fs::read_to_string(path) {
+        Ok(text) => (text, true),
+        Err(e) => (String::new(), e.kind() != std::io::ErrorKind::NotFound),
+    };
     let named = text
         .parse::<toml_edit::DocumentMut>()
         .ok()
         .and_then(|doc| doc.get("name").and_then(|n| n.as_str().map(str::to_string)));
-    Ok(named.unwrap_or_else(|| resolve::default_name(absolute.parent().unwrap_or(Path::new("/")))))
+    let dir = || resolve::default_name(absolute.parent().unwrap_or(Path::new("/")));
+    Ok(match named {
+        Some(name) => StackName {
+            name,
+            from: NameFrom::File,
+        },
+        None if exists => StackName {
+            name: dir(),
+            from: NameFrom::Directory,
+        },
+        None => StackName {
+            name: dir(),
+            from: NameFrom::NoFile,
+        },
+    })
 }
 
 /// Checks `text` as the configuration file at `path` and resolves it.

@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::{CancellationToken, ReusableBoxFuture, WaitForCancellationFutureOwned};
 
-use crate::snapshot::Event;
+use crate::snapshot::{Event, Snapshot};
 
 /// The `Content-Type` of the stream.
 pub(crate) const CONTENT_TYPE: &str = "text/event-stream";
@@ -27,6 +28,8 @@ type Recv = (Result<Event, RecvError>, broadcast::Receiver<Event>);
 /// One client's stream: events in order, `lagged` when it missed some, a
 /// keep-alive comment every interval, and the end on shutdown.
 pub(crate) struct EventStream {
+    /// Sent before any event: the stack as it is when the client came.
+    first: Option<Bytes>,
     // The pending `recv` owns the receiver and hands it back with the result.
     recv: ReusableBoxFuture<'static, Recv>,
     keep_alive: Interval,
@@ -35,16 +38,24 @@ pub(crate) struct EventStream {
 }
 
 impl EventStream {
-    /// A stream of the events sent after this call.
+    /// A stream that opens with `snapshot` (an `event: snapshot` whose data
+    /// is the snapshot's JSON, so a client sees the stack at once instead of
+    /// a silence that looks hung), then every event sent after this call.
+    /// It subscribes before it reads the snapshot, so nothing falls between.
     pub(crate) fn new(
         events: &broadcast::Sender<Event>,
+        snapshot: &watch::Receiver<Snapshot>,
         keep_alive: Duration,
         stop: CancellationToken,
     ) -> Self {
+        let receiver = events.subscribe();
+        let data = serde_json::to_string(&*snapshot.borrow()).unwrap_or_else(|_| "null".to_owned());
+        let first = Bytes::from(format!("event: snapshot\ndata: {data}\n\n"));
         let mut interval = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
-            recv: ReusableBoxFuture::new(recv(events.subscribe())),
+            first: Some(first),
+            recv: ReusableBoxFuture::new(recv(receiver)),
             keep_alive: interval,
             stop: Box::pin(stop.cancelled_owned()),
             ended: false,
@@ -61,6 +72,9 @@ impl EventStream {
         if self.stop.as_mut().poll(cx).is_ready() {
             self.ended = true;
             return Poll::Ready(None);
+        }
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(first));
         }
         if let Poll::Ready((result, receiver)) = self.recv.poll(cx) {
             self.recv.set(recv(receiver));

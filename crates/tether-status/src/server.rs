@@ -447,8 +447,12 @@ impl Shared {
                     Ok(permit) => permit,
                     Err(refused) => return self.too_many_event_streams(refused),
                 };
-                let stream =
-                    EventStream::new(&self.events, self.options.keep_alive, self.stop.clone());
+                let stream = EventStream::new(
+                    &self.events,
+                    &self.snapshot,
+                    self.options.keep_alive,
+                    self.stop.clone(),
+                );
                 response(
                     StatusCode::OK,
                     events::CONTENT_TYPE,

@@ -239,9 +239,9 @@ impl Service {
                 leftovers,
                 last_output: last_output(&tail),
             }),
-            (Kind::PreStart, Err(e)) => {
-                self.step(Input::SpawnFailed(format!("cannot wait for its command: {e}")))
-            }
+            (Kind::PreStart, Err(e)) => self.step(Input::SpawnFailed(format!(
+                "cannot wait for its command: {e}"
+            ))),
             (Kind::Main, exit) => self.step(Input::Exited {
                 exit: exit.ok(),
                 leftovers,

@@ -10,4 +10,5 @@ mod mcp;
 mod stack;
 mod support;
 mod up;
+mod usage;
 mod wait;

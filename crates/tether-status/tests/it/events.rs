@@ -33,11 +33,19 @@ impl Stream {
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         assert_eq!(response.headers()["cache-control"], "no-store");
         // The head arrives after the server subscribed: events sent from now
-        // on reach this stream.
-        Self {
+        // on reach this stream, after the snapshot it opens with.
+        let mut stream = Self {
             body: response.into_body(),
             buf: String::new(),
+        };
+        match stream.next().await {
+            Some(Message::Event { event, data }) => {
+                assert_eq!(event, "snapshot");
+                assert!(data.get("stack").is_some(), "{data}");
+            }
+            other => panic!("the stream opens with a snapshot, not {other:?}"),
         }
+        stream
     }
 
     /// The next block, or `None` when the stream ended.
@@ -124,6 +132,22 @@ async fn events_arrive_in_order_on_every_stream() {
             assert_eq!(data, serde_json::to_value(e).unwrap());
         }
     }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_opens_with_the_stack_as_it_is() {
+    let server = Server::start(stack(vec![service("db", State::Ready)])).await;
+    let response = server.open(Method::GET, "/api/events").await;
+    let mut stream = Stream {
+        body: response.into_body(),
+        buf: String::new(),
+    };
+    let Some(Message::Event { event, data }) = stream.next().await else {
+        panic!("no first event")
+    };
+    assert_eq!(event, "snapshot");
+    assert_eq!(data, server.get("/api/services").await.json());
     server.stop().await.unwrap();
 }
 
