@@ -66,7 +66,7 @@ impl Display for Page<'_> {
         )?;
         f.write_str(
             "<table>\n<thead><tr><th>service</th><th>state</th><th>pid</th><th>uptime</th>\
-             <th>restarts</th><th>last exit</th><th>last error</th></tr></thead>\n<tbody>\n",
+             <th>restarts</th><th>last exit</th><th>detail</th></tr></thead>\n<tbody>\n",
         )?;
         for s in &snapshot.services {
             let state = if s.is_healthy() && s.state != State::Ready {
