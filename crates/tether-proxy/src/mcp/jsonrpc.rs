@@ -153,21 +153,6 @@ pub fn describe(method: &str, message: &Value) -> String {
     }
 }
 
-/// Whether an error response is a server's way of saying it does not know
-/// our session, in one of the dialects servers use: "Session not found",
-/// "No valid session ID provided", "Server not initialized", "Could not find
-/// session", a -32602 after the transport lost its state.
-pub fn is_session_lost_error(error: &Value) -> bool {
-    let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
-    let text = error
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    matches!(code, -32000 | -32001 | -32600 | -32602 | -32603)
-        && (text.contains("session") || text.contains("not initialized"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,26 +212,5 @@ mod tests {
             error(id, INVALID_REQUEST, "x", None).to_string(),
             r#"{"error":{"code":-32600,"message":"x"},"id":18446744073709551616,"jsonrpc":"2.0"}"#
         );
-    }
-
-    #[test]
-    fn session_lost_dialects() {
-        for (code, text) in [
-            (-32000, "Bad Request: No valid session ID provided"),
-            (-32600, "Session not found"),
-            (-32602, "Invalid request parameters: Could not find session"),
-            (-32603, "Server not initialized"),
-        ] {
-            assert!(
-                is_session_lost_error(&json!({"code": code, "message": text})),
-                "{text}"
-            );
-        }
-        assert!(!is_session_lost_error(
-            &json!({"code": -32602, "message": "Invalid params: a must be a number"})
-        ));
-        assert!(!is_session_lost_error(
-            &json!({"code": -32601, "message": "Method not found"})
-        ));
     }
 }

@@ -3,10 +3,13 @@
 //!
 //! - [`frame`]: newline-delimited JSON-RPC with a size limit.
 //! - [`jsonrpc`]: message kinds and the errors tether writes.
+//! - [`lost`]: what says the link or the session is lost (transport
+//!   failures, HTTP statuses, JSON-RPC errors), for transports and core.
 //! - [`session`]: the sans-I/O core: session replay, pending requests and
 //!   their safety, timeouts, keepalive, reconnect pacing.
 //! - [`upstream`]: the transports (stdio child, streamable HTTP and legacy
 //!   SSE, WebSocket), each a task reporting generation-tagged events.
+//! - [`limits`]: every bound of the proxy's queues, in one place.
 //! - [`serve`]: the driver that joins them.
 
 use std::collections::VecDeque;
@@ -26,6 +29,7 @@ use tracing::{debug, warn};
 pub mod frame;
 pub mod jsonrpc;
 pub mod limits;
+pub mod lost;
 pub mod session;
 pub mod upstream;
 

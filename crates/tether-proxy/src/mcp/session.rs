@@ -1,6 +1,7 @@
 //! The MCP session core, without I/O: messages and events in, [`Action`]s
-//! out. The driver (`driver.rs`) owns the sockets, the child process and
-//! the clock; this owns every decision.
+//! out. The driver ([`serve`](super::serve), in `mcp/mod.rs`) owns the
+//! client's streams, the upstream link and the clock; this owns every
+//! decision.
 //!
 //! # States of the upstream link
 //!
@@ -46,6 +47,7 @@ use super::jsonrpc::{self, Kind};
 use super::limits::{
     MAX_PENDING, MAX_QUEUED_NOTES, MAX_REMEMBERED, MAX_SERVER_REQUESTS, Milestones,
 };
+use super::lost;
 
 /// Per-request timeouts: a request fails when nothing (no answer, no
 /// progress) came for `idle`, or when it has run for `total`, whichever
@@ -600,7 +602,7 @@ impl Session {
         if generation != self.generation {
             return;
         }
-        let breaks = breaks_link(&failure);
+        let breaks = lost::breaks_link(&failure);
         match self.by_upstream.remove(&upstream_id) {
             Some(Outstanding::Client(seq)) => {
                 if breaks {
@@ -713,7 +715,7 @@ impl Session {
         if let Some(error) = message.get("error")
             && self.era == Era::Legacy
             && self.handshake.as_ref().is_some_and(|h| h.result.is_some())
-            && jsonrpc::is_session_lost_error(error)
+            && lost::jsonrpc_error(error)
         {
             // The server lost our session and did not run the request.
             let text = error.get("message").and_then(Value::as_str).unwrap_or("");
@@ -1344,25 +1346,6 @@ pub fn resendable(method: &str, message: &Value, safe_tools: &HashSet<String>) -
             .get("name")
             .and_then(Value::as_str)
             .is_some_and(|name| safe_tools.contains(name))
-}
-
-/// Whether a request's transport failure means the whole link is gone,
-/// rather than only that request.
-pub fn breaks_link(failure: &Failure) -> bool {
-    matches!(
-        failure.cause,
-        Cause::ConnectRefused
-            | Cause::ConnectTimeout
-            | Cause::ConnectUnreachable
-            | Cause::PathMissing
-            | Cause::DnsTemporary
-            | Cause::TlsHandshake
-            | Cause::ResetBeforeResponse
-            | Cause::ResetMidStream
-            | Cause::SessionLost
-            | Cause::ProcessExited
-            | Cause::Http(502..=504)
-    )
 }
 
 /// Whether a request carries the 2026-07-28 era's per-request metadata.
