@@ -5,6 +5,7 @@
 // Test helpers outside #[test] functions may unwrap: a failure is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod example;
 mod faults;
 mod mcp;
 mod stack;
