@@ -148,7 +148,7 @@ async fn the_example_stack_stays_healthy_for_90s_and_the_readme_shows_a_real_run
         }
     }
     let ps_sample = sample(&readme, "ps");
-    let real: Vec<String> = std::iter::once(format!("$ tether ps -f examples/stack/tether.toml"))
+    let real: Vec<String> = std::iter::once("$ tether ps -f examples/stack/tether.toml".to_string())
         .chain(ps.lines().map(str::to_string))
         .chain([
             "$ curl -s http://127.0.0.1:7465/health".to_string(),
