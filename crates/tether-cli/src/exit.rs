@@ -2,6 +2,7 @@
 //! is listening" from "it hangs" from "it will never work" without parsing
 //! words. The README's table is the public contract.
 
+use tether_probe::target::ProgramError;
 use tether_probe::wait::{GaveUp, TargetOutcome, WaitReport};
 use tether_resilience::failure::Symptom;
 
@@ -33,11 +34,13 @@ pub(crate) const CANNOT_EXECUTE: u8 = 126;
 pub(crate) const NOT_FOUND: u8 = 127;
 /// The exit code for a command `find_program` rejected: not found (127) or
 /// not executable (126), as a shell says.
-pub(crate) fn cannot_run(why: &str) -> u8 {
-    if why.contains("not found") || why.contains("does not exist") {
-        NOT_FOUND
-    } else {
-        CANNOT_EXECUTE
+pub(crate) fn cannot_run(why: &ProgramError) -> u8 {
+    match why {
+        ProgramError::NotFound { .. } | ProgramError::DoesNotExist { .. } => NOT_FOUND,
+        ProgramError::PermissionDenied { .. }
+        | ProgramError::IsADirectory { .. }
+        | ProgramError::NotExecutable { .. }
+        | ProgramError::Unusable { .. } => CANNOT_EXECUTE,
     }
 }
 
@@ -161,6 +164,25 @@ mod tests {
             of_report(&report(vec![gave_up(t, None)]), true),
             STILL_READY
         );
+    }
+
+    #[test]
+    fn commands_that_cannot_run_exit_as_a_shell_says() {
+        use std::os::unix::fs::PermissionsExt;
+        use tether_probe::target::find_program;
+
+        let code = |program: &str| cannot_run(&find_program(program).unwrap_err());
+        assert_eq!(code("no-such-program-tether"), NOT_FOUND);
+        assert_eq!(code("/nonexistent/tether/x"), NOT_FOUND);
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(code(&format!("{}/", dir.path().display())), CANNOT_EXECUTE);
+        // The words of the message do not decide: this one says "not found"
+        // but names a file that is there and cannot be run.
+        let plain = dir.path().join("not found");
+        std::fs::write(&plain, "x").unwrap();
+        assert_eq!(code(&plain.display().to_string()), CANNOT_EXECUTE);
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(find_program(&plain.display().to_string()).is_ok());
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl Resolver<'_> {
                     )
                 })?;
         }
-        find_program(program).map_err(|e| self.error(&command.at, e))?;
+        find_program(program).map_err(|e| self.error(&command.at, e.to_string()))?;
         Ok(argv)
     }
 

@@ -19,7 +19,7 @@ use tether_resilience::{Cause, Failure, Phase, Verdict};
 
 use crate::Ready;
 use crate::attempt::Attempt;
-use crate::sse::SseParser;
+use crate::sse::{SseParser, TooLarge};
 use crate::target::{Era, McpSpec, display_url};
 use crate::web::{self, Response};
 
@@ -316,7 +316,7 @@ async fn next_events(
     what: &str,
 ) -> Result<Vec<crate::sse::SseEvent>, Failure> {
     match stream.next_chunk(what).await? {
-        Some(chunk) => parser.push(&chunk).map_err(|e| too_large(what, e.limit)),
+        Some(chunk) => parser.push(&chunk).map_err(|e| too_large(what, e)),
         None => Err(Failure::new(
             Phase::Stream,
             Cause::ResetMidStream,
@@ -587,13 +587,11 @@ fn not_mcp(what: &str, content_type: &str) -> Failure {
     )
 }
 
-fn too_large(what: &str, limit: usize) -> Failure {
-    Failure::new(
-        Phase::Stream,
-        Cause::LimitReached,
-        format!("{what}: an event line is longer than {} bytes", limit),
-    )
-    .with_origin(tether_resilience::Origin::Upstream)
+/// A line or an event past the parser's limit: the server sends more than
+/// any MCP message should be.
+fn too_large(what: &str, e: TooLarge) -> Failure {
+    Failure::new(Phase::Stream, Cause::LimitReached, format!("{what}: {e}"))
+        .with_origin(tether_resilience::Origin::Upstream)
 }
 
 #[cfg(test)]

@@ -1,5 +1,13 @@
 //! An incremental parser for Server-Sent Events (the WHATWG event-stream
 //! format): bytes in, events out, whatever the chunk boundaries.
+//!
+//! Bounded: one limit caps a line and an event's data (its `data:` lines
+//! joined), so a peer that never sends a newline, or sends `data:` lines
+//! without ever ending the event, cannot exhaust memory. Every other field
+//! is one line that replaces the last, so a parser holds about three times
+//! its limit at most.
+
+use std::fmt;
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,21 +33,36 @@ pub struct SseParser {
     last_id: Option<String>,
     /// The server's `retry:` hint in milliseconds.
     retry_ms: Option<u64>,
-    max_line: usize,
+    /// The longest line, and the largest event's data, in bytes.
+    limit: usize,
 }
 
-/// A line longer than the parser's limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineTooLong {
+/// A stream that passed the parser's limit: nothing more of it can be
+/// parsed; open it again with a new parser, or give it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge {
+    /// What passed the limit.
+    pub part: Part,
+    /// The limit, in bytes.
     pub limit: usize,
 }
 
+/// The part of a stream that passed the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// One line, without its end.
+    Line,
+    /// An event's data: its `data:` lines, joined.
+    Event,
+}
+
 impl SseParser {
-    /// A parser that rejects lines longer than `max_line` bytes, so a peer
-    /// that never sends a newline cannot exhaust memory.
-    pub fn new(max_line: usize) -> SseParser {
+    /// A parser that refuses lines longer than `limit` bytes and events whose
+    /// data is larger than `limit` bytes (for MCP, the message limit: an
+    /// event carries one message).
+    pub fn new(limit: usize) -> SseParser {
         SseParser {
-            max_line,
+            limit,
             ..SseParser::default()
         }
     }
@@ -56,7 +79,10 @@ impl SseParser {
     }
 
     /// Parses a chunk and returns the events it completed.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, LineTooLong> {
+    ///
+    /// After an error, the parser has dropped the event it was reading and
+    /// must not be fed again.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, TooLarge> {
         let mut events = Vec::new();
         for &byte in chunk {
             if std::mem::take(&mut self.after_cr) && byte == b'\n' {
@@ -66,15 +92,13 @@ impl SseParser {
                 b'\r' | b'\n' => {
                     self.after_cr = byte == b'\r';
                     let line = std::mem::take(&mut self.line);
-                    if let Some(event) = self.line_done(&line) {
+                    if let Some(event) = self.line_done(&line)? {
                         events.push(event);
                     }
                 }
                 _ => {
-                    if self.line.len() >= self.max_line.max(1) {
-                        return Err(LineTooLong {
-                            limit: self.max_line,
-                        });
+                    if self.line.len() >= self.limit.max(1) {
+                        return Err(self.too_large(Part::Line));
                     }
                     self.line.push(byte);
                 }
@@ -83,14 +107,14 @@ impl SseParser {
         Ok(events)
     }
 
-    fn line_done(&mut self, line: &[u8]) -> Option<SseEvent> {
+    fn line_done(&mut self, line: &[u8]) -> Result<Option<SseEvent>, TooLarge> {
         if line.is_empty() {
-            return self.dispatch();
+            return Ok(self.dispatch());
         }
         let line = String::from_utf8_lossy(line);
         if line.starts_with(':') {
             // A comment: keep-alive traffic.
-            return None;
+            return Ok(None);
         }
         let (field, value) = match line.split_once(':') {
             Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
@@ -99,6 +123,10 @@ impl SseParser {
         match field {
             "event" => self.event = value.to_string(),
             "data" => {
+                let separator = usize::from(self.has_data);
+                if self.data.len() + separator + value.len() > self.limit {
+                    return Err(self.too_large(Part::Event));
+                }
                 if self.has_data {
                     self.data.push('\n');
                 }
@@ -114,7 +142,19 @@ impl SseParser {
             }
             _ => {}
         }
-        None
+        Ok(None)
+    }
+
+    /// The error for `part`, dropping the event being read.
+    fn too_large(&mut self, part: Part) -> TooLarge {
+        self.line = Vec::new();
+        self.event = String::new();
+        self.data = String::new();
+        self.has_data = false;
+        TooLarge {
+            part,
+            limit: self.limit,
+        }
     }
 
     fn dispatch(&mut self) -> Option<SseEvent> {
@@ -136,6 +176,19 @@ impl SseParser {
         })
     }
 }
+
+// === impl TooLarge ===
+
+impl fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.part {
+            Part::Line => write!(f, "an event line is longer than {} bytes", self.limit),
+            Part::Event => write!(f, "an event is larger than {} bytes", self.limit),
+        }
+    }
+}
+
+impl std::error::Error for TooLarge {}
 
 #[cfg(test)]
 mod tests {
@@ -184,7 +237,57 @@ mod tests {
     #[test]
     fn endless_lines_are_refused() {
         let mut p = SseParser::new(8);
-        assert_eq!(p.push(b"data: 0123456789"), Err(LineTooLong { limit: 8 }));
+        assert_eq!(
+            p.push(b"data: 0123456789"),
+            Err(TooLarge {
+                part: Part::Line,
+                limit: 8
+            })
+        );
+    }
+
+    #[test]
+    fn endless_events_are_refused() {
+        // Short lines, but the event never ends: its data passes the limit
+        // at the 17th line (16 bytes and 15 newlines are 31; 33 is too many).
+        let mut p = SseParser::new(32);
+        let stream = b"data: x\n".repeat(1000);
+        let e = p.push(&stream).unwrap_err();
+        assert_eq!(
+            e,
+            TooLarge {
+                part: Part::Event,
+                limit: 32
+            }
+        );
+        assert_eq!(e.to_string(), "an event is larger than 32 bytes");
+        assert!(p.data.is_empty() && p.line.is_empty());
+        // Fed one line at a time, it fails at the same line.
+        let mut p = SseParser::new(32);
+        let fed = (1..=1000)
+            .map(|n| (n, p.push(b"data: x\n")))
+            .find(|(_, r)| r.is_err());
+        assert!(matches!(fed, Some((17, Err(_)))), "{fed:?}");
+    }
+
+    #[test]
+    fn an_event_exactly_at_the_limit_passes() {
+        // Three lines of at most 8 bytes; their data with the newlines
+        // between them is 9 bytes.
+        let stream = b"data:abc\ndata:def\ndata:g\n\n";
+        let mut p = SseParser::new(9);
+        let events = p.push(stream).unwrap();
+        assert_eq!(events[0].data, "abc\ndef\ng");
+        // The limit is per event: the next one starts from nothing.
+        assert_eq!(p.push(stream).unwrap(), events);
+        let mut p = SseParser::new(8);
+        assert_eq!(
+            p.push(stream),
+            Err(TooLarge {
+                part: Part::Event,
+                limit: 8
+            })
+        );
     }
 
     proptest! {

@@ -17,7 +17,7 @@ use percent_encoding::percent_decode_str;
 use tether_resilience::failure::parse_retry_after;
 use tether_resilience::{Cause, Failure, Phase};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use url::Url;
 
 use crate::attempt::Attempt;
@@ -36,24 +36,17 @@ pub struct Response {
     body: Incoming,
     /// Drives the connection; aborted (closing the socket) when the last
     /// holder drops it.
-    _conn: Arc<ConnTask>,
+    _conn: Arc<AbortOnDropHandle<()>>,
 }
 
 /// An open HTTP/1.1 connection: one request at a time, many in a row.
 #[derive(Debug)]
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
-    conn: Arc<ConnTask>,
+    /// Drives the connection; aborted (closing the socket) when the last
+    /// holder drops it.
+    conn: Arc<AbortOnDropHandle<()>>,
     host: HeaderValue,
-}
-
-#[derive(Debug)]
-struct ConnTask(JoinHandle<()>);
-
-impl Drop for ConnTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A byte stream to a server: plain TCP or TLS over TCP.
@@ -93,7 +86,7 @@ pub async fn connect(url: &Url, insecure: bool, attempt: Attempt) -> Result<Conn
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| classify(&e, Phase::Send, &what))?;
-    let conn = Arc::new(ConnTask(tokio::spawn(async move {
+    let conn = Arc::new(AbortOnDropHandle::new(tokio::spawn(async move {
         // Errors surface through the requests; the driver just ends.
         let _ = conn.await;
     })));
