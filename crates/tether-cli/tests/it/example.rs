@@ -148,15 +148,16 @@ async fn the_example_stack_stays_healthy_for_90s_and_the_readme_shows_a_real_run
         }
     }
     let ps_sample = sample(&readme, "ps");
-    let real: Vec<String> = std::iter::once("$ tether ps -f examples/stack/tether.toml".to_string())
-        .chain(ps.lines().map(str::to_string))
-        .chain([
-            "$ curl -s http://127.0.0.1:7465/health".to_string(),
-            last_body.trim().to_string(),
-            "$ tether down -f examples/stack/tether.toml".to_string(),
-            down_line,
-        ])
-        .collect();
+    let real: Vec<String> =
+        std::iter::once("$ tether ps -f examples/stack/tether.toml".to_string())
+            .chain(ps.lines().map(str::to_string))
+            .chain([
+                "$ curl -s http://127.0.0.1:7465/health".to_string(),
+                last_body.trim().to_string(),
+                "$ tether down -f examples/stack/tether.toml".to_string(),
+                down_line,
+            ])
+            .collect();
     let shapes = |v: &[String]| v.iter().map(|l| shape(l)).collect::<Vec<_>>();
     assert_eq!(
         shapes(&ps_sample),
