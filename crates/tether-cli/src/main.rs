@@ -13,6 +13,7 @@ mod out;
 mod client;
 mod exit;
 mod mcp;
+mod proxy;
 mod render;
 mod stack;
 mod up;
@@ -35,6 +36,7 @@ enum Command {
     Up(up::UpArgs),
     Wait(wait::WaitArgs),
     Mcp(mcp::McpArgs),
+    Proxy(proxy::ProxyArgs),
     Ps(client::PsArgs),
     Logs(client::LogsArgs),
     /// Start a stopped or failed service of a running stack.
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Wait(args) => wait::run(args),
         Command::Mcp(args) => mcp::run(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Ps(args) => client::ps(args),
         Command::Logs(args) => client::logs(args),
         Command::Start(args) => client::service("start", args),

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attempt;
+pub mod dial;
 mod exec;
 mod file;
 mod mcp;

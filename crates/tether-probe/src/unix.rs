@@ -41,7 +41,7 @@ pub(crate) async fn probe(spec: &UnixSpec, attempt: Attempt) -> Result<Ready, Fa
     )))
 }
 
-fn connect(path: &SocketPath) -> std::io::Result<tokio::net::UnixStream> {
+pub(crate) fn connect(path: &SocketPath) -> std::io::Result<tokio::net::UnixStream> {
     let addr = match path {
         SocketPath::File(p) => SockAddr::unix(p)?,
         SocketPath::Abstract(name) => {

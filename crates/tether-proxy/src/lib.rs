@@ -6,6 +6,10 @@
 //! it supervises, streamable HTTP, legacy SSE or WebSocket) and restores it
 //! across restarts.
 //!
+//! [`relay`] is the byte proxy of `tether proxy`: clients of a TCP or Unix
+//! socket are held while the upstream is down or restarting and relayed
+//! (spliced) once it is ready, within limits.
+//!
 //! # Invariants
 //!
 //! - The client side never ends because of the upstream.
@@ -17,3 +21,4 @@
 #![forbid(unsafe_code)]
 
 pub mod mcp;
+pub mod relay;

@@ -8,6 +8,7 @@
 mod example;
 mod faults;
 mod mcp;
+mod proxy;
 mod stack;
 mod support;
 mod up;

@@ -1,0 +1,502 @@
+//! `tether proxy` with real sockets: clients held through an outage and
+//! served byte for byte, limits, idle timeouts, resets and half-close
+//! carried through, a 1 GiB transfer intact, and bad input refused.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tether_test::peers::free_port;
+use tether_test::within;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, ChildStdout};
+use tokio::task::JoinHandle;
+
+use crate::support::{run, tether};
+
+/// A running `tether proxy --json`, its events read as they come.
+struct Proxy {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    listen: u16,
+}
+
+impl Proxy {
+    async fn start(upstream: u16, extra: &[&str]) -> Proxy {
+        let listen = free_port();
+        let mut args = vec![
+            "proxy".to_string(),
+            "--json".to_string(),
+            format!("tcp://127.0.0.1:{listen}"),
+            format!("tcp://127.0.0.1:{upstream}"),
+        ];
+        args.splice(1..1, extra.iter().map(|s| s.to_string()));
+        let mut child = tether().args(&args).spawn().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut proxy = Proxy {
+            child,
+            lines,
+            listen,
+        };
+        proxy.until("tether").await;
+        proxy
+    }
+
+    /// Reads events until one whose `event` is `kind`.
+    async fn until(&mut self, kind: &str) -> Value {
+        within(&format!("a {kind} event"), async {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("the proxy ended");
+                let event: Value = serde_json::from_str(&line).unwrap();
+                if event["event"] == kind {
+                    return event;
+                }
+            }
+        })
+        .await
+    }
+
+    async fn connect(&self) -> TcpStream {
+        within("connect", TcpStream::connect(("127.0.0.1", self.listen)))
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id().unwrap() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let status = within("the proxy to stop", self.child.wait())
+            .await
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// An echo server on a fixed port that can be stopped and started again.
+struct Echo {
+    port: u16,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn new(port: u16) -> Echo {
+        Echo { port, task: None }
+    }
+
+    async fn start(&mut self) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], self.port)))
+            .unwrap();
+        let listener = socket.listen(128).unwrap();
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        }));
+    }
+
+    fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends `data`, ends writing, reads until the end: the echo.
+async fn round_trip(mut stream: TcpStream, data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = stream.split();
+    let sending = async {
+        w.write_all(data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let receiving = async {
+        r.read_to_end(&mut back).await.unwrap();
+    };
+    within("the round trip", async { tokio::join!(sending, receiving) }).await;
+    back
+}
+
+/// The first connection that sends something: the proxy's readiness
+/// probes connect and close without a byte, and are passed over.
+async fn accept_client(listener: &TcpListener) -> TcpStream {
+    loop {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut one = [0u8; 1];
+        if s.peek(&mut one).await.unwrap_or(0) > 0 {
+            return s;
+        }
+    }
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test]
+async fn clients_arriving_while_the_upstream_is_down_are_held_and_served_byte_exact() {
+    let port = free_port();
+    let mut echo = Echo::new(port);
+    let mut proxy = Proxy::start(port, &[]).await;
+    // Five clients arrive during the outage and send at once.
+    let mut clients = Vec::new();
+    for i in 0..5u8 {
+        let stream = proxy.connect().await;
+        let data = pattern(100_000 + i as usize, i);
+        clients.push(tokio::spawn(async move {
+            let back = round_trip(stream, &data).await;
+            back == data
+        }));
+    }
+    echo.start().await;
+    for client in clients {
+        assert!(
+            within("a held client", client).await.unwrap(),
+            "bytes differ"
+        );
+    }
+    let relayed = proxy.until("relayed").await;
+    assert!(relayed["held_ms"].as_u64().is_some(), "{relayed}");
+    // Restarted three times while clients keep coming: every one served.
+    for round in 0..3u8 {
+        echo.stop();
+        let stream = proxy.connect().await;
+        let data = pattern(5000, round);
+        let client = tokio::spawn(async move { round_trip(stream, &data).await == data });
+        echo.start().await;
+        assert!(within("a client across a restart", client).await.unwrap());
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_waits_past_the_pending_timeout_is_closed_with_the_cause() {
+    let port = free_port();
+    let mut proxy = Proxy::start(port, &["--pending-timeout", "200ms"]).await;
+    let mut stream = proxy.connect().await;
+    let refused = proxy.until("refused").await;
+    assert_eq!(refused["cause"], "pending.timeout", "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{refused}"
+    );
+    let mut buf = [0u8; 1];
+    let n = within("the close", stream.read(&mut buf))
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn over_a_limit_a_client_is_refused_at_once() {
+    let port = free_port();
+    let mut proxy = Proxy::start(port, &["--max-pending", "1", "--max-connections", "2"]).await;
+    let _first = proxy.connect().await;
+    let mut second = proxy.connect().await;
+    let refused = proxy.until("refused").await;
+    assert_eq!(refused["cause"], "limit.pending", "{refused}");
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        within("the close", second.read(&mut buf))
+            .await
+            .unwrap_or(0),
+        0
+    );
+    let mut echo = Echo::new(port);
+    echo.start().await;
+    proxy.until("relayed").await;
+    let _third = proxy.connect().await;
+    proxy.until("relayed").await;
+    let mut fourth = proxy.connect().await;
+    let refused = proxy.until("refused").await;
+    assert_eq!(refused["cause"], "limit.connections", "{refused}");
+    assert_eq!(
+        within("the close", fourth.read(&mut buf))
+            .await
+            .unwrap_or(0),
+        0
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_is_closed_at_the_idle_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut proxy = Proxy::start(port, &["--idle-timeout", "300ms"]).await;
+    let mut stream = proxy.connect().await;
+    stream.write_all(b"hello?").await.unwrap();
+    let closed = proxy.until("closed").await;
+    assert_eq!(closed["ending"], "idle.timeout", "{closed}");
+    assert_eq!(closed["bytes_up"], 6);
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        within("the close", stream.read(&mut buf))
+            .await
+            .unwrap_or(0),
+        0
+    );
+    hold.abort();
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_resets_mid_stream_resets_the_client_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reset = tokio::spawn(async move {
+        let mut s = accept_client(&listener).await;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(b"partial answer").await.unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    });
+    let mut proxy = Proxy::start(port, &[]).await;
+    let mut stream = proxy.connect().await;
+    stream.write_all(b"ping").await.unwrap();
+    let mut got = Vec::new();
+    let result = within("the reset", stream.read_to_end(&mut got)).await;
+    let closed = proxy.until("closed").await;
+    assert_eq!(closed["ending"], "upstream.reset", "{closed}");
+    assert!(
+        result.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the client sees a reset, not a clean end"
+    );
+    reset.await.unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn half_close_is_carried_both_ways() {
+    // The upstream reads to the end, then answers: the client's
+    // shutdown(WR) must reach it while the client still reads.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = tokio::spawn(async move {
+        let mut s = accept_client(&listener).await;
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        s.write_all(format!("got {} bytes", all.len()).as_bytes())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        // ... and the other way: the upstream ended writing; it still
+        // reads nothing more, and closes.
+    });
+    let proxy = Proxy::start(port, &[]).await;
+    let mut stream = proxy.connect().await;
+    stream.write_all(&[7u8; 12345]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = String::new();
+    within("the answer", stream.read_to_string(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(answer, "got 12345 bytes");
+    upstream.await.unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_gibibyte_arrives_intact_spliced() {
+    gibibyte(&[]).await;
+}
+
+#[tokio::test]
+async fn a_gibibyte_arrives_intact_copied() {
+    gibibyte(&["--pipes", "0"]).await;
+}
+
+/// 1 GiB through the proxy into a sink that checks every block: each
+/// 64 KiB block is the same bytes but for its first 8, its number, so any
+/// byte lost, doubled or out of order shows (and the check is a memcmp,
+/// fast even in a debug build).
+async fn gibibyte(extra: &[&str]) {
+    const BLOCK: usize = 1 << 16;
+    const BLOCKS: u64 = (1 << 30) / BLOCK as u64;
+    let base = pattern(BLOCK, 3);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let expected = base.clone();
+    let sink = tokio::spawn(async move {
+        let mut s = accept_client(&listener).await;
+        let mut block = vec![0u8; BLOCK];
+        let mut next = 0u64;
+        loop {
+            match s.read_exact(&mut block).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => panic!("{e}"),
+            }
+            let number = u64::from_le_bytes(block[..8].try_into().unwrap());
+            if number != next || block[8..] != expected[8..] {
+                return Err(next);
+            }
+            next += 1;
+        }
+        Ok(next)
+    });
+    let proxy = Proxy::start(port, extra).await;
+    let mut stream = proxy.connect().await;
+    let mut block = base;
+    for number in 0..BLOCKS {
+        block[..8].copy_from_slice(&number.to_le_bytes());
+        stream.write_all(&block).await.unwrap();
+    }
+    stream.shutdown().await.unwrap();
+    let got = within("the sink", sink).await.unwrap();
+    assert_eq!(got, Ok(BLOCKS));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_one_clear_error_each() {
+    let port = free_port();
+    for (args, words) in [
+        (
+            vec!["proxy", "tcp://0.0.0.0:1", "tcp://127.0.0.1:2"],
+            "pass --public",
+        ),
+        (
+            vec!["proxy", "http://127.0.0.1:1/", "tcp://127.0.0.1:2"],
+            "tcp://HOST:PORT or unix:///PATH",
+        ),
+        (
+            vec!["proxy", "tcp://127.0.0.1:1", "http://127.0.0.1:2/"],
+            "a proxy relays to tcp://HOST:PORT or unix:///PATH",
+        ),
+        (
+            vec!["proxy", "tcp://127.0.0.1:x", "tcp://127.0.0.1:2"],
+            "cannot listen on",
+        ),
+        (
+            vec![
+                "proxy",
+                "tcp://localhost:1",
+                "tcp://127.0.0.1:2",
+                "--ready",
+                "nope://x",
+            ],
+            "nope",
+        ),
+    ] {
+        let r = run(&args).await;
+        assert_eq!(r.code(), 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(words), "{args:?}: {}", r.stderr);
+    }
+    // A listen address in use.
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let r = run(&[
+        "proxy",
+        &format!("tcp://127.0.0.1:{busy}"),
+        &format!("tcp://127.0.0.1:{port}"),
+    ])
+    .await;
+    assert_eq!(r.code(), 1, "{r:?}");
+    assert!(
+        r.stderr.contains("is in use by another process"),
+        "{}",
+        r.stderr
+    );
+    // A unix path in a directory of another user, and a stale socket file
+    // of another user (root can make both).
+    if rustix::process::geteuid().is_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let sock = format!("unix://{}/p.sock", theirs.display());
+        let r = run(&["proxy", &sock, "tcp://127.0.0.1:1"]).await;
+        assert_eq!(r.code(), 1, "{r:?}");
+        assert!(r.stderr.contains("belongs to another user"), "{}", r.stderr);
+        let stale = dir.path().join("stale.sock");
+        let l = std::os::unix::net::UnixListener::bind(&stale).unwrap();
+        drop(l);
+        std::os::unix::fs::chown(&stale, Some(65534), Some(65534)).unwrap();
+        let r = run(&[
+            "proxy",
+            &format!("unix://{}", stale.display()),
+            "tcp://127.0.0.1:1",
+        ])
+        .await;
+        assert!(
+            r.stderr.contains("a socket file of another user"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_unix_proxy_replaces_its_own_stale_socket_and_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let upstream = free_port();
+    let mut child = tether()
+        .args([
+            "proxy",
+            "--json",
+            &format!("unix://{}", path.display()),
+            &format!("tcp://127.0.0.1:{upstream}"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    within("the banner", lines.next_line()).await.unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut echo = Echo::new(upstream);
+    echo.start().await;
+    let mut stream = within("connect", tokio::net::UnixStream::connect(&path))
+        .await
+        .unwrap();
+    stream.write_all(b"over unix").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut back = String::new();
+    within("the echo", stream.read_to_string(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(back, "over unix");
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    within("stop", child.wait()).await.unwrap();
+    assert!(!path.exists(), "the socket file goes with the proxy");
+}

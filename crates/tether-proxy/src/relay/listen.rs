@@ -1,0 +1,280 @@
+//! Where a proxy listens: checked, then bound.
+//!
+//! - TCP: an IP address (or `localhost`); one beyond this machine only when
+//!   the caller says so (`public`), since a proxy on loopback is the safe
+//!   default. Bound with `SO_REUSEADDR` and a backlog of 1024, so a burst
+//!   of clients queues in the kernel while the proxy accepts.
+//! - Unix: a path in a directory of this user's own (`/tmp` of another
+//!   owner is not), never through a symlink; a socket file left there is
+//!   replaced only if it is this user's and nothing answers on it. The new
+//!   socket is private to the user (0600). `@NAME` is a Linux abstract
+//!   socket (no file).
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tether_probe::Target;
+use tether_probe::target::{Host, SocketPath, Spec};
+use tokio::net::{TcpListener, UnixListener};
+
+use super::pipe::Conn;
+
+/// A checked listen address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    /// A Linux abstract socket name.
+    Abstract(String),
+}
+
+/// Why a listen address cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenError {
+    listen: String,
+    why: String,
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.listen, self.why)
+    }
+}
+
+impl std::error::Error for ListenError {}
+
+/// A bound listener; a unix socket file goes when it is dropped.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, Option<PathBuf>),
+}
+
+/// The backlog of a listening socket: clients that arrive faster than the
+/// proxy accepts wait here, not refused.
+const BACKLOG: i32 = 1024;
+
+impl Listen {
+    /// Parses `tcp://HOST:PORT`, `unix:///PATH` or `unix:@NAME`. A TCP
+    /// address beyond loopback needs `public`.
+    ///
+    /// # Errors
+    ///
+    /// An address that does not parse, is not an IP (or `localhost`), or
+    /// is not on loopback without `public`.
+    pub fn parse(text: &str, public: bool) -> Result<Listen, ListenError> {
+        let err = |why: String| ListenError {
+            listen: text.to_string(),
+            why,
+        };
+        let target = Target::parse(text).map_err(|e| err(e.reason().to_string()))?;
+        match target.spec() {
+            Spec::Tcp(spec) => {
+                let ip = match &spec.host {
+                    Host::Ip(ip) => *ip,
+                    Host::Name(name) if name.eq_ignore_ascii_case("localhost") => {
+                        IpAddr::V4(Ipv4Addr::LOCALHOST)
+                    }
+                    Host::Name(name) => {
+                        return Err(err(format!(
+                            "'{name}' is a name; listen on an IP address (127.0.0.1, ::1, or 0.0.0.0 with --public)"
+                        )));
+                    }
+                };
+                if !ip.is_loopback() && !public {
+                    return Err(err(format!(
+                        "{ip} is reachable from other machines; listen on 127.0.0.1, or pass --public (public = true) to mean it"
+                    )));
+                }
+                Ok(Listen::Tcp(SocketAddr::new(ip, spec.port)))
+            }
+            Spec::Unix(spec) => match &spec.path {
+                SocketPath::File(path) => Ok(Listen::Unix(path.clone())),
+                SocketPath::Abstract(name) => Ok(Listen::Abstract(name.clone())),
+            },
+            _ => Err(err(
+                "a proxy listens on tcp://HOST:PORT or unix:///PATH".to_string()
+            )),
+        }
+    }
+
+    /// Binds it.
+    ///
+    /// # Errors
+    ///
+    /// The address in use, a unix path in a directory that is not the
+    /// user's, a socket file of another user (or one that answers), ...
+    pub async fn bind(&self) -> Result<Listener, ListenError> {
+        let err = |why: String| ListenError {
+            listen: self.to_string(),
+            why,
+        };
+        match self {
+            Listen::Tcp(addr) => {
+                let socket = match addr {
+                    SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                    SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+                }
+                .map_err(|e| err(e.to_string()))?;
+                socket.set_reuseaddr(true).map_err(|e| err(e.to_string()))?;
+                socket.bind(*addr).map_err(|e| {
+                    err(match e.kind() {
+                        io::ErrorKind::AddrInUse => {
+                            "the address is in use by another process".to_string()
+                        }
+                        _ => e.to_string(),
+                    })
+                })?;
+                let listener = socket
+                    .listen(BACKLOG as u32)
+                    .map_err(|e| err(e.to_string()))?;
+                Ok(Listener::Tcp(listener))
+            }
+            Listen::Unix(path) => {
+                check_unix_path(path).await.map_err(err)?;
+                let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| err(e.to_string()))?;
+                Ok(Listener::Unix(listener, Some(path.clone())))
+            }
+            Listen::Abstract(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                    .map_err(|e| err(e.to_string()))?;
+                let std = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+                    err(match e.kind() {
+                        io::ErrorKind::AddrInUse => {
+                            "the name is in use by another process".to_string()
+                        }
+                        _ => e.to_string(),
+                    })
+                })?;
+                std.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+                let listener = UnixListener::from_std(std).map_err(|e| err(e.to_string()))?;
+                Ok(Listener::Unix(listener, None))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Listen::Unix(path) => write!(f, "unix://{}", path.display()),
+            Listen::Abstract(name) => write!(f, "unix:@{name}"),
+        }
+    }
+}
+
+/// The directory must be the user's, and a file at the path a stale socket
+/// of the user's.
+async fn check_unix_path(path: &Path) -> Result<(), String> {
+    let me = rustix::process::geteuid().as_raw();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("its directory {}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "its directory {} belongs to another user; put the socket in a directory of yours (such as $XDG_RUNTIME_DIR)",
+            dir.display()
+        ));
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.to_string()),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            Err("a file that is not a socket is there".to_string())
+        }
+        Ok(meta) if meta.uid() != me => Err("a socket file of another user is there".to_string()),
+        Ok(_) => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err("a socket there answers: another process listens on it".to_string());
+            }
+            // Ours and dead: a proxy that was killed left it.
+            std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket: {e}"))
+        }
+    }
+}
+
+impl Listener {
+    /// Accepts the next client.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        }
+    }
+
+    /// The address it is bound to (port 0 becomes the port picked).
+    pub fn local(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| format!("tcp://{a}"))
+                .unwrap_or_else(|_| "tcp://?".into()),
+            Listener::Unix(_, Some(path)) => format!("unix://{}", path.display()),
+            Listener::Unix(l, None) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| {
+                    a.as_abstract_name()
+                        .map(|n| format!("unix:@{}", String::from_utf8_lossy(n)))
+                })
+                .unwrap_or_else(|| "unix:@?".into()),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, Some(path)) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_the_default_and_public_must_be_said() {
+        assert_eq!(
+            Listen::parse("tcp://127.0.0.1:8080", false),
+            Ok(Listen::Tcp("127.0.0.1:8080".parse().unwrap()))
+        );
+        assert_eq!(
+            Listen::parse("tcp://localhost:8080", false),
+            Ok(Listen::Tcp("127.0.0.1:8080".parse().unwrap()))
+        );
+        let e = Listen::parse("tcp://0.0.0.0:8080", false).unwrap_err();
+        assert!(e.to_string().contains("pass --public"), "{e}");
+        assert!(Listen::parse("tcp://0.0.0.0:8080", true).is_ok());
+        let e = Listen::parse("tcp://example.com:80", true).unwrap_err();
+        assert!(e.to_string().contains("is a name"), "{e}");
+        let e = Listen::parse("http://127.0.0.1:80/", false).unwrap_err();
+        assert!(
+            e.to_string().contains("tcp://HOST:PORT or unix:///PATH"),
+            "{e}"
+        );
+        assert!(Listen::parse("tcp://127.0.0.1", false).is_err());
+        assert_eq!(
+            Listen::parse("unix:@tether-test", false),
+            Ok(Listen::Abstract("tether-test".into()))
+        );
+    }
+}
