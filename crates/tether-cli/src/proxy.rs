@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use tether_probe::listen::Listen;
 use tether_probe::{Prober, Target};
 use tether_proxy::relay::gate::GateConfig;
-use tether_proxy::relay::listen::Listen;
 use tether_proxy::relay::{RelayConfig, RelayEvent, RelayStats, Wiring, serve, upstream};
 use tether_resilience::BreakerConfig;
 use tokio::sync::{Notify, mpsc, watch};

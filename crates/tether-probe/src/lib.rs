@@ -24,6 +24,7 @@ pub mod attempt;
 pub mod dial;
 mod exec;
 mod file;
+pub mod listen;
 mod mcp;
 mod resolve;
 mod sockdiag;

@@ -6,13 +6,11 @@
 //!   breaker;
 //! - [`pipe`]: moving the bytes, spliced where it can be, with half-close,
 //!   resets and an idle timeout carried through;
-//! - [`listen`]: where the proxy listens, checked;
 //! - [`upstream`]: the upstream's readiness, probed at a pace set by demand;
 //! - [`serve`]: the driver that owns the listener, the connections and the
 //!   clock, feeding the gate and carrying out what it says.
 
 pub mod gate;
-pub mod listen;
 pub mod pipe;
 pub mod upstream;
 
@@ -32,8 +30,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use gate::{Action, ClientId, Gate, GateConfig, Input, Refusal, Upstream};
-use listen::Listener;
 use pipe::{Conn, Ending, Moved, Pipes};
+use tether_probe::listen::Listener;
 
 /// How a proxy behaves.
 #[derive(Debug, Clone)]
@@ -180,7 +178,7 @@ pub async fn serve(
         tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => {
-                let Ok(conn) = accepted else { continue };
+                let Ok(conn) = accepted.map(Conn::from) else { continue };
                 next += 1;
                 let id = next;
                 if let Some((in_all, limit)) = &config.in_all
@@ -210,10 +208,7 @@ pub async fn serve(
                 match result {
                     Ok(stream) => match waiting.remove(&id) {
                         Some((client, came)) => {
-                            let upstream = match stream {
-                                Stream::Tcp(s) => Conn::Tcp(s),
-                                Stream::Unix(s) => Conn::Unix(s),
-                            };
+                            let upstream = Conn::from(stream);
                             keepalive(&upstream);
                             gate.handle(Instant::now(), Input::Connected(id));
                             let held = came.elapsed();

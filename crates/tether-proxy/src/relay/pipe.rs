@@ -34,6 +34,15 @@ pub enum Conn {
     Unix(UnixStream),
 }
 
+impl From<tether_probe::dial::Stream> for Conn {
+    fn from(stream: tether_probe::dial::Stream) -> Conn {
+        match stream {
+            tether_probe::dial::Stream::Tcp(s) => Conn::Tcp(s),
+            tether_probe::dial::Stream::Unix(s) => Conn::Unix(s),
+        }
+    }
+}
+
 /// How a relayed connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {

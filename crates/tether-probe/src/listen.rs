@@ -1,8 +1,8 @@
-//! Where a proxy listens: checked, then bound.
+//! Where tether listens (a proxy, or a socket handed to a service): checked,
+//! then bound.
 //!
 //! - TCP: an IP address (or `localhost`); one beyond this machine only when
-//!   the caller says so (`public`), since a proxy on loopback is the safe
-//!   default. Bound with `SO_REUSEADDR` and a backlog of 1024, so a burst
+//!   the caller says so (`public`), since loopback is the safe default. Bound with `SO_REUSEADDR` and a backlog of 1024, so a burst
 //!   of clients queues in the kernel while the proxy accepts.
 //! - Unix: a path in a directory of this user's own (`/tmp` of another
 //!   owner is not), never through a symlink; a socket file left there is
@@ -16,11 +16,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tether_probe::Target;
-use tether_probe::target::{Host, SocketPath, Spec};
+use std::os::fd::{AsFd, BorrowedFd};
+
 use tokio::net::{TcpListener, UnixListener};
 
-use super::pipe::Conn;
+use crate::Target;
+use crate::dial::Stream;
+use crate::target::{Host, SocketPath, Spec};
 
 /// A checked listen address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,9 +97,7 @@ impl Listen {
                 SocketPath::File(path) => Ok(Listen::Unix(path.clone())),
                 SocketPath::Abstract(name) => Ok(Listen::Abstract(name.clone())),
             },
-            _ => Err(err(
-                "a proxy listens on tcp://HOST:PORT or unix:///PATH".to_string()
-            )),
+            _ => Err(err("listen on tcp://HOST:PORT or unix:///PATH".to_string())),
         }
     }
 
@@ -212,10 +212,10 @@ impl Listener {
     /// # Cancel safety
     ///
     /// Cancel-safe.
-    pub async fn accept(&self) -> io::Result<Conn> {
+    pub async fn accept(&self) -> io::Result<Stream> {
         match self {
-            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
-            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
         }
     }
 
@@ -235,6 +235,15 @@ impl Listener {
                         .map(|n| format!("unix:@{}", String::from_utf8_lossy(n)))
                 })
                 .unwrap_or_else(|| "unix:@?".into()),
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l, _) => l.as_fd(),
         }
     }
 }
