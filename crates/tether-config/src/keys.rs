@@ -39,6 +39,8 @@ pub enum Scope {
     Status,
     /// `[[hooks]]`.
     Hook,
+    /// `[proxies.NAME]`.
+    Proxy,
 }
 
 /// What a key's value must be. Values are checked against it before they are
@@ -71,6 +73,8 @@ pub enum Type {
     CrashLoop,
     /// A socket address, or `false`.
     Listen,
+    /// `true` or `false`.
+    Bool,
     /// A table of its own keys (`[defaults]`, `[status]`, `[services]`).
     Table,
     /// An array of tables (`[[hooks]]`).
@@ -138,6 +142,24 @@ pub static KEYS: &[Key] = &[
         default: DefaultValue::Described("none"),
         example: "",
         doc: "Helper processes that follow the stack's events: see [`[[hooks]]`](#hooks).",
+    },
+    Key {
+        name: "proxies",
+        scopes: &[Scope::Top],
+        ty: Type::Table,
+        default: DefaultValue::Described("none"),
+        example: "",
+        doc: "Always-up proxies in front of services: see [`[proxies.NAME]`](#proxiesname).",
+    },
+    Key {
+        name: "max_proxy_connections",
+        scopes: &[Scope::Top],
+        ty: Type::Count,
+        default: DefaultValue::Value("4096"),
+        example: "10000",
+        doc: "Client connections of all the stack's proxies together (relayed, connecting and \
+              waiting); a client over it is refused at once, logged and counted \
+              (`limit.all`). Each relayed connection holds two descriptors.",
     },
     // --- [defaults] and [services.NAME] ---
     Key {
@@ -439,6 +461,100 @@ pub static KEYS: &[Key] = &[
         example: r#""127.0.0.1:8000""#,
         doc: "Where the status server listens (`IP:PORT`); `false` turns it off.",
     },
+    // --- [proxies.NAME] ---
+    Key {
+        name: "listen",
+        scopes: &[Scope::Proxy],
+        ty: Type::String,
+        default: DefaultValue::Required,
+        example: r#""tcp://127.0.0.1:9080""#,
+        doc: "Where clients connect: `tcp://IP:PORT` (loopback unless `public = true`), \
+              `unix:///PATH` (in a directory of yours; the socket is made 0600) or \
+              `unix:@NAME` (abstract). Bound before any service starts.",
+    },
+    Key {
+        name: "upstream",
+        scopes: &[Scope::Proxy],
+        ty: Type::String,
+        default: DefaultValue::Required,
+        example: r#""service:db""#,
+        doc: "Where clients are relayed: `tcp://HOST:PORT`, `unix:///PATH`, or \
+              `service:NAME`, a service of this stack. With `service:`, the proxy lets \
+              clients through while the supervisor says the service is ready (no polling), \
+              and relays to `address`, or else to the address of the service's `ready` \
+              check (`tcp://`, `unix://`, or the host and port of an `http://` check).",
+    },
+    Key {
+        name: "address",
+        scopes: &[Scope::Proxy],
+        ty: Type::String,
+        default: DefaultValue::Described("the address of the service's `ready` check"),
+        example: r#""tcp://127.0.0.1:8081""#,
+        doc: "With `upstream = \"service:NAME\"`: the address to relay to \
+              (`tcp://HOST:PORT` or `unix:///PATH`).",
+    },
+    Key {
+        name: "ready",
+        scopes: &[Scope::Proxy],
+        ty: Type::String,
+        default: DefaultValue::Described("a connect to `upstream`"),
+        example: r#""http://127.0.0.1:8081/health""#,
+        doc: "With a `tcp://` or `unix://` upstream: its readiness check, any `tether wait` \
+              target. Probed fast while clients wait, every 2 s while ready.",
+    },
+    Key {
+        name: "public",
+        scopes: &[Scope::Proxy],
+        ty: Type::Bool,
+        default: DefaultValue::Value("false"),
+        example: "true",
+        doc: "Allow a TCP `listen` address beyond loopback (`0.0.0.0`, a LAN address).",
+    },
+    Key {
+        name: "pending_timeout",
+        scopes: &[Scope::Proxy],
+        ty: Type::Duration,
+        default: DefaultValue::Value(r#""30s""#),
+        example: r#""10s""#,
+        doc: "How long a client may wait for the upstream; then it is closed, and the cause \
+              logged and counted (`pending.timeout`).",
+    },
+    Key {
+        name: "fail_fast_after",
+        scopes: &[Scope::Proxy],
+        ty: Type::Duration,
+        default: DefaultValue::Described("none: clients are always held"),
+        example: r#""5s""#,
+        doc: "Once the upstream has been down this long, new clients are refused at once \
+              (`upstream.down`) until it is back.",
+    },
+    Key {
+        name: "max_connections",
+        scopes: &[Scope::Proxy],
+        ty: Type::Count,
+        default: DefaultValue::Value("1024"),
+        example: "64",
+        doc: "Clients of this proxy at once (relayed, connecting and waiting); one over it \
+              is refused at once (`limit.connections`).",
+    },
+    Key {
+        name: "max_pending",
+        scopes: &[Scope::Proxy],
+        ty: Type::Count,
+        default: DefaultValue::Value("256"),
+        example: "16",
+        doc: "Clients waiting for the upstream at once; one over it is refused at once \
+              (`limit.pending`).",
+    },
+    Key {
+        name: "idle_timeout",
+        scopes: &[Scope::Proxy],
+        ty: Type::Duration,
+        default: DefaultValue::Value(r#""1h""#),
+        example: r#""5m""#,
+        doc: "A connection on which nothing moved either way this long is closed \
+              (`idle.timeout`).",
+    },
     // --- [[hooks]] ---
     Key {
         name: "name",
@@ -484,6 +600,15 @@ const SECTIONS: &[(Scope, &str, &str)] = &[
         "Long-running helper processes: each gets every lifecycle event as a JSON line on \
          stdin, and may answer commands (`{\"restart\":\"NAME\"}`, `stop`, `start`) as JSON \
          lines on stdout. A hook is restarted when it ends.",
+    ),
+    (
+        Scope::Proxy,
+        "`[proxies.NAME]`",
+        "An always-up proxy (TCP or Unix): a client that arrives while the upstream is down \
+         or restarting is accepted and held until it is ready, then relayed byte for byte \
+         (spliced where the kernel allows). Bytes are never parsed. Limits refuse the \
+         excess at once; TCP keepalive and a 30 s `TCP_USER_TIMEOUT` on both sides find a \
+         vanished peer; a circuit breaker keeps a flapping upstream from being hammered.",
     ),
 ];
 
@@ -538,6 +663,7 @@ impl Scope {
             Scope::CrashLoop => "crash_loop",
             Scope::Status => "[status]",
             Scope::Hook => "[[hooks]]",
+            Scope::Proxy => "[proxies.NAME]",
         }
     }
 }
@@ -561,6 +687,7 @@ impl Type {
             Type::Probe => "target, `\"notify\"` or table",
             Type::CrashLoop => "table",
             Type::Listen => "address or `false`",
+            Type::Bool => "`true` or `false`",
             Type::Table => "table",
             Type::Tables => "array of tables",
         }
@@ -585,6 +712,7 @@ impl Type {
             }
             Type::CrashLoop => "a table such as { exits = 5, window = \"60s\" }",
             Type::Listen => "an address such as \"127.0.0.1:7465\", or false",
+            Type::Bool => "true or false",
             Type::Table => "a table",
             Type::Tables => "an array of tables",
         }

@@ -33,7 +33,10 @@ mod suggest;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use tether_probe::Target;
+use tether_probe::listen::Listen;
 use tether_supervisor::config::StackConfig;
 
 pub use error::ConfigError;
@@ -49,6 +52,35 @@ pub struct Loaded {
     pub status_listen: Option<SocketAddr>,
     /// The configuration file, absolute.
     pub file: PathBuf,
+    /// The stack's proxies, in file order.
+    pub proxies: Vec<ProxySpec>,
+    /// Client connections of all the proxies together.
+    pub max_proxy_connections: usize,
+}
+
+/// One `[proxies.NAME]`, checked.
+#[derive(Debug, Clone)]
+pub struct ProxySpec {
+    pub name: String,
+    pub listen: Listen,
+    /// Where the bytes go: a `tcp://` or `unix://` target.
+    pub address: Target,
+    /// What says the upstream is ready.
+    pub readiness: ProxyReadiness,
+    pub pending_timeout: Duration,
+    pub fail_fast_after: Option<Duration>,
+    pub max_connections: usize,
+    pub max_pending: usize,
+    pub idle_timeout: Duration,
+}
+
+/// What says a proxy's upstream is ready.
+#[derive(Debug, Clone)]
+pub enum ProxyReadiness {
+    /// This check, probed at a pace set by demand.
+    Probe(Target),
+    /// The supervisor's state of this service of the stack.
+    Service(String),
 }
 
 /// Reads and checks the configuration file at `path` (see [`parse`]).
@@ -138,10 +170,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         .map_err(|e| ConfigError::file(path, format!("cannot make the path absolute: {e}")))?
         .components()
         .collect();
-    let (stack, status_listen) = resolve::resolve(src, raw, &file)?;
+    let resolved = resolve::resolve(src, raw, &file)?;
     Ok(Loaded {
-        stack,
-        status_listen,
+        stack: resolved.stack,
+        status_listen: resolved.status_listen,
         file,
+        proxies: resolved.proxies,
+        max_proxy_connections: resolved.max_proxy_connections,
     })
 }

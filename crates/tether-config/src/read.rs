@@ -76,6 +76,26 @@ pub(crate) struct RawStack {
     pub(crate) listen: Option<Sp<Option<SocketAddr>>>,
     pub(crate) services: Vec<RawService>,
     pub(crate) hooks: Vec<RawHook>,
+    pub(crate) proxies: Vec<RawProxy>,
+    pub(crate) max_proxy_connections: Option<u32>,
+}
+
+/// `[proxies.NAME]`, read.
+#[derive(Debug)]
+pub(crate) struct RawProxy {
+    pub(crate) name: String,
+    /// The proxy's name in its table header.
+    pub(crate) at: At,
+    pub(crate) listen: Option<Sp<String>>,
+    pub(crate) upstream: Option<Sp<String>>,
+    pub(crate) address: Option<Sp<String>>,
+    pub(crate) ready: Option<Sp<String>>,
+    pub(crate) public: bool,
+    pub(crate) pending_timeout: Option<Duration>,
+    pub(crate) fail_fast_after: Option<Duration>,
+    pub(crate) max_connections: Option<u32>,
+    pub(crate) max_pending: Option<u32>,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -143,6 +163,7 @@ enum Val<'d> {
     Probe(RawProbe),
     CrashLoop(CrashLoop),
     Listen(Option<SocketAddr>),
+    Bool(bool),
     Table(&'d dyn TableLike),
     Tables(Vec<(&'d dyn TableLike, Range<usize>)>),
 }
@@ -193,6 +214,13 @@ pub(crate) fn read(src: Source<'_>) -> Result<RawStack, ConfigError> {
                 }
                 if stack.services.is_empty() {
                     return Err(reader.error(&at, NO_SERVICES.to_string()));
+                }
+            }
+            ("max_proxy_connections", Val::Count(n)) => stack.max_proxy_connections = Some(n),
+            ("proxies", Val::Table(table)) => {
+                for (name, item) in table.iter() {
+                    let span = key_span(table, name).unwrap_or_else(|| at.span.clone());
+                    stack.proxies.push(reader.proxy(name, span, item)?);
                 }
             }
             ("hooks", Val::Tables(tables)) => {
@@ -351,6 +379,7 @@ impl<'a> Reader<'a> {
                 }
                 _ => return Err(wrong()),
             },
+            Type::Bool => Val::Bool(item.as_bool().ok_or_else(wrong)?),
             Type::Table => Val::Table(item.as_table_like().ok_or_else(wrong)?),
             Type::Tables => {
                 if let Some(tables) = item.as_array_of_tables() {
@@ -734,6 +763,64 @@ impl<'a> Reader<'a> {
             Ok(())
         })?;
         Ok(service)
+    }
+
+    fn proxy(
+        &self,
+        name: &str,
+        name_span: Range<usize>,
+        item: &Item,
+    ) -> Result<RawProxy, ConfigError> {
+        let at = At {
+            key: join("proxies", name),
+            span: name_span,
+        };
+        if !is_name(name) {
+            return Err(self.error(&at, bad_name("proxy name", name)));
+        }
+        let table = item.as_table_like().ok_or_else(|| {
+            self.error(
+                &At {
+                    key: at.key.clone(),
+                    span: item.span().unwrap_or(at.span.clone()),
+                },
+                format!(
+                    "expected a table such as [proxies.{name}], found {}",
+                    found(item)
+                ),
+            )
+        })?;
+        let mut proxy = RawProxy {
+            name: name.to_string(),
+            at: at.clone(),
+            listen: None,
+            upstream: None,
+            address: None,
+            ready: None,
+            public: false,
+            pending_timeout: None,
+            fail_fast_after: None,
+            max_connections: None,
+            max_pending: None,
+            idle_timeout: None,
+        };
+        self.each(Scope::Proxy, table, &at.key, &at, |key, val, at| {
+            match (key.name, val) {
+                ("listen", Val::Str(value)) => proxy.listen = Some(Sp { value, at }),
+                ("upstream", Val::Str(value)) => proxy.upstream = Some(Sp { value, at }),
+                ("address", Val::Str(value)) => proxy.address = Some(Sp { value, at }),
+                ("ready", Val::Str(value)) => proxy.ready = Some(Sp { value, at }),
+                ("public", Val::Bool(value)) => proxy.public = value,
+                ("pending_timeout", Val::Duration(d)) => proxy.pending_timeout = Some(d),
+                ("fail_fast_after", Val::Duration(d)) => proxy.fail_fast_after = Some(d),
+                ("max_connections", Val::Count(n)) => proxy.max_connections = Some(n),
+                ("max_pending", Val::Count(n)) => proxy.max_pending = Some(n),
+                ("idle_timeout", Val::Duration(d)) => proxy.idle_timeout = Some(d),
+                _ => return Err(self.unhandled(key, &at)),
+            }
+            Ok(())
+        })?;
+        Ok(proxy)
     }
 
     fn hook(

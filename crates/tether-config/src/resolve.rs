@@ -22,12 +22,26 @@ use tether_supervisor::config::{
 use crate::envfile;
 use crate::error::ConfigError;
 use crate::exec::{self, MAX_TOTAL};
-use crate::read::{At, Command, Pacing, RawProbe, RawService, RawStack, Settings, Source, Sp};
+use crate::read::{
+    At, Command, Pacing, RawProbe, RawProxy, RawService, RawStack, Settings, Source, Sp,
+};
 use crate::suggest::did_you_mean;
+use crate::{ProxyReadiness, ProxySpec};
 
 /// Where the status server listens unless `[status] listen` says otherwise.
 pub(crate) const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7465);
+
+/// What the file says, resolved.
+pub(crate) struct Resolved {
+    pub(crate) stack: StackConfig,
+    pub(crate) status_listen: Option<SocketAddr>,
+    pub(crate) proxies: Vec<ProxySpec>,
+    pub(crate) max_proxy_connections: usize,
+}
+
+/// Client connections of all of a stack's proxies, unless the file says.
+pub(crate) const MAX_PROXY_CONNECTIONS: u32 = 4096;
 
 /// Turns what [`read`](crate::read::read) found into the supervisor's
 /// configs. `file` is the config file's absolute path.
@@ -35,7 +49,7 @@ pub(crate) fn resolve(
     src: Source<'_>,
     raw: RawStack,
     file: &Path,
-) -> Result<(StackConfig, Option<SocketAddr>), ConfigError> {
+) -> Result<Resolved, ConfigError> {
     let resolver = Resolver {
         src,
         dir: file.parent().unwrap_or(file).to_path_buf(),
@@ -86,14 +100,31 @@ pub(crate) fn resolve(
         Some(listen) => listen.value,
         None => Some(DEFAULT_LISTEN),
     };
-    Ok((
-        StackConfig {
+    let mut proxies: Vec<ProxySpec> = Vec::with_capacity(raw.proxies.len());
+    for proxy in &raw.proxies {
+        let spec = resolver.proxy(proxy, &services)?;
+        if let Some(other) = proxies.iter().find(|p| p.listen == spec.listen) {
+            let at = proxy.listen.as_ref().map_or(&proxy.at, |l| &l.at);
+            return Err(resolver.error(
+                at,
+                format!(
+                    "{} is already the listen address of proxies.{}",
+                    spec.listen, other.name
+                ),
+            ));
+        }
+        proxies.push(spec);
+    }
+    Ok(Resolved {
+        stack: StackConfig {
             name,
             services,
             hooks,
         },
-        listen,
-    ))
+        status_listen: listen,
+        proxies,
+        max_proxy_connections: raw.max_proxy_connections.unwrap_or(MAX_PROXY_CONNECTIONS) as usize,
+    })
 }
 
 struct Resolver<'a> {
@@ -315,6 +346,98 @@ impl Resolver<'_> {
             .and_then(|h| h.with_thresholds(rise, fall))
             .map_err(|e| self.error(&text.at, e.to_string()))?;
         Ok(ProbeConfig { target, health })
+    }
+
+    fn proxy(&self, raw: &RawProxy, services: &[ServiceConfig]) -> Result<ProxySpec, ConfigError> {
+        let missing = |key: &str| self.error(&raw.at, format!("missing '{key}'"));
+        let listen_text = raw.listen.as_ref().ok_or_else(|| missing("listen"))?;
+        let listen =
+            tether_probe::listen::Listen::parse(&listen_text.value, raw.public).map_err(|e| {
+                self.error(
+                    &listen_text.at,
+                    e.to_string()
+                        .replace("pass --public (public = true)", "set public = true"),
+                )
+            })?;
+        let upstream = raw.upstream.as_ref().ok_or_else(|| missing("upstream"))?;
+        let relayable = |target: &Target, at: &At| {
+            if matches!(target.kind(), "tcp" | "unix") {
+                Ok(())
+            } else {
+                Err(self.error(
+                    at,
+                    format!("{target}: a proxy relays to tcp://HOST:PORT or unix:///PATH"),
+                ))
+            }
+        };
+        let (address, readiness) = if let Some(name) = upstream.value.strip_prefix("service:") {
+            let Some(service) = services.iter().find(|s| s.name == name) else {
+                let names = services.iter().map(|s| s.name.as_str());
+                let hint = did_you_mean(name, names);
+                return Err(self.error(
+                    &upstream.at,
+                    format!("no service '{name}' in this stack{hint}"),
+                ));
+            };
+            if let Some(ready) = &raw.ready {
+                return Err(self.error(
+                    &ready.at,
+                    format!(
+                        "the readiness of upstream service:{name} is the supervisor's; drop \
+                         'ready' (give the service its own ready check)"
+                    ),
+                ));
+            }
+            let address = match &raw.address {
+                Some(text) => {
+                    let target = self.target(text)?;
+                    relayable(&target, &text.at)?;
+                    target
+                }
+                None => service_address(service).ok_or_else(|| {
+                    let check = match &service.ready {
+                        Readiness::Probe(probe) => format!("its ready check is {}", probe.target),
+                        Readiness::Notify => "its ready check is notify".to_string(),
+                        Readiness::None => "it has no ready check".to_string(),
+                    };
+                    self.error(
+                        &upstream.at,
+                        format!(
+                            "service '{name}' has no address to relay to ({check}); set \
+                             address = \"tcp://HOST:PORT\""
+                        ),
+                    )
+                })?,
+            };
+            (address, ProxyReadiness::Service(name.to_string()))
+        } else {
+            if let Some(address) = &raw.address {
+                return Err(self.error(
+                    &address.at,
+                    "'address' goes with upstream = \"service:NAME\"; the upstream is the address \
+                     here"
+                        .to_string(),
+                ));
+            }
+            let target = self.target(upstream)?;
+            relayable(&target, &upstream.at)?;
+            let ready = match &raw.ready {
+                Some(text) => self.target(text)?,
+                None => target.clone(),
+            };
+            (target, ProxyReadiness::Probe(ready))
+        };
+        Ok(ProxySpec {
+            name: raw.name.clone(),
+            listen,
+            address,
+            readiness,
+            pending_timeout: raw.pending_timeout.unwrap_or(Duration::from_secs(30)),
+            fail_fast_after: raw.fail_fast_after,
+            max_connections: raw.max_connections.unwrap_or(1024) as usize,
+            max_pending: raw.max_pending.unwrap_or(256) as usize,
+            idle_timeout: raw.idle_timeout.unwrap_or(Duration::from_secs(3600)),
+        })
     }
 
     /// Parses a target, anchors its relative paths at the config file's
@@ -570,6 +693,23 @@ fn find_cycle(edges: &[Vec<usize>]) -> Option<Vec<usize>> {
         }
     }
     None
+}
+
+/// Where a service answers, from its ready check: a `tcp://` or `unix://`
+/// check is the address; an `http://` one gives its host and port.
+fn service_address(service: &ServiceConfig) -> Option<Target> {
+    let Readiness::Probe(probe) = &service.ready else {
+        return None;
+    };
+    match probe.target.spec() {
+        Spec::Tcp(_) | Spec::Unix(_) => Some(probe.target.clone()),
+        Spec::Http(http) => {
+            let host = http.url.host_str()?;
+            let port = http.url.port_or_known_default()?;
+            Target::parse(&format!("tcp://{host}:{port}")).ok()
+        }
+        _ => None,
+    }
 }
 
 /// The stack's default name: the directory's, made a valid name.

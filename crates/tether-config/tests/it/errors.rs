@@ -1223,3 +1223,99 @@ fn a_stop_signal_that_does_not_end_a_process_is_refused() {
         &format!("SIGSTOP only pauses a process; {instead}"),
     );
 }
+
+// --- [proxies.NAME] ---
+
+const PROXIED: &str = "[services.db]\ncommand = [\"sh\"]\nready = \"http://127.0.0.1:8081/health\"\n\
+                       [services.job]\ncommand = [\"sh\"]\nready = \"notify\"\n";
+
+#[test]
+fn a_proxy_names_what_is_wrong_with_it() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "listen = \"tcp://0.0.0.0:9080\"\nupstream = \"service:db\"",
+            "\"tcp://0.0.0.0:9080\"",
+            "proxies.p.listen",
+            "cannot listen on tcp://0.0.0.0:9080: 0.0.0.0 is reachable from other machines; listen on 127.0.0.1, or set public = true to mean it",
+        ),
+        (
+            "listen = \"http://127.0.0.1:1/\"\nupstream = \"service:db\"",
+            "\"http://127.0.0.1:1/\"",
+            "proxies.p.listen",
+            "cannot listen on http://127.0.0.1:1/: listen on tcp://HOST:PORT or unix:///PATH",
+        ),
+        (
+            "listen = \"tcp://127.0.0.1:9080\"\nupstream = \"service:dv\"",
+            "\"service:dv\"",
+            "proxies.p.upstream",
+            "no service 'dv' in this stack; did you mean 'db'?",
+        ),
+        (
+            "listen = \"tcp://127.0.0.1:9080\"\nupstream = \"service:job\"",
+            "\"service:job\"",
+            "proxies.p.upstream",
+            "service 'job' has no address to relay to (its ready check is notify); set address = \"tcp://HOST:PORT\"",
+        ),
+        (
+            "listen = \"tcp://127.0.0.1:9080\"\nupstream = \"http://127.0.0.1:8081/\"",
+            "\"http://127.0.0.1:8081/\"",
+            "proxies.p.upstream",
+            "http://127.0.0.1:8081/: a proxy relays to tcp://HOST:PORT or unix:///PATH",
+        ),
+        (
+            "listen = \"tcp://127.0.0.1:9080\"\nupstream = \"service:db\"\nready = \"tcp://127.0.0.1:1\"",
+            "\"tcp://127.0.0.1:1\"",
+            "proxies.p.ready",
+            "the readiness of upstream service:db is the supervisor's; drop 'ready' (give the service its own ready check)",
+        ),
+        (
+            "listen = \"tcp://127.0.0.1:9080\"\nupstream = \"tcp://127.0.0.1:1\"\naddress = \"tcp://127.0.0.1:2\"",
+            "\"tcp://127.0.0.1:2\"",
+            "proxies.p.address",
+            "'address' goes with upstream = \"service:NAME\"; the upstream is the address here",
+        ),
+        (
+            "upstream = \"service:db\"",
+            "[proxies.p]",
+            "proxies.p",
+            "missing 'listen'; add e.g. listen = \"tcp://127.0.0.1:9080\"",
+        ),
+    ];
+    for (table, needle, key, message) in cases {
+        let toml = format!("{PROXIED}[proxies.p]\n{table}\n");
+        let dir = Dir::new();
+        let e = dir.err(&toml);
+        assert_eq!(e.key(), Some(*key), "{toml}\n{e}");
+        assert_eq!(e.message(), *message, "{toml}");
+        let line = toml.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        assert_eq!(e.line(), Some(line), "{toml}\n{e}");
+    }
+}
+
+#[test]
+fn two_proxies_cannot_listen_on_one_address() {
+    let toml = format!(
+        "{PROXIED}[proxies.a]\nlisten = \"tcp://127.0.0.1:9080\"\nupstream = \"service:db\"\n\
+         [proxies.b]\nlisten = \"tcp://localhost:9080\"\nupstream = \"service:db\"\n"
+    );
+    let dir = Dir::new();
+    let e = dir.err(&toml);
+    assert_eq!(e.key(), Some("proxies.b.listen"));
+    assert_eq!(
+        e.message(),
+        "tcp://127.0.0.1:9080 is already the listen address of proxies.a"
+    );
+}
+
+#[test]
+fn a_service_upstream_relays_to_the_address_of_its_check() {
+    let toml = format!(
+        "{PROXIED}[proxies.p]\nlisten = \"tcp://127.0.0.1:9080\"\nupstream = \"service:db\"\n"
+    );
+    let loaded = Dir::new().ok(&toml);
+    let proxy = &loaded.proxies[0];
+    assert_eq!(proxy.address.to_string(), "tcp://127.0.0.1:8081");
+    assert!(matches!(&proxy.readiness, tether_config::ProxyReadiness::Service(s) if s == "db"));
+    assert_eq!(loaded.max_proxy_connections, 4096);
+    let _ = Target::parse("tcp://127.0.0.1:1").unwrap();
+}

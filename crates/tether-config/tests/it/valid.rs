@@ -323,16 +323,27 @@ fn the_documented_defaults_are_the_built_in_ones() {
     assert!(defaults.len() >= 12 && status.len() == 1 && crash_loop.len() == 2);
     let service = "[services.app]\ncommand = [\"sh\"]\nready = \"tcp://127.0.0.1:1\"\n\
                    live = { target = \"tcp://127.0.0.1:2\" }\n";
+    let top = shown(Scope::Top);
+    let proxy_keys = shown(Scope::Proxy);
+    assert!(top.len() == 1 && proxy_keys.len() >= 5);
+    let proxy = "[proxies.p]\nlisten = \"tcp://127.0.0.1:9080\"\nupstream = \"service:app\"\n";
     let dir = Dir::new();
-    let plain = dir.ok(service);
+    let plain = dir.ok(&format!("{service}{proxy}"));
     let spelled = dir.ok(&format!(
-        "[defaults]\n{}\n[status]\n{}\n{service}crash_loop = {{ {} }}\n",
+        "{}\n[defaults]\n{}\n[status]\n{}\n{service}crash_loop = {{ {} }}\n{proxy}{}\n",
+        top.join("\n"),
         defaults.join("\n"),
         status.join("\n"),
         crash_loop.join(", "),
+        proxy_keys.join("\n"),
     ));
     assert_eq!(format!("{:?}", spelled.stack), format!("{:?}", plain.stack));
     assert_eq!(spelled.status_listen, plain.status_listen);
+    assert_eq!(
+        format!("{:?}", spelled.proxies),
+        format!("{:?}", plain.proxies)
+    );
+    assert_eq!(spelled.max_proxy_connections, plain.max_proxy_connections);
 }
 
 /// Every key in the table is read: each one's example loads where it
@@ -374,6 +385,18 @@ fn every_key_example_loads() {
                 Scope::Status => format!("[status]\n{line}\n{base}"),
                 Scope::Hook if key.name == "command" => format!("[[hooks]]\n{line}\n{base}"),
                 Scope::Hook => format!("[[hooks]]\ncommand = [\"sh\"]\n{line}\n{base}"),
+                Scope::Proxy => {
+                    let mut table = vec![line.clone()];
+                    if key.name != "listen" {
+                        table.push("listen = \"tcp://127.0.0.1:9080\"".into());
+                    }
+                    if key.name == "ready" {
+                        table.push("upstream = \"tcp://127.0.0.1:1\"".into());
+                    } else if key.name != "upstream" {
+                        table.push("upstream = \"service:db\"".into());
+                    }
+                    format!("{base}{others}[proxies.p]\n{}\n", table.join("\n"))
+                }
             };
             if let Err(e) = dir.load(&text) {
                 panic!("example of '{}' in {scope:?}: {e}\n{text}", key.name);
