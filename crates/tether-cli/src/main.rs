@@ -13,6 +13,7 @@ mod out;
 mod client;
 mod exit;
 mod mcp;
+mod proxies;
 mod proxy;
 mod render;
 mod stack;

@@ -221,7 +221,7 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
 /// The line a human sees for `event`, if any: relayed and closed
 /// connections are for `--json`; the upstream's changes and refusals are
 /// said (refusals by the gate's own milestones in its log).
-fn words(event: &RelayEvent, quiet: bool) -> Option<String> {
+pub(crate) fn words(event: &RelayEvent, quiet: bool) -> Option<String> {
     match event {
         RelayEvent::Upstream(Ok(())) if !quiet => Some("the upstream is ready".to_string()),
         RelayEvent::Upstream(Ok(())) => None,

@@ -125,6 +125,18 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
             "no cgroups for this stack ({why}): its processes are found by walking the process tree"
         );
     }
+    // Every proxy's address, bound before anything starts: one that cannot
+    // be used starts nothing.
+    let bound = match crate::proxies::bind(loaded.proxies.clone()).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            return crate::out::error_event(
+                args.json,
+                format!("stack '{name}': {e}"),
+                exit::INTERNAL,
+            );
+        }
+    };
     let control = match ControlServer::bind(&rundir.control_socket()).await {
         Ok(control) => control,
         Err(e) => {
@@ -167,6 +179,14 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
     // Everything besides the supervisor, tracked, and ended after it.
     let tasks = TaskTracker::new();
     let done = CancellationToken::new();
+    let proxies = crate::proxies::start(
+        bound,
+        loaded.max_proxy_connections,
+        &handle,
+        &tasks,
+        done.clone(),
+    );
+    let proxy_events = proxies.events.subscribe();
     let listen = if args.no_status {
         None
     } else {
@@ -177,7 +197,7 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
             Ok(listener) => {
                 // Port 0 picks one: say the one picked.
                 let bound = listener.local_addr().unwrap_or(addr);
-                let (snapshots, events) = bridge(&handle, &tasks, done.clone());
+                let (snapshots, events) = bridge(&handle, &proxies, &tasks, done.clone());
                 let options = tether_status::ServeOptions {
                     max_connections: status_connections(services),
                     ..tether_status::ServeOptions::default()
@@ -208,7 +228,20 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
         "stack '{name}': {services} services{status_words}; control socket {}",
         rundir.control_socket().display()
     ));
+    for proxy in &proxies.views {
+        printer.say(&format!(
+            "proxy {}: {} -> {}",
+            proxy.name, proxy.listen, proxy.upstream
+        ));
+    }
     let voice = printer.voice();
+    tasks.spawn(print_proxy_events(
+        proxy_events,
+        voice.clone(),
+        args.json,
+        args.quiet,
+        done.clone(),
+    ));
     tasks.spawn(printer.run(handle.clone(), follow, done.clone()));
     tasks.spawn(on_signals(
         handle.clone(),
@@ -282,44 +315,127 @@ async fn on_signals(
 }
 
 /// Feeds the status server: a snapshot after every event, and every event.
-/// Nothing ticks: uptimes are computed when asked, from `up_since`.
+/// Nothing ticks: uptimes are computed when asked, from `up_since`. The
+/// proxies' events come one per connection: after them the snapshot is
+/// rebuilt at most every 50 ms (and always after the last).
 fn bridge(
     handle: &Handle,
+    proxies: &crate::proxies::Running,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> (watch::Receiver<Snapshot>, broadcast::Sender<StatusEvent>) {
     // Subscribe before the first snapshot: every change after it arrives as
     // an event, so the snapshot is never left behind.
     let mut incoming = handle.events();
-    let (snapshots, rx) = watch::channel(snapshot(handle));
+    let mut proxy_events = proxies.events.subscribe();
+    let views = proxies.views.clone();
+    let (snapshots, rx) = watch::channel(snapshot(handle, &views));
     let (events, _) = broadcast::channel(1024);
     let handle = handle.clone();
     let out = events.clone();
+    const PROXY_PACE: Duration = Duration::from_millis(50);
     tasks.spawn(async move {
+        // After a snapshot, the end of the window within which proxy
+        // events do not make another one, and whether one came.
+        let mut window: Option<tokio::time::Instant> = None;
+        let mut dirty = false;
         loop {
-            tokio::select! {
+            let now_too = tokio::select! {
                 () = stop.cancelled() => return,
                 event = incoming.recv() => match event {
                     Ok(event) => {
                         let _ = out.send(status_event(&event));
+                        true
                     }
                     // Missed events: the snapshot below is rebuilt from the
                     // views, which are always current.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
+                event = proxy_events.recv() => {
+                    if let Ok((name, event)) = event {
+                        let data = crate::proxies::event_json(&name, &event);
+                        let kind = data["event"].as_str().unwrap_or("proxy").to_string();
+                        let _ = out.send(StatusEvent {
+                            time_unix_ms: tether_supervisor::event::unix_ms(std::time::SystemTime::now()),
+                            service: None,
+                            kind,
+                            data,
+                        });
+                    }
+                    // The first at once; those right after it wait for
+                    // the end of the window.
+                    match window {
+                        Some(_) => {
+                            dirty = true;
+                            false
+                        }
+                        None => true,
+                    }
+                }
+                () = sleep_until(window), if dirty => true,
+                () = sleep_until(window), if !dirty => {
+                    window = None;
+                    false
+                }
+            };
+            if now_too {
+                dirty = false;
+                window = Some(tokio::time::Instant::now() + PROXY_PACE);
+                snapshots.send_replace(snapshot(&handle, &views));
             }
-            snapshots.send_replace(snapshot(&handle));
         }
     });
     (rx, events)
 }
 
-fn snapshot(handle: &Handle) -> Snapshot {
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn snapshot(handle: &Handle, proxies: &[crate::proxies::View]) -> Snapshot {
     Snapshot {
         stack: handle.stack().to_string(),
         started_at_unix_ms: handle.started_ms(),
         services: handle.views().iter().map(status_of).collect(),
+        proxies: crate::proxies::statuses(proxies),
+    }
+}
+
+/// Says the proxies' events: every one as JSON with `--json`; otherwise
+/// their upstreams' changes and the clients not served, as `tether proxy`
+/// says them.
+async fn print_proxy_events(
+    mut events: broadcast::Receiver<(String, tether_proxy::relay::RelayEvent)>,
+    voice: Voice,
+    json: bool,
+    quiet: bool,
+    done: CancellationToken,
+) {
+    loop {
+        let (name, event) = tokio::select! {
+            () = done.cancelled() => return,
+            event = events.recv() => match event {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    if !json {
+                        voice.say(&format!("{n} proxy events not said: they came faster than tether could print them"));
+                    }
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if json {
+            voice
+                .out
+                .line(crate::proxies::event_json(&name, &event).to_string());
+        } else if let Some(words) = crate::proxy::words(&event, quiet) {
+            voice.say(&format!("proxy {name}: {words}"));
+        }
     }
 }
 

@@ -78,7 +78,7 @@ pub struct ProxySpec {
 #[derive(Debug, Clone)]
 pub enum ProxyReadiness {
     /// This check, probed at a pace set by demand.
-    Probe(Target),
+    Probe(Box<Target>),
     /// The supervisor's state of this service of the stack.
     Service(String),
 }

@@ -425,7 +425,7 @@ impl Resolver<'_> {
                 Some(text) => self.target(text)?,
                 None => target.clone(),
             };
-            (target, ProxyReadiness::Probe(ready))
+            (target, ProxyReadiness::Probe(Box::new(ready)))
         };
         Ok(ProxySpec {
             name: raw.name.clone(),

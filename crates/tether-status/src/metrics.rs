@@ -8,7 +8,7 @@
 use std::fmt::{self, Display, Formatter};
 
 use crate::limits::Stats;
-use crate::snapshot::{ServiceStatus, Snapshot, State};
+use crate::snapshot::{ProxyStatus, ServiceStatus, Snapshot, State};
 
 /// The `Content-Type` of the text format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -146,6 +146,103 @@ impl Display for Metrics<'_> {
             }
         }
 
+        let proxies = &self.snapshot.proxies;
+        if !proxies.is_empty() {
+            family(
+                f,
+                "tether_proxy_ready",
+                "gauge",
+                "Whether the proxy lets clients through to its upstream now (1) or holds them (0).",
+            )?;
+            for p in proxies {
+                writeln!(
+                    f,
+                    "tether_proxy_ready{{{}}} {}",
+                    proxy(p),
+                    u8::from(p.ready)
+                )?;
+            }
+            let gauges: [Column; 2] = [
+                (
+                    "tether_proxy_connections",
+                    "Connections the proxy relays now.",
+                    |p| p.relaying as u64,
+                ),
+                (
+                    "tether_proxy_pending",
+                    "Clients waiting for the upstream now.",
+                    |p| p.pending as u64,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                family(f, name, "gauge", help)?;
+                for p in proxies {
+                    writeln!(f, "{name}{{{}}} {}", proxy(p), value(p))?;
+                }
+            }
+            let counters: [Column; 5] = [
+                ("tether_proxy_accepted_total", "Clients accepted.", |p| {
+                    p.accepted
+                }),
+                (
+                    "tether_proxy_relayed_total",
+                    "Clients relayed to the upstream.",
+                    |p| p.relayed,
+                ),
+                (
+                    "tether_proxy_held_total",
+                    "Clients held for the upstream before they were relayed.",
+                    |p| p.held,
+                ),
+                (
+                    "tether_proxy_connect_failures_total",
+                    "Connects to the upstream that failed.",
+                    |p| p.connect_failures,
+                ),
+                (
+                    "tether_proxy_bytes_up_total",
+                    "Bytes relayed from clients to the upstream (of ended connections).",
+                    |p| p.bytes_up,
+                ),
+            ];
+            for (name, help, value) in counters {
+                family(f, name, "counter", help)?;
+                for p in proxies {
+                    writeln!(f, "{name}{{{}}} {}", proxy(p), value(p))?;
+                }
+            }
+            family(
+                f,
+                "tether_proxy_bytes_down_total",
+                "counter",
+                "Bytes relayed from the upstream to clients (of ended connections).",
+            )?;
+            for p in proxies {
+                writeln!(
+                    f,
+                    "tether_proxy_bytes_down_total{{{}}} {}",
+                    proxy(p),
+                    p.bytes_down
+                )?;
+            }
+            family(
+                f,
+                "tether_proxy_refused_total",
+                "counter",
+                "Clients not served, by cause (limit.connections, limit.pending, limit.all, upstream.down, pending.timeout).",
+            )?;
+            for p in proxies {
+                for (cause, count) in &p.refused {
+                    writeln!(
+                        f,
+                        "tether_proxy_refused_total{{{},cause=\"{}\"}} {count}",
+                        proxy(p),
+                        LabelValue(cause)
+                    )?;
+                }
+            }
+        }
+
         family(
             f,
             "tether_stack_uptime_seconds",
@@ -204,6 +301,20 @@ impl Display for Metrics<'_> {
             server.event_streams_refused
         )
     }
+}
+
+/// A metric of every proxy: its name, its help, and its value for one.
+type Column = (&'static str, &'static str, fn(&ProxyStatus) -> u64);
+
+/// The `proxy="..."` label of a proxy.
+fn proxy(p: &ProxyStatus) -> impl Display + '_ {
+    struct Label<'a>(&'a str);
+    impl Display for Label<'_> {
+        fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+            write!(f, "proxy=\"{}\"", LabelValue(self.0))
+        }
+    }
+    Label(&p.name)
 }
 
 fn family(f: &mut Formatter<'_>, name: &str, kind: &str, help: &str) -> fmt::Result {
@@ -301,6 +412,7 @@ mod tests {
             stack: "s".into(),
             started_at_unix_ms: 9_000,
             services: vec![stopped, ahead],
+            proxies: Vec::new(),
         };
         let text = Metrics {
             snapshot: &snapshot,

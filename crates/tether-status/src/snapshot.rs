@@ -26,6 +26,36 @@ pub struct Snapshot {
     pub started_at_unix_ms: u64,
     /// Every service, in stack order (dependencies first).
     pub services: Vec<ServiceStatus>,
+    /// Every proxy of the stack (`[proxies.NAME]`), in file order.
+    #[serde(default)]
+    pub proxies: Vec<ProxyStatus>,
+}
+
+/// One proxy of the stack: where it listens, where it relays, and its
+/// counters since the stack started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProxyStatus {
+    pub name: String,
+    /// `tcp://127.0.0.1:9080`, `unix:///run/...`.
+    pub listen: String,
+    /// Where clients are relayed, and what says it is ready
+    /// (`tcp://127.0.0.1:8081 (service:db)`).
+    pub upstream: String,
+    /// Whether clients are let through now.
+    pub ready: bool,
+    /// Connections relayed now.
+    pub relaying: usize,
+    /// Clients waiting for the upstream now.
+    pub pending: usize,
+    pub accepted: u64,
+    pub relayed: u64,
+    /// Clients held a moment before they were relayed.
+    pub held: u64,
+    pub connect_failures: u64,
+    /// Clients not served, by cause (`limit.pending`, `pending.timeout`, ...).
+    pub refused: BTreeMap<String, u64>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
 }
 
 /// One service of the stack.
@@ -365,6 +395,7 @@ mod tests {
             stack: "s".into(),
             started_at_unix_ms: 0,
             services,
+            proxies: Vec::new(),
         }
         .health()
         .status
@@ -402,6 +433,7 @@ mod tests {
             stack: "s".into(),
             started_at_unix_ms: 0,
             services: vec![job, service("api", State::Ready)],
+            proxies: Vec::new(),
         };
         let health = snapshot.health();
         assert_eq!(health.status, OverallStatus::Ok);
@@ -429,6 +461,7 @@ mod tests {
                 service("zeta", State::Ready),
                 service("alpha", State::Pending),
             ],
+            proxies: Vec::new(),
         };
         let json = serde_json::to_string(&snapshot.health()).unwrap();
         assert!(

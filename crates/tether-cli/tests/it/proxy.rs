@@ -500,3 +500,125 @@ async fn a_unix_proxy_replaces_its_own_stale_socket_and_is_private() {
     within("stop", child.wait()).await.unwrap();
     assert!(!path.exists(), "the socket file goes with the proxy");
 }
+
+// --- [proxies.NAME] in a stack ---
+
+fn proxied_stack(port: u16, listen: u16, delay: &str) -> String {
+    format!(
+        r#"
+name = "p{port}"
+[services.db]
+command = ["{py}", "{svc}", "--port", "{port}", "--delay", "{delay}"]
+ready = "http://127.0.0.1:{port}/health"
+[proxies.front]
+listen = "tcp://127.0.0.1:{listen}"
+upstream = "service:db"
+"#,
+        py = crate::stack::python(),
+        svc = tether_test::peers::peer_script("http_service.py").display(),
+    )
+}
+
+/// `GET /health` through the proxy: the answer, whole.
+async fn health_through(listen: u16) -> String {
+    let stream = within("connect", TcpStream::connect(("127.0.0.1", listen)))
+        .await
+        .unwrap();
+    let back = round_trip(stream, b"GET /health HTTP/1.0\r\n\r\n").await;
+    String::from_utf8_lossy(&back).into_owned()
+}
+
+#[tokio::test]
+async fn a_stack_proxy_holds_clients_until_its_service_is_ready_and_through_restarts() {
+    let (port, listen, status) = (free_port(), free_port(), free_port());
+    let mut stack = crate::stack::Stack::new(&proxied_stack(port, listen, "0.5"));
+    stack.up(&["--status", &format!("127.0.0.1:{status}")]);
+    let said = stack.until("proxy front:").await;
+    assert!(
+        said.contains(&format!(
+            "tcp://127.0.0.1:{listen} -> tcp://127.0.0.1:{port} (service:db)"
+        )),
+        "{said}"
+    );
+    // The service takes 0.5 s to listen: this client is held meanwhile.
+    let early = tokio::spawn(health_through(listen));
+    stack.until("db is ready").await;
+    let answer = within("the held client", early).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    // Restarted (it listens again only after 0.5 s) while a client comes.
+    let restart = stack.tether(&["restart", "db"]).await;
+    assert_eq!(restart.code(), 0, "{restart:?}");
+    let during = tokio::spawn(health_through(listen));
+    let answer = within("a client across the restart", during).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    // The status server shows the proxy and its counters (published at
+    // most 50 ms after they change).
+    let json = within("the status to show both clients", async {
+        loop {
+            let mut s = TcpStream::connect(("127.0.0.1", status)).await.unwrap();
+            s.write_all(b"GET /api/services HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
+            let mut all = String::new();
+            s.read_to_string(&mut all).await.unwrap();
+            let json: Value = serde_json::from_str(all.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            if json["proxies"][0]["relayed"] == 2 {
+                return json;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let front = &json["proxies"][0];
+    assert_eq!(front["name"], "front", "{json}");
+    assert_eq!(front["listen"], format!("tcp://127.0.0.1:{listen}"));
+    assert!(front["relayed"].as_u64().unwrap() >= 2, "{front}");
+    assert!(front["held"].as_u64().unwrap() >= 1, "{front}");
+    let down = stack.tether(&["down"]).await;
+    assert_eq!(down.code(), 0, "{down:?}");
+    let (code, _) = stack.exited().await;
+    assert_eq!(code, 0);
+    assert!(
+        TcpStream::connect(("127.0.0.1", listen)).await.is_err(),
+        "the proxy's port is closed with the stack"
+    );
+}
+
+#[tokio::test]
+async fn a_stack_proxy_says_its_events_as_json() {
+    let (port, listen) = (free_port(), free_port());
+    let mut stack = crate::stack::Stack::new(&proxied_stack(port, listen, "0"));
+    stack.up(&["--json"]);
+    stack.until(r#""to":"ready""#).await;
+    let answer = health_through(listen).await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let relayed: Value = serde_json::from_str(&stack.until("proxy.relayed").await).unwrap();
+    assert_eq!(relayed["proxy"], "front", "{relayed}");
+    let closed: Value = serde_json::from_str(&stack.until("proxy.closed").await).unwrap();
+    assert_eq!(closed["ending"], "done", "{closed}");
+    assert!(closed["bytes_down"].as_u64().unwrap() > 0, "{closed}");
+    stack.tether(&["down"]).await;
+    stack.exited().await;
+}
+
+#[tokio::test]
+async fn a_stack_whose_proxy_cannot_listen_starts_nothing() {
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let port = free_port();
+    let mut stack = crate::stack::Stack::new(&proxied_stack(port, busy, "0"));
+    stack.up(&[]);
+    let (code, rest) = stack.exited().await;
+    assert_eq!(code, 1, "{rest:?}");
+    let stderr = stack.stderr().await;
+    assert!(
+        stderr.contains(&format!(
+            "proxies.front: cannot listen on tcp://127.0.0.1:{busy}: the address is in use by another process"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "the service was never started"
+    );
+}

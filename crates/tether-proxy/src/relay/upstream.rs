@@ -110,3 +110,68 @@ pub async fn watch(
         }
     }
 }
+
+/// Follows a readiness that someone else decides (the supervisor's state of
+/// a service), publishing it on `ready`, until `stop`.
+///
+/// Nothing is probed while `states` says ready, except when a client's
+/// connect failed meanwhile (`check`): then the address is tried fast (5 ms
+/// growing ×1.5 to the target's cap) until it answers, which is said even
+/// though `ready` did not change (the driver holds its clients until it
+/// hears it), or until `states` changes.
+///
+/// # Cancel safety
+///
+/// Cancel-safe: it only probes and publishes.
+pub async fn follow(
+    mut states: watch::Receiver<Result<(), String>>,
+    mut prober: Prober,
+    check: Arc<Notify>,
+    ready: watch::Sender<Result<(), String>>,
+    stop: CancellationToken,
+) {
+    let cap = prober.target().default_max_interval();
+    let timeouts = prober.target().attempt_timeout();
+    loop {
+        let state = states.borrow_and_update().clone();
+        let _ = ready.send_replace(state.clone());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = states.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            () = check.notified(), if state.is_ok() => {}
+        }
+        // A client could not connect although the service is ready.
+        let mut pause = FAST;
+        loop {
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                outcome = prober.check(timeouts.current()) => outcome,
+            };
+            if outcome.is_ok() {
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = pause.mul_f64(1.5).min(cap);
+        }
+    }
+}

@@ -168,5 +168,6 @@ pub(crate) fn stack(services: Vec<ServiceStatus>) -> Snapshot {
         stack: "demo".into(),
         started_at_unix_ms: now_unix_ms() - 3_600_000,
         services,
+        proxies: Vec::new(),
     }
 }
