@@ -110,16 +110,22 @@ impl Echo {
         }));
     }
 
-    fn stop(&mut self) {
+    /// Stops it and waits until its listener and connections are closed: a
+    /// connection accepted by the old listener and then reset is what a
+    /// crash does, and no proxy may replay bytes it already sent.
+    async fn stop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+            let _ = task.await;
         }
     }
 }
 
 impl Drop for Echo {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -182,7 +188,7 @@ async fn clients_arriving_while_the_upstream_is_down_are_held_and_served_byte_ex
     assert!(relayed["held_ms"].as_u64().is_some(), "{relayed}");
     // Restarted three times while clients keep coming: every one served.
     for round in 0..3u8 {
-        echo.stop();
+        echo.stop().await;
         let stream = proxy.connect().await;
         let data = pattern(5000, round);
         let client = tokio::spawn(async move { round_trip(stream, &data).await == data });
