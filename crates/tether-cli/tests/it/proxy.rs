@@ -628,3 +628,99 @@ async fn a_stack_whose_proxy_cannot_listen_starts_nothing() {
         "the service was never started"
     );
 }
+
+// --- hostile peers ---
+
+/// The proxy's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_back_the_upstream_not_the_proxys_memory() {
+    for pipes in ["64", "0"] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Proxy::start(port, &["--pipes", pipes]).await;
+        let pid = proxy.child.id().unwrap();
+        let before = rss_kib(pid);
+        let mut client = proxy.connect().await;
+        client.write_all(b"go").await.unwrap();
+        let mut upstream = accept_client(&listener).await;
+        let mut go = [0u8; 2];
+        upstream.read_exact(&mut go).await.unwrap();
+        // The upstream writes until the kernel says no more: what the
+        // client never read sits in socket buffers and at most one pipe or
+        // buffer of the proxy's, and then the upstream is held back.
+        let chunk = vec![7u8; 1 << 16];
+        let mut written = 0usize;
+        let mut refusals = 0;
+        while refusals < 20 && written < 256 << 20 {
+            match upstream.try_write(&chunk) {
+                Ok(n) => {
+                    written += n;
+                    refusals = 0;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Writable again means the proxy took more; give it
+                    // the chance (bounded: 20 refusals in a row end it).
+                    refusals += 1;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(20), upstream.writable()).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            written < 64 << 20,
+            "pipes {pipes}: {written} bytes taken from the upstream while the client read nothing"
+        );
+        let grown = rss_kib(pid).saturating_sub(before);
+        assert!(
+            grown < 8 << 10,
+            "pipes {pipes}: the proxy grew by {grown} KiB"
+        );
+        // And nothing was lost: the client reads it all once it reads.
+        upstream.shutdown().await.unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        within("the client to read it all", async {
+            loop {
+                match client.read(&mut buf).await.unwrap() {
+                    0 => break,
+                    n => got += n,
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, written, "pipes {pipes}");
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_resets_mid_stream_resets_the_upstream_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut proxy = Proxy::start(port, &[]).await;
+    let client = proxy.connect().await;
+    let mut c = client;
+    c.write_all(b"half a request").await.unwrap();
+    let mut upstream = accept_client(&listener).await;
+    let mut buf = [0u8; 14];
+    upstream.read_exact(&mut buf).await.unwrap();
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    let result = within("the reset", upstream.read(&mut buf)).await;
+    assert!(
+        result.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the upstream sees a reset, not a clean end"
+    );
+    let closed = proxy.until("closed").await;
+    assert_eq!(closed["ending"], "client.reset", "{closed}");
+    proxy.stop().await;
+}
