@@ -724,3 +724,25 @@ async fn a_client_that_resets_mid_stream_resets_the_upstream_at_once() {
     assert_eq!(closed["ending"], "client.reset", "{closed}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_resets_while_it_waits_frees_its_place_at_once() {
+    let port = free_port();
+    let mut proxy = Proxy::start(port, &["--max-pending", "1"]).await;
+    let first = proxy.connect().await;
+    socket2::SockRef::from(&first)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(first);
+    let closed = proxy.until("closed").await;
+    assert_eq!(closed["ending"], "client.reset", "{closed}");
+    assert_eq!(closed["bytes_up"], 0);
+    // Its place is free: the next client waits instead of being refused.
+    let second = proxy.connect().await;
+    let mut echo = Echo::new(port);
+    echo.start().await;
+    assert_eq!(round_trip(second, b"still here").await, b"still here");
+    let relayed = proxy.until("relayed").await;
+    assert_eq!(relayed["client"], 2, "{relayed}");
+    proxy.stop().await;
+}

@@ -154,7 +154,9 @@ pub async fn serve(
     } = wiring;
     let pipes = Arc::new(Pipes::new(config.pipes));
     let mut gate = Gate::new(config.gate.clone(), Jitter::new(), Instant::now());
-    let mut waiting: HashMap<ClientId, (Conn, Instant)> = HashMap::new();
+    // Waiting clients, each watched for leaving (a reset) while it waits.
+    let mut waiting: HashMap<ClientId, Waiting> = HashMap::new();
+    let mut leaving: JoinSet<ClientId> = JoinSet::new();
     let mut connecting: JoinSet<(ClientId, Result<Stream, Failure>)> = JoinSet::new();
     let mut relays: JoinSet<(ClientId, Moved, Duration)> = JoinSet::new();
     let mut next: ClientId = 0;
@@ -189,7 +191,13 @@ pub async fn serve(
                         continue;
                     }
                 keepalive(&conn);
-                waiting.insert(id, (conn, Instant::now()));
+                let conn = Arc::new(conn);
+                let watched = conn.clone();
+                let watch = leaving.spawn(async move {
+                    watched.gone().await;
+                    id
+                });
+                waiting.insert(id, Waiting { conn, came: Instant::now(), watch });
                 gate.handle(Instant::now(), Input::Arrived(id));
             }
             changed = ready.changed() => {
@@ -207,7 +215,8 @@ pub async fn serve(
                 let Ok((id, result)) = joined else { continue };
                 match result {
                     Ok(stream) => match waiting.remove(&id) {
-                        Some((client, came)) => {
+                        Some(Waiting { conn: client, came, watch }) => {
+                            watch.abort();
                             let upstream = Conn::from(stream);
                             keepalive(&upstream);
                             gate.handle(Instant::now(), Input::Connected(id));
@@ -217,15 +226,27 @@ pub async fn serve(
                             let idle = config.idle_timeout;
                             relays.spawn(async move {
                                 let began = Instant::now();
-                                let moved = pipe::relay(client, upstream, &pipes, idle).await;
+                                let moved = pipe::relay(&client, &upstream, &pipes, idle).await;
                                 (id, moved, began.elapsed())
                             });
                         }
-                        // The client is gone already; so is the connect.
-                        None => gate.handle(Instant::now(), Input::Closed(id)),
+                        // The client left while it was connected for (the
+                        // gate heard it then); the upstream side closes here.
+                        None => {}
                     },
                     Err(failure) => gate.handle(Instant::now(), Input::ConnectFailed(id, failure)),
                 }
+            }
+            Some(joined) = leaving.join_next(), if !leaving.is_empty() => {
+                // A client that reset while it waited: its place is free.
+                let Ok(id) = joined else { continue };
+                let Some(gone) = waiting.remove(&id) else { continue };
+                if let Some((in_all, _)) = &config.in_all {
+                    in_all.fetch_sub(1, Ordering::Relaxed);
+                }
+                gate.handle(Instant::now(), Input::Closed(id));
+                let moved = Moved { up: 0, down: 0, ending: Ending::ClientReset };
+                emit(RelayEvent::Closed { client: id, moved, took: gone.came.elapsed() }, &mut dropped_events);
             }
             Some(joined) = relays.join_next(), if !relays.is_empty() => {
                 let Ok((id, moved, took)) = joined else { continue };
@@ -257,10 +278,11 @@ pub async fn serve(
                 }
                 Action::Refuse(id, why) => {
                     // Dropped: closed. The client learns at once.
-                    if waiting.remove(&id).is_some()
-                        && let Some((in_all, _)) = &config.in_all
-                    {
-                        in_all.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(refused) = waiting.remove(&id) {
+                        refused.watch.abort();
+                        if let Some((in_all, _)) = &config.in_all {
+                            in_all.fetch_sub(1, Ordering::Relaxed);
+                        }
                     }
                     log_refusal(&why);
                     let reason = why.to_string();
@@ -294,6 +316,15 @@ pub async fn serve(
     drop(listener);
     relays.shutdown().await;
     connecting.shutdown().await;
+    leaving.shutdown().await;
+}
+
+/// A client waiting for the upstream.
+struct Waiting {
+    conn: Arc<Conn>,
+    came: Instant,
+    /// The task that sees it leave.
+    watch: tokio::task::AbortHandle,
 }
 
 /// TCP keepalive and a user timeout on every TCP side, so a peer that

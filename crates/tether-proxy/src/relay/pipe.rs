@@ -132,6 +132,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Conn {
+    /// Waits until the peer is gone for good: a reset, or an error on the
+    /// socket. (An end of its writing is not: it may still read, and a
+    /// client that sends its request and half-closes is waiting for the
+    /// answer.)
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn gone(&self) {
+        loop {
+            match self.ready(Interest::ERROR).await {
+                Ok(ready) if ready.is_error() => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     async fn ready(&self, interest: Interest) -> io::Result<Ready> {
         match self {
             Conn::Tcp(s) => s.ready(interest).await,
@@ -171,7 +189,7 @@ impl Conn {
 ///
 /// Not cancel-safe in effect: a dropped relay closes both sides wherever it
 /// was.
-pub async fn relay(client: Conn, upstream: Conn, pipes: &Pipes, idle: Duration) -> Moved {
+pub async fn relay(client: &Conn, upstream: &Conn, pipes: &Pipes, idle: Duration) -> Moved {
     let began = Instant::now();
     let last = AtomicU64::new(0);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -179,8 +197,8 @@ pub async fn relay(client: Conn, upstream: Conn, pipes: &Pipes, idle: Duration) 
         let ms = began.elapsed().as_millis() as u64;
         last.store(ms, Ordering::Relaxed);
     };
-    let to_upstream = pump(&client, &upstream, pipes, &up, &touch);
-    let to_client = pump(&upstream, &client, pipes, &down, &touch);
+    let to_upstream = pump(client, upstream, pipes, &up, &touch);
+    let to_client = pump(upstream, client, pipes, &down, &touch);
     tokio::pin!(to_upstream, to_client);
     let (mut up_done, mut down_done) = (false, false);
     let ending = loop {
