@@ -214,8 +214,10 @@ pub async fn serve(
             Some(joined) = connecting.join_next(), if !connecting.is_empty() => {
                 let Ok((id, result)) = joined else { continue };
                 match result {
-                    Ok(stream) => match waiting.remove(&id) {
-                        Some(Waiting { conn: client, came, watch }) => {
+                    // Not waiting any more: it left while it was connected
+                    // for (the gate heard it then); the upstream side
+                    // closes here.
+                    Ok(stream) => if let Some(Waiting { conn: client, came, watch }) = waiting.remove(&id) {
                             watch.abort();
                             let upstream = Conn::from(stream);
                             keepalive(&upstream);
@@ -229,10 +231,6 @@ pub async fn serve(
                                 let moved = pipe::relay(&client, &upstream, &pipes, idle).await;
                                 (id, moved, began.elapsed())
                             });
-                        }
-                        // The client left while it was connected for (the
-                        // gate heard it then); the upstream side closes here.
-                        None => {}
                     },
                     Err(failure) => gate.handle(Instant::now(), Input::ConnectFailed(id, failure)),
                 }
