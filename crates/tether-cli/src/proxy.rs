@@ -187,9 +187,13 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
             out.line(format!("tether: {text}"));
         }
     };
-    say(format!(
-        "proxy {bound} -> {upstream} (ready when {ready} is)"
-    ));
+    if ready.to_string() == upstream.to_string() {
+        say(format!("proxy {bound} -> {upstream}"));
+    } else {
+        say(format!(
+            "proxy {bound} -> {upstream} (ready when {ready} is)"
+        ));
+    }
     tasks.spawn(serve(listener, upstream, config, wiring, stop.clone()));
     tasks.spawn(on_signals(stop.clone()));
     tasks.close();
