@@ -23,6 +23,31 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Descriptors kept for everything else (the runtime, logs, probes, a
+/// stack's services and status server).
+const RESERVED_FDS: u64 = 256;
+
+/// Raises this process's soft descriptor limit to its hard one (a proxy
+/// holds two per connection, and many systems start at 1024), and returns
+/// how many connections it can afford with `pipes` pipes (two descriptors
+/// each) besides.
+pub(crate) fn affordable_connections(pipes: usize) -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised.clone()).is_ok() {
+            limit = raised;
+        }
+    }
+    let soft = limit.current.unwrap_or(u64::MAX);
+    let budget = soft.saturating_sub(RESERVED_FDS + 2 * pipes as u64) / 2;
+    usize::try_from(budget).unwrap_or(usize::MAX).max(1)
+}
+
 /// A proxy whose listener is bound, not yet serving.
 pub(crate) struct Bound {
     spec: ProxySpec,
@@ -73,6 +98,21 @@ pub(crate) fn start(
 ) -> Running {
     let in_all = Arc::new(AtomicUsize::new(0));
     let (events, _) = broadcast::channel(1024);
+    if bound.is_empty() {
+        return Running {
+            views: Vec::new(),
+            events,
+        };
+    }
+    let affordable = affordable_connections(64 * bound.len());
+    let max_in_all = if max_in_all > affordable {
+        tracing::warn!(
+            "max_proxy_connections {max_in_all} is lowered to {affordable}: the descriptor limit allows no more"
+        );
+        affordable
+    } else {
+        max_in_all
+    };
     let mut views = Vec::with_capacity(bound.len());
     for Bound { spec, listener } in bound {
         let (ready_tx, ready_rx) = watch::channel(Err("not checked yet".to_string()));

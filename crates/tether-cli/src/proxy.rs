@@ -146,6 +146,14 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
         Err(e) => return crate::out::error_event(args.json, e.to_string(), exit::INTERNAL),
     };
     let bound = listener.local();
+    let affordable = crate::proxies::affordable_connections(args.pipes);
+    let max_connections = args.max_connections.clamp(1, affordable);
+    if max_connections < args.max_connections {
+        tracing::warn!(
+            "--max-connections {} is lowered to {max_connections}: the descriptor limit allows no more",
+            args.max_connections
+        );
+    }
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let (ready_tx, ready_rx) = watch::channel(Err("not checked yet".to_string()));
@@ -162,7 +170,7 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
     ));
     let config = RelayConfig {
         gate: GateConfig {
-            max_connections: args.max_connections.max(1),
+            max_connections,
             max_pending: args.max_pending,
             pending_timeout: args.pending_timeout,
             fail_fast_after: args.fail_fast_after,

@@ -746,3 +746,77 @@ async fn a_client_that_resets_while_it_waits_frees_its_place_at_once() {
     assert_eq!(relayed["client"], 2, "{relayed}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_low_descriptor_limit_lowers_the_connection_limit_instead_of_failing_accepts() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let listen = free_port();
+    // 300 descriptors, hard: (300 - 256 kept) / 2 = 22 connections.
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", "ulimit -n 300 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "proxy",
+            "--json",
+            "--pipes",
+            "0",
+            "--max-connections",
+            "1000",
+        ])
+        .arg(format!("tcp://127.0.0.1:{listen}"))
+        .arg(format!("tcp://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = within("the banner", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(banner.contains(r#""event":"tether""#), "{banner}");
+    let mut clients = Vec::new();
+    let (mut relayed, mut refused) = (0, 0);
+    within("40 clients relayed or refused", async {
+        while relayed + refused < 40 {
+            if clients.len() < 40 {
+                clients.push(TcpStream::connect(("127.0.0.1", listen)).await.unwrap());
+                continue;
+            }
+            let Some(line) = lines.next_line().await.unwrap() else {
+                panic!("the proxy ended")
+            };
+            let event: Value = serde_json::from_str(&line).unwrap();
+            match event["event"].as_str().unwrap() {
+                "relayed" => relayed += 1,
+                "refused" => {
+                    assert_eq!(event["cause"], "limit.connections", "{event}");
+                    refused += 1;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!((relayed, refused), (22, 18));
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = within("the proxy to stop", child.wait_with_output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--max-connections 1000 is lowered to 22"),
+        "{stderr}"
+    );
+    hold.abort();
+}

@@ -172,6 +172,8 @@ pub async fn serve(
             }
         }
     };
+    let mut accept_paused: Option<Instant> = None;
+    let mut accept_failures = 0u64;
     // Whatever readiness already says counts from the start.
     let first = ready.borrow_and_update().clone();
     gate.handle(Instant::now(), Input::Upstream(first));
@@ -179,8 +181,24 @@ pub async fn serve(
         let deadline = gate.deadline();
         tokio::select! {
             () = stop.cancelled() => break,
-            accepted = listener.accept() => {
-                let Ok(conn) = accepted.map(Conn::from) else { continue };
+            accepted = listener.accept(), if accept_paused.is_none() => {
+                let conn = match accepted {
+                    Ok(stream) => Conn::from(stream),
+                    Err(e) => {
+                        // Out of descriptors or memory: the client stays in
+                        // the kernel's backlog; trying again at once would
+                        // spin.
+                        accept_failures += 1;
+                        if tether_resilience::milestone(accept_failures) {
+                            tracing::warn!(
+                                "proxy: cannot accept a client: {e}; accepting again in {}ms ({accept_failures} times so far)",
+                                ACCEPT_PAUSE.as_millis()
+                            );
+                        }
+                        accept_paused = Some(Instant::now() + ACCEPT_PAUSE);
+                        continue;
+                    }
+                };
                 next += 1;
                 let id = next;
                 if let Some((in_all, limit)) = &config.in_all
@@ -256,6 +274,7 @@ pub async fn serve(
                 gate.handle(Instant::now(), Input::Closed(id));
                 emit(RelayEvent::Closed { client: id, moved, took }, &mut dropped_events);
             }
+            () = sleep_until(accept_paused) => accept_paused = None,
             () = sleep_until(deadline) => {
                 // The watcher updates the words of a down upstream without
                 // waking anyone: take them now, for whoever gives up.
@@ -324,6 +343,9 @@ struct Waiting {
     /// The task that sees it leave.
     watch: tokio::task::AbortHandle,
 }
+
+/// How long accepting pauses after it failed (no descriptors left).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// TCP keepalive and a user timeout on every TCP side, so a peer that
 /// vanished (a cable, a sleep, a crash of its host) is found within about
