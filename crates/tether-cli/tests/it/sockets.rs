@@ -206,7 +206,7 @@ stop_grace = "10s"
     })
     .await;
     client.join().unwrap();
-    let tally = tally.lock().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     assert_eq!(tally.refused, 0, "{tally:?}");
     assert!(tally.unserved.is_empty(), "{tally:?}");
     assert_eq!(tally.pids.len(), 21, "every run served: {tally:?}");
