@@ -394,7 +394,7 @@ pub static KEYS: &[Key] = &[
               systemd's `sd_listen_fds`; in Python, `socket.socket(fileno=3)`. The sockets \
               are blocking, with a backlog of 1024; the runs share them, so a flag that one run \
               sets (such as `O_NONBLOCK`) stays for the next. Each is `tcp://IP:PORT` (port 0 picks \
-              one, which `tether up` says), `unix:///PATH` (or `unix:PATH`, relative to the \
+              one, which `tether up` and `tether ps` show), `unix:///PATH` (or `unix:PATH`, relative to the \
               config file's directory; made mode 0600 in a directory of the user's own, a \
               stale socket file of the user's replaced, removed at the end) or `unix:@NAME` \
               (abstract), or a [table](#sockets-as-tables). A TCP address beyond loopback \

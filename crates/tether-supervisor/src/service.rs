@@ -111,7 +111,8 @@ impl Service {
         log: Option<Arc<LogFile>>,
         sockets: Arc<[BoundSocket]>,
     ) -> Service {
-        let runner = Runner::new(config.clone(), Jitter::new(), now());
+        let mut runner = Runner::new(config.clone(), Jitter::new(), now());
+        runner.set_sockets(sockets.iter().map(|s| s.held.local().to_string()).collect());
         let (heartbeat, dirty) = watch::channel(true);
         shared.tasks.spawn(write_heartbeats(
             shared.rundir.clone(),

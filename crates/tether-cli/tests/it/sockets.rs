@@ -79,6 +79,24 @@ stop_grace = "5s"
             Some(first) => assert_eq!(first, &these, "the same sockets in run {run}"),
         }
     }
+    // `ps` shows them as bound.
+    let ps = stack.ps().await;
+    assert_eq!(
+        ps["services"][0]["sockets"],
+        serde_json::json!([
+            format!("tcp://127.0.0.1:{port}"),
+            format!("unix://{}", sock.display())
+        ]),
+        "{ps}"
+    );
+    let table = stack.tether(&["ps"]).await;
+    assert!(
+        table
+            .stdout
+            .contains(&format!("tcp://127.0.0.1:{port} unix://")),
+        "{}",
+        table.stdout
+    );
     // Held by tether: a client connects whether or not the service accepts.
     TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::os::unix::net::UnixStream::connect(&sock).unwrap();
