@@ -89,6 +89,12 @@ pub(crate) fn ps(args: PsArgs) -> ExitCode {
             if s["busy"].as_bool() == Some(true) {
                 detail = format!("busy {detail}").trim().to_string();
             }
+            if detail.is_empty()
+                && let Some(sockets) = s["sockets"].as_array()
+            {
+                let held: Vec<&str> = sockets.iter().filter_map(|v| v.as_str()).collect();
+                detail = held.join(" ");
+            }
             [
                 s["name"].as_str().unwrap_or("?").to_string(),
                 s["state"].as_str().unwrap_or("?").to_string(),

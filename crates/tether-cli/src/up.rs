@@ -9,7 +9,8 @@ use clap::Args;
 use tether_status::{Event as StatusEvent, ServiceStatus, Snapshot};
 use tether_supervisor::control::ControlServer;
 use tether_supervisor::{
-    CgroupMode, Event, EventKind, Handle, LaunchOptions, RunDir, ServiceView, State, claim, launch,
+    CgroupMode, Event, EventKind, Handle, LaunchOptions, RunDir, ServiceView, StackSockets, State,
+    claim, launch,
 };
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -137,6 +138,29 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
             );
         }
     };
+    // Every listening socket of the stack, bound before anything starts: an
+    // address in use starts nothing.
+    let sockets = match StackSockets::bind(&stack) {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            return crate::out::error_event(
+                args.json,
+                format!("stack '{name}': {e}"),
+                exit::INTERNAL,
+            );
+        }
+    };
+    for service in &stack.services {
+        for (i, socket) in sockets.of(&service.name).iter().enumerate() {
+            printer.say(&format!(
+                "{}: holding socket {} as fd {} ({})",
+                service.name,
+                socket.held.local(),
+                3 + i,
+                socket.name
+            ));
+        }
+    }
     let control = match ControlServer::bind(&rundir.control_socket()).await {
         Ok(control) => control,
         Err(e) => {
@@ -170,6 +194,7 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
         base_dir,
         keep_lines: 1000,
         cgroup: claim.cgroup(),
+        sockets,
     };
     let (handle, supervisor) = launch(stack, options, kill.clone());
     // Subscribe before the first await: the services start as soon as this

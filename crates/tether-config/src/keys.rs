@@ -41,6 +41,8 @@ pub enum Scope {
     Hook,
     /// `[proxies.NAME]`.
     Proxy,
+    /// The table form of one of `sockets`.
+    Socket,
 }
 
 /// What a key's value must be. Values are checked against it before they are
@@ -75,6 +77,8 @@ pub enum Type {
     Listen,
     /// `true` or `false`.
     Bool,
+    /// An array of listen addresses or [`Scope::Socket`] tables.
+    Sockets,
     /// A table of its own keys (`[defaults]`, `[status]`, `[services]`).
     Table,
     /// An array of tables (`[[hooks]]`).
@@ -394,6 +398,32 @@ pub static KEYS: &[Key] = &[
         doc: "Also append the service's output to this file. Relative to the config file's \
               directory.",
     },
+    Key {
+        name: "sockets",
+        scopes: &[Scope::Service],
+        ty: Type::Sockets,
+        default: DefaultValue::Described("none"),
+        example: r#"["tcp://127.0.0.1:8080", "unix:///run/user/1000/app.sock"]"#,
+        doc: "Socket activation: listening sockets that tether binds before any service of the \
+              stack starts and keeps open for the stack's whole life, so a client that \
+              connects while the service restarts waits in the kernel's backlog instead of \
+              being refused. Every run of `command` (not `pre_start`) gets them as descriptors \
+              3, 4, ... \
+              in this order, with `LISTEN_FDS` (how many), `LISTEN_PID` (its own pid) and \
+              `LISTEN_FDNAMES` (their names, `:`-separated) in its environment, as with \
+              systemd's `sd_listen_fds`; in Python, `socket.socket(fileno=3)`. The sockets \
+              are blocking, with a backlog of 1024; the runs share them, so a flag that one run \
+              sets (such as `O_NONBLOCK`) stays for the next. Each is `tcp://IP:PORT` (port 0 picks \
+              one, which `tether up` and `tether ps` show), `unix:///PATH` (or `unix:PATH`, relative to the \
+              config file's directory; made mode 0600 in a directory of the user's own, a \
+              stale socket file of the user's replaced, removed at the end) or `unix:@NAME` \
+              (abstract), or a [table](#sockets-as-tables). A TCP address beyond loopback \
+              needs the table form with `public = true`. No socket may be given twice, to one \
+              service or two. An address in use, or any other bind error, is reported before \
+              anything starts. A `tcp://` or `unix:` readiness check of such a socket passes \
+              as soon as tether has bound it: give the service a check it answers itself \
+              (`http://...`, `notify`) to wait for the program.",
+    },
     // --- ready = { ... } and live = { ... } ---
     Key {
         name: "target",
@@ -555,6 +585,32 @@ pub static KEYS: &[Key] = &[
         doc: "A connection on which nothing moved either way this long is closed \
               (`idle.timeout`).",
     },
+    // --- sockets = [{ ... }] ---
+    Key {
+        name: "address",
+        scopes: &[Scope::Socket],
+        ty: Type::String,
+        default: DefaultValue::Required,
+        example: r#""tcp://0.0.0.0:8080""#,
+        doc: "Where the socket listens, as in the short form.",
+    },
+    Key {
+        name: "name",
+        scopes: &[Scope::Socket],
+        ty: Type::Name,
+        default: DefaultValue::Described("the service's name"),
+        example: r#""web""#,
+        doc: "Its name in `LISTEN_FDNAMES`: letters, digits, `-`, `_` and `.`.",
+    },
+    Key {
+        name: "public",
+        scopes: &[Scope::Socket],
+        ty: Type::Bool,
+        default: DefaultValue::Value("false"),
+        example: "true",
+        doc: "Allows a TCP address beyond loopback (`0.0.0.0`, a LAN address): reachable \
+              from other machines, so it must be said.",
+    },
     // --- [[hooks]] ---
     Key {
         name: "name",
@@ -592,6 +648,12 @@ const SECTIONS: &[(Scope, &str, &str)] = &[
         Scope::CrashLoop,
         "`crash_loop`",
         "`crash_loop = { exits = 5, window = \"60s\" }`",
+    ),
+    (
+        Scope::Socket,
+        "`sockets` as tables",
+        "`sockets = [{ address = \"tcp://0.0.0.0:8080\", public = true, name = \"web\" }]`: \
+         a socket with its own settings; short forms and tables may be mixed in one array.",
     ),
     (Scope::Status, "`[status]`", ""),
     (
@@ -664,6 +726,7 @@ impl Scope {
             Scope::Status => "[status]",
             Scope::Hook => "[[hooks]]",
             Scope::Proxy => "[proxies.NAME]",
+            Scope::Socket => "a sockets table",
         }
     }
 }
@@ -688,6 +751,7 @@ impl Type {
             Type::CrashLoop => "table",
             Type::Listen => "address or `false`",
             Type::Bool => "`true` or `false`",
+            Type::Sockets => "array of addresses or tables",
             Type::Table => "table",
             Type::Tables => "array of tables",
         }
@@ -713,6 +777,10 @@ impl Type {
             Type::CrashLoop => "a table such as { exits = 5, window = \"60s\" }",
             Type::Listen => "an address such as \"127.0.0.1:7465\", or false",
             Type::Bool => "true or false",
+            Type::Sockets => {
+                "an array of addresses such as [\"tcp://127.0.0.1:8080\"], or of tables such as \
+                 { address = \"tcp://0.0.0.0:8080\", public = true }"
+            }
             Type::Table => "a table",
             Type::Tables => "an array of tables",
         }

@@ -114,6 +114,15 @@ pub(crate) struct RawService {
     pub(crate) live: Option<Sp<RawProbe>>,
     pub(crate) watchdog: Option<Sp<Duration>>,
     pub(crate) log_file: Option<Sp<String>>,
+    pub(crate) sockets: Vec<RawSocket>,
+}
+
+/// One of `sockets`, as written.
+#[derive(Debug, Clone)]
+pub(crate) struct RawSocket {
+    pub(crate) address: Sp<String>,
+    pub(crate) name: Option<Sp<String>>,
+    pub(crate) public: bool,
 }
 
 #[derive(Debug)]
@@ -164,6 +173,7 @@ enum Val<'d> {
     CrashLoop(CrashLoop),
     Listen(Option<SocketAddr>),
     Bool(bool),
+    Sockets(Vec<RawSocket>),
     Table(&'d dyn TableLike),
     Tables(Vec<(&'d dyn TableLike, Range<usize>)>),
 }
@@ -380,6 +390,7 @@ impl<'a> Reader<'a> {
                 _ => return Err(wrong()),
             },
             Type::Bool => Val::Bool(item.as_bool().ok_or_else(wrong)?),
+            Type::Sockets => Val::Sockets(self.sockets(item, at)?),
             Type::Table => Val::Table(item.as_table_like().ok_or_else(wrong)?),
             Type::Tables => {
                 if let Some(tables) = item.as_array_of_tables() {
@@ -702,6 +713,70 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// `sockets`: addresses, or tables with one.
+    fn sockets(&self, item: &Item, at: &At) -> Result<Vec<RawSocket>, ConfigError> {
+        let array = item
+            .as_array()
+            .ok_or_else(|| self.wrong_type(Type::Sockets, item, at))?;
+        let mut sockets = Vec::new();
+        for (index, value) in array.iter().enumerate() {
+            let value_at = At {
+                key: format!("{}[{}]", at.key, index + 1),
+                span: value.span().unwrap_or(at.span.clone()),
+            };
+            if let Some(text) = value.as_str() {
+                if text.contains('\0') {
+                    return Err(self.error(&value_at, NUL_IN_TARGET.to_string()));
+                }
+                sockets.push(RawSocket {
+                    address: Sp {
+                        value: text.to_string(),
+                        at: value_at,
+                    },
+                    name: None,
+                    public: false,
+                });
+                continue;
+            }
+            let Some(table) = value.as_inline_table() else {
+                return Err(self.error(
+                    &value_at,
+                    format!(
+                        "expected an address such as \"tcp://127.0.0.1:8080\" or a table such \
+                         as {{ address = \"tcp://0.0.0.0:8080\", public = true }}, found {}",
+                        found_value(value)
+                    ),
+                ));
+            };
+            let mut address = None;
+            let mut name = None;
+            let mut public = false;
+            let key = value_at.key.clone();
+            self.each(Scope::Socket, table, &key, &value_at, |k, val, at| {
+                match (k.name, val) {
+                    ("address", Val::Str(text)) => {
+                        if text.contains('\0') {
+                            return Err(self.error(&at, NUL_IN_TARGET.to_string()));
+                        }
+                        address = Some(Sp { value: text, at });
+                    }
+                    ("name", Val::Str(value)) => name = Some(Sp { value, at }),
+                    ("public", Val::Bool(value)) => public = value,
+                    _ => return Err(self.unhandled(k, &at)),
+                }
+                Ok(())
+            })?;
+            let address =
+                address.ok_or_else(|| self.missing_key(Scope::Socket, "address", &value_at))?;
+            sockets.push(RawSocket {
+                address,
+                name,
+                public,
+            });
+        }
+        Ok(sockets)
+    }
+
     fn service(
         &self,
         name: &str,
@@ -741,6 +816,7 @@ impl<'a> Reader<'a> {
             live: None,
             watchdog: None,
             log_file: None,
+            sockets: Vec::new(),
         };
         self.each(Scope::Service, table, &at.key, &at, |key, val, at| {
             if key.applies_to(Scope::Defaults) {
@@ -758,6 +834,7 @@ impl<'a> Reader<'a> {
                 ("live", Val::Probe(value)) => service.live = Some(Sp { value, at }),
                 ("watchdog", Val::Duration(value)) => service.watchdog = Some(Sp { value, at }),
                 ("log_file", Val::Str(value)) => service.log_file = Some(Sp { value, at }),
+                ("sockets", Val::Sockets(sockets)) => service.sockets = sockets,
                 _ => return Err(self.unhandled(key, &at)),
             }
             Ok(())

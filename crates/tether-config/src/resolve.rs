@@ -15,15 +15,15 @@ use tether_probe::Target;
 use tether_probe::target::{SocketPath, Spec, UnixSpec, find_program};
 use tether_resilience::{Backoff, HealthConfig};
 use tether_supervisor::config::{
-    Condition, Dependency, HookConfig, ProbeConfig, Readiness, RestartPolicy, ServiceConfig,
-    StackConfig, defaults,
+    Condition, Dependency, HookConfig, Listen, ProbeConfig, Readiness, RestartPolicy,
+    ServiceConfig, SocketConfig, StackConfig, defaults,
 };
 
 use crate::envfile;
 use crate::error::ConfigError;
 use crate::exec::{self, MAX_TOTAL};
 use crate::read::{
-    At, Command, Pacing, RawProbe, RawProxy, RawService, RawStack, Settings, Source, Sp,
+    At, Command, Pacing, RawProbe, RawProxy, RawService, RawSocket, RawStack, Settings, Source, Sp,
 };
 use crate::suggest::did_you_mean;
 use crate::{ProxyReadiness, ProxySpec};
@@ -64,6 +64,7 @@ pub(crate) fn resolve(
         services.push(resolver.service(service, &raw.defaults)?);
     }
     resolver.check_dependencies(&raw.services, &services)?;
+    resolver.check_sockets(&raw.services, &services)?;
     let mut hooks: Vec<HookConfig> = Vec::with_capacity(raw.hooks.len());
     for (index, hook) in raw.hooks.iter().enumerate() {
         let (name, name_at) = match &hook.name {
@@ -231,7 +232,76 @@ impl Resolver<'_> {
             (None, Some(dir)) => Some(self.path(&dir.value).join(format!("{}.log", raw.name))),
             (None, None) => None,
         };
+        service.sockets = raw
+            .sockets
+            .iter()
+            .map(|socket| self.socket(socket, &raw.name))
+            .collect::<Result<_, _>>()?;
         Ok(service)
+    }
+
+    /// One of `sockets`: parsed (a TCP address beyond loopback only with
+    /// `public`), a relative unix path made absolute.
+    fn socket(&self, raw: &RawSocket, service: &str) -> Result<SocketConfig, ConfigError> {
+        let text = &raw.address;
+        let listen = Listen::parse(text.value.trim(), raw.public).map_err(|e| {
+            let mut words = e.to_string();
+            if words.contains("pass --public") {
+                words = words.replace(
+                    "pass --public (public = true) to mean it",
+                    "write it as a table with public = true to mean it: \
+                     { address = \"...\", public = true }",
+                );
+            }
+            self.error(&text.at, words)
+        })?;
+        let listen = match listen {
+            Listen::Unix(path) if path.is_relative() => {
+                Listen::Unix(self.path(&path.to_string_lossy()))
+            }
+            other => other,
+        };
+        Ok(SocketConfig {
+            listen,
+            name: raw
+                .name
+                .as_ref()
+                .map_or_else(|| service.to_string(), |n| n.value.clone()),
+        })
+    }
+
+    /// No socket is given twice, to one service or to two (port 0 is a new
+    /// port each time).
+    fn check_sockets(
+        &self,
+        raws: &[RawService],
+        services: &[ServiceConfig],
+    ) -> Result<(), ConfigError> {
+        let mut seen: Vec<(&Listen, &str)> = Vec::new();
+        for (raw, service) in raws.iter().zip(services) {
+            for (raw_socket, socket) in raw.sockets.iter().zip(&service.sockets) {
+                if matches!(&socket.listen, Listen::Tcp(addr) if addr.port() == 0) {
+                    continue;
+                }
+                if let Some((_, owner)) = seen.iter().find(|(l, _)| *l == &socket.listen) {
+                    let words = if *owner == service.name {
+                        format!(
+                            "{} is listed twice in this service's sockets",
+                            socket.listen
+                        )
+                    } else {
+                        format!(
+                            "{} is already a socket of service '{owner}'; a socket belongs to \
+                             one service",
+                            socket.listen
+                        )
+                    };
+                    return Err(self.error(&raw_socket.address.at, words));
+                }
+                seen.push((&socket.listen, &service.name));
+            }
+        }
+        Ok(())
     }
 
     /// The argv with a program that has a `/` made absolute, after checking

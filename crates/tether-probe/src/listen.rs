@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use tokio::net::{TcpListener, UnixListener};
 
@@ -72,7 +72,14 @@ impl Listen {
             listen: text.to_string(),
             why,
         };
-        let target = Target::parse(text).map_err(|e| err(e.reason().to_string()))?;
+        // A listener may ask for port 0 (the kernel picks one); a target
+        // may not, so the parse sees another port.
+        let any_port = text.starts_with("tcp://") && text.ends_with(":0");
+        let parsed = match any_port {
+            true => format!("{}1", &text[..text.len() - 1]),
+            false => text.to_string(),
+        };
+        let target = Target::parse(&parsed).map_err(|e| err(e.reason().to_string()))?;
         match target.spec() {
             Spec::Tcp(spec) => {
                 let ip = match &spec.host {
@@ -91,7 +98,8 @@ impl Listen {
                         "{ip} is reachable from other machines; listen on 127.0.0.1, or pass --public (public = true) to mean it"
                     )));
                 }
-                Ok(Listen::Tcp(SocketAddr::new(ip, spec.port)))
+                let port = if any_port { 0 } else { spec.port };
+                Ok(Listen::Tcp(SocketAddr::new(ip, port)))
             }
             Spec::Unix(spec) => match &spec.path {
                 SocketPath::File(path) => Ok(Listen::Unix(path.clone())),
@@ -160,6 +168,107 @@ impl Listen {
     }
 }
 
+/// A bound listening socket to hand to other processes (socket
+/// activation): in blocking mode, as a program that takes it expects, and
+/// never accepted from here. A unix socket file goes when it is dropped.
+#[derive(Debug)]
+pub struct Held {
+    fd: OwnedFd,
+    local: String,
+    path: Option<PathBuf>,
+}
+
+impl Held {
+    /// The address it is bound to (port 0 becomes the port picked).
+    pub fn local(&self) -> &str {
+        &self.local
+    }
+}
+
+impl AsFd for Held {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Listen {
+    /// Binds it without a runtime, for another process to accept on: a
+    /// blocking socket (close-on-exec here), with the checks of
+    /// [`Listen::bind`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Listen::bind`].
+    pub fn bind_held(&self) -> Result<Held, ListenError> {
+        let err = |why: String| ListenError {
+            listen: self.to_string(),
+            why,
+        };
+        let in_use = |e: io::Error, what: &str| {
+            err(match e.kind() {
+                io::ErrorKind::AddrInUse => format!("the {what} is in use by another process"),
+                _ => e.to_string(),
+            })
+        };
+        let held = |fd: OwnedFd, path: Option<PathBuf>| Held {
+            fd,
+            local: self.to_string(),
+            path,
+        };
+        let mut held = match self {
+            // std sets SO_REUSEADDR and close-on-exec.
+            Listen::Tcp(addr) => held(
+                std::net::TcpListener::bind(addr)
+                    .map_err(|e| in_use(e, "address"))?
+                    .into(),
+                None,
+            ),
+            Listen::Unix(path) => {
+                check_unix_path_now(path).map_err(err)?;
+                let listener =
+                    std::os::unix::net::UnixListener::bind(path).map_err(|e| in_use(e, "path"))?;
+                // Held from here: an error below removes the file.
+                let bound = held(listener.into(), Some(path.clone()));
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| err(e.to_string()))?;
+                bound
+            }
+            Listen::Abstract(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                    .map_err(|e| err(e.to_string()))?;
+                held(
+                    std::os::unix::net::UnixListener::bind_addr(&addr)
+                        .map_err(|e| in_use(e, "name"))?
+                        .into(),
+                    None,
+                )
+            }
+        };
+        // std listens with a smaller backlog; listening again sets ours.
+        socket2::SockRef::from(&held.fd)
+            .listen(BACKLOG)
+            .map_err(|e| err(e.to_string()))?;
+        if let Listen::Tcp(_) = self
+            && let Some(addr) = socket2::SockRef::from(&held.fd)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+        {
+            held.local = format!("tcp://{addr}");
+        }
+        Ok(held)
+    }
+}
+
 impl fmt::Display for Listen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -170,9 +279,16 @@ impl fmt::Display for Listen {
     }
 }
 
-/// The directory must be the user's, and a file at the path a stale socket
-/// of the user's.
-async fn check_unix_path(path: &Path) -> Result<(), String> {
+/// What is at a unix socket path whose directory is the user's.
+enum AtPath {
+    Nothing,
+    /// A socket file of the user's: stale unless something answers on it.
+    OwnSocket,
+}
+
+/// The directory must be the user's, and a file at the path a socket of
+/// the user's.
+fn inspect_unix_path(path: &Path) -> Result<AtPath, String> {
     let me = rustix::process::geteuid().as_raw();
     let dir = path
         .parent()
@@ -190,18 +306,52 @@ async fn check_unix_path(path: &Path) -> Result<(), String> {
         ));
     }
     match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(AtPath::Nothing),
         Err(e) => Err(e.to_string()),
         Ok(meta) if !meta.file_type().is_socket() => {
             Err("a file that is not a socket is there".to_string())
         }
         Ok(meta) if meta.uid() != me => Err("a socket file of another user is there".to_string()),
-        Ok(_) => {
+        Ok(_) => Ok(AtPath::OwnSocket),
+    }
+}
+
+const ANSWERS: &str = "a socket there answers: another process listens on it";
+
+/// Ours and dead: a tether that was killed left it.
+fn remove_stale(path: &Path) -> Result<(), String> {
+    std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket: {e}"))
+}
+
+/// [`inspect_unix_path`], and a stale socket of the user's removed.
+async fn check_unix_path(path: &Path) -> Result<(), String> {
+    match inspect_unix_path(path)? {
+        AtPath::Nothing => Ok(()),
+        AtPath::OwnSocket => {
             if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err("a socket there answers: another process listens on it".to_string());
+                return Err(ANSWERS.to_string());
             }
-            // Ours and dead: a proxy that was killed left it.
-            std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket: {e}"))
+            remove_stale(path)
+        }
+    }
+}
+
+/// [`check_unix_path`] without a runtime: the connect that tells a live
+/// socket from a stale one does not block (a listener with a full backlog
+/// answers `EAGAIN`, which counts as live).
+fn check_unix_path_now(path: &Path) -> Result<(), String> {
+    match inspect_unix_path(path)? {
+        AtPath::Nothing => Ok(()),
+        AtPath::OwnSocket => {
+            let probe = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+                .map_err(|e| e.to_string())?;
+            probe.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let addr = socket2::SockAddr::unix(path).map_err(|e| e.to_string())?;
+            match probe.connect(&addr) {
+                Ok(()) => Err(ANSWERS.to_string()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(ANSWERS.to_string()),
+                Err(_) => remove_stale(path),
+            }
         }
     }
 }
@@ -282,8 +432,51 @@ mod tests {
         );
         assert!(Listen::parse("tcp://127.0.0.1", false).is_err());
         assert_eq!(
+            Listen::parse("tcp://127.0.0.1:0", false),
+            Ok(Listen::Tcp("127.0.0.1:0".parse().unwrap()))
+        );
+        assert!(Listen::parse("tcp://127.0.0.1:10", false).is_ok());
+        assert_eq!(
             Listen::parse("unix:@tether-test", false),
             Ok(Listen::Abstract("tether-test".into()))
         );
+    }
+
+    #[test]
+    fn held_sockets_are_blocking_and_say_the_port_picked() {
+        let held = Listen::parse("tcp://127.0.0.1:0", false)
+            .unwrap()
+            .bind_held()
+            .unwrap();
+        assert!(!held.local().ends_with(":0"), "{}", held.local());
+        use std::os::fd::AsRawFd;
+        let fd = held.as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap();
+        assert_eq!(flags & 0o4000, 0, "O_NONBLOCK is off: {info}");
+        let again = Listen::parse(held.local(), false).unwrap().bind_held();
+        let e = again.unwrap_err().to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+    }
+
+    #[test]
+    fn held_unix_sockets_replace_stale_files_and_refuse_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        // A socket file nobody listens on any more.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let listen = Listen::Unix(path.clone());
+        let held = listen.bind_held().unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let e = listen.bind_held().unwrap_err().to_string();
+        assert!(e.contains("answers"), "{e}");
+        drop(held);
+        assert!(!path.exists(), "removed with its socket");
     }
 }

@@ -64,32 +64,55 @@ pub struct StopReport {
 /// The spawn's own error (the program does not exist, is not executable, a
 /// bad working directory, ...), or an error opening the pidfd.
 pub fn spawn(command: &mut Command) -> io::Result<Child> {
-    spawn_with(command, None, crate::preexec::Stdin::Null)
+    spawn_with(command, None, crate::preexec::Stdin::Null, &[], true)
 }
 
-/// [`spawn`], into `cgroup` if given: created there directly with
-/// `clone3(CLONE_INTO_CGROUP)` (stdin as `stdin`, stdout and stderr piped),
-/// or, where the kernel refuses that, moved there before `exec`.
+/// [`spawn`], into `cgroup` if given, with `listen` as its descriptors 3,
+/// 4, ... (socket activation). A child with a cgroup or sockets is made by
+/// `clone3` (into its cgroup directly, `CLONE_INTO_CGROUP`) when `clone3`
+/// is allowed and the kernel takes it (stdin as `stdin`, stdout and stderr
+/// piped). Where it is not, a child with sockets is made by `fork` through
+/// the same prepared child code (its `LISTEN_PID` can only be written
+/// after the fork), and one with only a cgroup by `Command::spawn`, moved
+/// into its cgroup before `exec`.
 pub(crate) fn spawn_with(
     command: &mut Command,
     cgroup: Option<&crate::cgroup::Cgroup>,
     stdin: crate::preexec::Stdin,
+    listen: &[crate::preexec::ListenFd<'_>],
+    clone3: bool,
 ) -> io::Result<Child> {
+    use crate::preexec::{CloneError, Via};
     use std::os::unix::process::CommandExt;
-    if let Some(cgroup) = cgroup {
-        // Registering under the lock the reaper also takes means the
-        // reaper never sees this pid unowned, even if the child dies at
-        // once.
-        let mut owned = owned();
-        match crate::preexec::spawn_into_cgroup(command, cgroup.dir_fd(), stdin) {
-            Ok(spawned) => {
-                owned.insert(spawned.pid);
-                drop(owned);
-                return Child::from_spawned(spawned);
-            }
-            Err(crate::preexec::CloneError::Spawn(e)) => return Err(e),
-            Err(crate::preexec::CloneError::Unsupported) => {}
+    if cgroup.is_some() || !listen.is_empty() {
+        let mut vias = Vec::with_capacity(2);
+        if clone3 {
+            vias.push(Via::Clone3 {
+                cgroup_dir: cgroup.map(|c| c.dir_fd()),
+            });
         }
+        if !listen.is_empty() {
+            vias.push(Via::Fork {
+                cgroup_procs: cgroup.map(|c| c.procs_fd()),
+            });
+        }
+        for via in vias {
+            // Registering under the lock the reaper also takes means the
+            // reaper never sees this pid unowned, even if the child dies at
+            // once.
+            let mut owned = owned();
+            match crate::preexec::spawn(command, via, stdin, listen) {
+                Ok(spawned) => {
+                    owned.insert(spawned.pid);
+                    drop(owned);
+                    return Child::from_spawned(spawned);
+                }
+                Err(CloneError::Spawn(e)) => return Err(e),
+                Err(CloneError::Unsupported) => {}
+            }
+        }
+        // Only a child without sockets gets here: `Via::Fork` never answers
+        // `Unsupported`.
     }
     command.process_group(0);
     crate::preexec::arm(command, cgroup.map(|c| c.procs_fd()))?;
@@ -167,7 +190,7 @@ fn reap(pidfd: &OwnedFd) -> io::Result<Option<Exit>> {
 // === impl Child ===
 
 impl Child {
-    /// A child `clone3` made: its pidfd came with it.
+    /// A child `clone3` or `fork` made, with its pidfd.
     fn from_spawned(spawned: crate::preexec::Spawned) -> io::Result<Child> {
         let pid =
             Pid::from_raw(spawned.pid).ok_or_else(|| io::Error::other("clone3 returned pid 0"))?;

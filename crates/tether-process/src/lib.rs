@@ -32,7 +32,7 @@ mod scope;
 pub use child::{Child, Exit, StopReport, signal_name, signal_number, spawn};
 pub use procfs::{Identity, Liveness};
 pub use reaper::Reaper;
-pub use scope::{Member, Scope, ScopeStop, Stdin, processes_with, signal_member};
+pub use scope::{ListenFd, Member, Scope, ScopeStop, Stdin, processes_with, signal_member};
 
 /// Signal numbers, for callers that configure them (`SIGTERM` = 15, ...).
 pub use rustix::process::Signal;

@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::cgroup::Cgroup;
 use crate::child::{Child, spawn_with};
-pub use crate::preexec::Stdin;
+pub use crate::preexec::{ListenFd, Stdin};
 use crate::procfs::{Stat, all_stats, environ_has, own_children};
 
 /// Where a service's processes live. Cheap to clone; when the last clone
@@ -49,6 +50,9 @@ struct Inner {
     /// The process groups of the leaders spawned here (a group outlives its
     /// leader while any member is left).
     groups: Mutex<Vec<i32>>,
+    /// Whether children may be made with `clone3` (where the kernel takes
+    /// it); off, they are made with `fork`.
+    clone3: AtomicBool,
 }
 
 /// One process of a scope.
@@ -71,8 +75,19 @@ impl Scope {
                 marker: (key.into(), value.into()),
                 cgroup,
                 groups: Mutex::new(Vec::new()),
+                clone3: AtomicBool::new(true),
             }),
         }
+    }
+
+    /// Whether children may be made with `clone3` (the default: where the
+    /// kernel takes it). With `false`, a child with a cgroup is made by
+    /// `fork` and moves into its cgroup before `exec` (5 to 15 ms more),
+    /// and one with sockets is made by `fork` through the same prepared
+    /// child code; the same happens by itself where the kernel or a seccomp
+    /// filter refuses `clone3`.
+    pub fn set_clone3(&self, allowed: bool) {
+        self.inner.clone3.store(allowed, Ordering::Relaxed);
     }
 
     /// The cgroup, if the scope has one.
@@ -91,6 +106,29 @@ impl Scope {
     ///
     /// As [`crate::spawn`]; also when the child cannot join the cgroup.
     pub fn spawn(&self, command: &mut Command, stdin: Stdin) -> io::Result<Child> {
+        self.spawn_listening(command, stdin, &[])
+    }
+
+    /// [`Scope::spawn`], handing the child `listen` as its descriptors 3,
+    /// 4, ... in that order, with `LISTEN_FDS`, `LISTEN_PID` (its own pid)
+    /// and `LISTEN_FDNAMES` in its environment, as systemd's socket
+    /// activation does (`sd_listen_fds`). The sockets stay the caller's: the
+    /// child gets duplicates, so they outlive it and serve the next one.
+    /// Such a child is made by `clone3` (with or without a cgroup), or by
+    /// `fork` where `clone3` is refused or not allowed
+    /// ([`Scope::set_clone3`]); in both, the child writes its own pid into
+    /// the prepared environment after it was made.
+    ///
+    /// # Errors
+    ///
+    /// As [`Scope::spawn`]; also when a socket cannot be placed (the
+    /// descriptor limit is too low for `3 + listen.len()`).
+    pub fn spawn_listening(
+        &self,
+        command: &mut Command,
+        stdin: Stdin,
+        listen: &[ListenFd<'_>],
+    ) -> io::Result<Child> {
         let (key, value) = &self.inner.marker;
         command
             .env(key, value)
@@ -100,7 +138,8 @@ impl Scope {
             })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let child = spawn_with(command, self.inner.cgroup.as_ref(), stdin)?;
+        let clone3 = self.inner.clone3.load(Ordering::Relaxed);
+        let child = spawn_with(command, self.inner.cgroup.as_ref(), stdin, listen, clone3)?;
         let mut groups = lock(&self.inner.groups);
         let pgid = child.id() as i32;
         if !groups.contains(&pgid) {

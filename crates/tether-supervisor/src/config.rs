@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use tether_probe::listen::Listen;
+
 use tether_probe::Target;
 use tether_resilience::{Backoff, HealthConfig};
 
@@ -55,6 +57,22 @@ pub struct ServiceConfig {
     pub watchdog: Option<Duration>,
     /// Also append the service's output to this file.
     pub log_file: Option<PathBuf>,
+    /// Listening sockets tether binds before anything starts, keeps open
+    /// for the stack's whole life and hands to each of the service's
+    /// processes as descriptors 3, 4, ... in this order (socket activation,
+    /// as systemd's `sd_listen_fds`).
+    pub sockets: Vec<SocketConfig>,
+}
+
+/// One listening socket of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketConfig {
+    /// Where it listens (checked: a TCP address beyond loopback was
+    /// allowed by the file).
+    pub listen: Listen,
+    /// Its name in `LISTEN_FDNAMES` (a name: letters, digits, `-`, `_`,
+    /// `.`); the service's name unless given.
+    pub name: String,
 }
 
 /// "Start me once `service` is in `condition`."
@@ -147,6 +165,7 @@ impl ServiceConfig {
             stop_grace: defaults::STOP_GRACE,
             watchdog: None,
             log_file: None,
+            sockets: Vec::new(),
         }
     }
 }

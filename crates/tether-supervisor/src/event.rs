@@ -38,6 +38,10 @@ pub struct ServiceView {
     /// It ran to completion with status 0 and will not be restarted.
     pub completed: bool,
     pub probe: ProbeStats,
+    /// The listening sockets tether holds for it (socket activation), as
+    /// bound: a port 0 is the port picked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<String>,
 }
 
 /// Readiness and liveness probe measurements of one service.
@@ -136,6 +140,7 @@ impl ServiceView {
             busy: false,
             completed: false,
             probe: ProbeStats::default(),
+            sockets: Vec::new(),
         }
     }
 }

@@ -34,6 +34,7 @@ mod probes;
 pub mod rundir;
 mod runner;
 mod service;
+pub mod sockets;
 pub mod state;
 mod supervisor;
 
@@ -43,5 +44,6 @@ pub use event::{Event, EventKind, ServiceView};
 pub use handle::{Handle, RequestError};
 pub use output::{Line, LogFile, OutputHub, Stream};
 pub use rundir::{LockError, RunDir, StackLock};
+pub use sockets::{SocketError, StackSockets};
 pub use state::State;
 pub use supervisor::{LaunchOptions, launch};

@@ -264,6 +264,12 @@ impl Runner {
         &self.view
     }
 
+    /// The sockets tether holds for the service, as bound (for the view).
+    pub(crate) fn set_sockets(&mut self, sockets: Vec<String>) {
+        self.view.sockets = sockets;
+        self.dirty = true;
+    }
+
     /// Whether the view changed since the last call (and whether the state
     /// did), resetting both.
     pub(crate) fn take_changes(&mut self) -> (bool, bool) {

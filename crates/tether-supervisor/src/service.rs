@@ -8,13 +8,14 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use tether_probe::Prober;
 use tether_process::procfs::Stat;
-use tether_process::{Child, Exit, Scope};
+use tether_process::{Child, Exit, ListenFd, Scope};
 use tether_resilience::{Failure, Jitter};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -30,6 +31,7 @@ use crate::rundir::{RunDir, write_heartbeat};
 use crate::runner::{
     Action, Command, DepView, Input, Now, ProbeKind, ReplyId, Runner, last_output,
 };
+use crate::sockets::BoundSocket;
 
 /// What the supervisor asks of a service.
 #[derive(Debug)]
@@ -92,6 +94,8 @@ pub(crate) struct Service {
     log: Option<Arc<LogFile>>,
     /// Wakes this service's heartbeat writer.
     heartbeat: watch::Sender<bool>,
+    /// Its listening sockets (socket activation), for each main process.
+    sockets: Arc<[BoundSocket]>,
 }
 
 impl Service {
@@ -105,8 +109,10 @@ impl Service {
         shared: Shared,
         shutdown: CancellationToken,
         log: Option<Arc<LogFile>>,
+        sockets: Arc<[BoundSocket]>,
     ) -> Service {
-        let runner = Runner::new(config.clone(), Jitter::new(), now());
+        let mut runner = Runner::new(config.clone(), Jitter::new(), now());
+        runner.set_sockets(sockets.iter().map(|s| s.held.local().to_string()).collect());
         let (heartbeat, dirty) = watch::channel(true);
         shared.tasks.spawn(write_heartbeats(
             shared.rundir.clone(),
@@ -136,6 +142,7 @@ impl Service {
             next_reply: 0,
             log,
             heartbeat,
+            sockets,
         }
     }
 
@@ -270,7 +277,7 @@ impl Service {
         match action {
             Action::RunPreStart => {
                 let argv = self.config.pre_start.clone().unwrap_or_default();
-                match self.spawn(&argv, None) {
+                match self.spawn(&argv, None, false) {
                     Ok(child) => self.process = Some((child, Kind::PreStart)),
                     Err(e) => {
                         let words = not_started(&argv[0], &e);
@@ -320,7 +327,7 @@ impl Service {
             _ => None,
         };
         let argv = self.config.command.clone();
-        match self.spawn(&argv, notify.as_ref()) {
+        match self.spawn(&argv, notify.as_ref(), true) {
             Ok(child) => {
                 let pid = child.id();
                 let start_ticks = Stat::read(pid as i32).ok().map(|s| s.start_ticks);
@@ -332,7 +339,14 @@ impl Service {
         }
     }
 
-    fn spawn(&self, argv: &[String], notify: Option<&NotifySocket>) -> io::Result<Child> {
+    /// Spawns `argv`; the main process (`main`) gets the service's
+    /// sockets, `pre_start` does not.
+    fn spawn(
+        &self,
+        argv: &[String],
+        notify: Option<&NotifySocket>,
+        main: bool,
+    ) -> io::Result<Child> {
         let mut command = std::process::Command::new(&argv[0]);
         command
             .args(&argv[1..])
@@ -350,9 +364,20 @@ impl Service {
         if let Some(every) = self.config.watchdog {
             command.env("WATCHDOG_USEC", every.as_micros().to_string());
         }
-        let mut child = self
-            .scope
-            .spawn(&mut command, tether_process::Stdin::Null)?;
+        let listen: Vec<ListenFd<'_>> = match main {
+            true => self
+                .sockets
+                .iter()
+                .map(|s| ListenFd {
+                    fd: s.held.as_fd(),
+                    name: &s.name,
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        let mut child =
+            self.scope
+                .spawn_listening(&mut command, tether_process::Stdin::Null, &listen)?;
         self.pump_output(&mut child);
         Ok(child)
     }

@@ -21,6 +21,7 @@ use crate::hooks;
 use crate::output::{LogFile, OutputHub};
 use crate::rundir::RunDir;
 use crate::service::{Request as ServiceRequest, Service, Shared};
+use crate::sockets::StackSockets;
 
 /// Options for [`launch`].
 #[derive(Debug, Clone)]
@@ -36,6 +37,10 @@ pub struct LaunchOptions {
     /// service and hook gets a cgroup of its own under it. `None`: their
     /// processes are found by walking the process tree.
     pub cgroup: Option<Arc<Cgroup>>,
+    /// The services' listening sockets ([`StackSockets::bind`], before
+    /// anything starts): each spawn of a service's main process gets its
+    /// own, and they stay open until the supervisor's task ends.
+    pub sockets: StackSockets,
 }
 
 /// Starts every service (each waiting for its dependencies) and returns a
@@ -114,6 +119,7 @@ pub fn launch(
             shared.clone(),
             runners_stop.clone(),
             log,
+            options.sockets.of(&service.name),
         );
         tasks.spawn(runner.run());
     }

@@ -8,6 +8,7 @@
 
 mod docs;
 mod errors;
+mod sockets;
 mod valid;
 
 use std::os::unix::fs::PermissionsExt;

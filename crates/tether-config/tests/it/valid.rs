@@ -382,6 +382,16 @@ fn every_key_example_loads() {
                     format!("{base}ready = {{ {fields} }}\n")
                 }
                 Scope::CrashLoop => format!("{base}crash_loop = {{ {line} }}\n"),
+                Scope::Socket => {
+                    let fields = if key.name == "address" {
+                        format!("{line}, public = true")
+                    } else if key.name == "public" {
+                        format!("address = \"tcp://0.0.0.0:8080\", {line}")
+                    } else {
+                        format!("address = \"tcp://0.0.0.0:8080\", public = true, {line}")
+                    };
+                    format!("{base}sockets = [{{ {fields} }}]\n")
+                }
                 Scope::Status => format!("[status]\n{line}\n{base}"),
                 Scope::Hook if key.name == "command" => format!("[[hooks]]\n{line}\n{base}"),
                 Scope::Hook => format!("[[hooks]]\ncommand = [\"sh\"]\n{line}\n{base}"),

@@ -18,6 +18,7 @@ fn sh(script: &str) -> Command {
     cmd
 }
 
+mod listen;
 mod scope;
 
 use tether_test::procs::{alive_with, marker, until_alive, until_gone};

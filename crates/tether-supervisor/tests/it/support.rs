@@ -50,11 +50,13 @@ impl Stack {
             hooks,
         };
         let shutdown = CancellationToken::new();
+        let sockets = tether_supervisor::StackSockets::bind(&config).unwrap();
         let options = LaunchOptions {
             rundir,
             base_dir: dir.path().to_path_buf(),
             keep_lines: 100,
             cgroup: None,
+            sockets,
         };
         let (handle, task) = launch(config, options, shutdown.clone());
         let events = handle.events();
