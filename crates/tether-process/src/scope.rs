@@ -53,6 +53,13 @@ struct Inner {
     /// Whether children may be made with `clone3` (where the kernel takes
     /// it); off, they are made with `fork`.
     clone3: AtomicBool,
+    /// Whether the cgroup was killed with `cgroup.kill`. From then on its
+    /// children are made by `fork` and join it by `cgroup.procs`: Linux
+    /// 6.18 SIGKILLs, at birth, every child that `clone3(CLONE_INTO_CGROUP)`
+    /// creates in a cgroup killed before (its kill sequence is compared
+    /// with the parent's cgroup's), which would kill a service at every
+    /// restart after its first SIGKILL.
+    killed: AtomicBool,
 }
 
 /// One process of a scope.
@@ -76,6 +83,7 @@ impl Scope {
                 cgroup,
                 groups: Mutex::new(Vec::new()),
                 clone3: AtomicBool::new(true),
+                killed: AtomicBool::new(false),
             }),
         }
     }
@@ -138,7 +146,8 @@ impl Scope {
             })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let clone3 = self.inner.clone3.load(Ordering::Relaxed);
+        let clone3 =
+            self.inner.clone3.load(Ordering::Relaxed) && !self.inner.killed.load(Ordering::Relaxed);
         let child = spawn_with(command, self.inner.cgroup.as_ref(), stdin, listen, clone3)?;
         let mut groups = lock(&self.inner.groups);
         let pgid = child.id() as i32;
@@ -277,6 +286,7 @@ impl Inner {
         if let Some(cgroup) = self.cgroup.as_ref().filter(|_| signal == Signal::KILL) {
             // Counted before: once killed, they may be gone at once.
             let count = self.members().len();
+            self.killed.store(true, Ordering::Relaxed);
             if matches!(cgroup.kill(), Ok(true)) {
                 return count;
             }

@@ -892,3 +892,29 @@ async fn no_color_is_obeyed_on_a_terminal() {
         String::from_utf8_lossy(&plain)
     );
 }
+
+/// A service that must be SIGKILLed (it ignores SIGTERM, and has no grace)
+/// starts again as any other, restart after restart: its cgroup, killed
+/// once, does not kill the next process at birth.
+#[tokio::test]
+async fn a_service_killed_at_every_restart_still_starts_every_time() {
+    let mut stack = Stack::new(
+        r#"
+[services.stubborn]
+command = ["sh", "-c", "trap '' TERM; echo up; exec sleep 3600"]
+stop_grace = "0s"
+"#,
+    );
+    stack.up(&[]);
+    stack.until("stubborn | up").await;
+    for round in 1..=3 {
+        let restart = stack.tether(&["restart", "stubborn"]).await;
+        assert_eq!(restart.code(), 0, "{restart:?}");
+        stack.until("stubborn | up").await;
+        assert_eq!(restarts(&stack, "stubborn").await, round);
+    }
+    let ps = stack.ps().await;
+    assert_eq!(ps["services"][0]["state"], "ready", "{ps}");
+    stack.tether(&["down"]).await;
+    stack.exited().await;
+}

@@ -297,3 +297,47 @@ async fn spawn_errors_are_the_same_in_and_out_of_a_cgroup() {
         assert!(scope.spawn(&mut bad_dir, Stdin::Null).is_err(), "{mode}");
     }
 }
+
+/// A cgroup that was killed with `cgroup.kill` takes the next child as any
+/// other: on Linux 6.18, a child created straight into a cgroup killed
+/// before (`clone3(CLONE_INTO_CGROUP)`) was SIGKILLed at birth, every time,
+/// so a service killed once was killed at every restart after.
+#[tokio::test]
+async fn a_scope_killed_once_takes_its_next_child_as_any_other() {
+    use tokio::io::AsyncBufReadExt;
+    let m = marker();
+    let reaper = Reaper::start(CancellationToken::new()).unwrap();
+    for clone3 in [false, true] {
+        let name = format!("tether-test.{}.{m}.{clone3}", std::process::id());
+        let Ok(cgroup) = Cgroup::create_for_stack(&name) else {
+            return;
+        };
+        let scope = Scope::new("TETHER_TEST_SCOPE", &m, Some(cgroup));
+        scope.set_clone3(clone3);
+        for round in 0..3 {
+            let mut child = scope
+                .spawn(
+                    &mut sh("trap '' TERM; echo up; exec sleep 3600"),
+                    Stdin::Null,
+                )
+                .unwrap();
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let first = within("the child's first line", lines.next_line())
+                .await
+                .unwrap();
+            assert_eq!(
+                first.as_deref(),
+                Some("up"),
+                "clone3 {clone3}, round {round}: the child was killed at birth"
+            );
+            // It ignores SIGTERM: with no grace, it is killed.
+            let stop = scope
+                .stop(Signal::TERM, Duration::ZERO, Duration::from_secs(5))
+                .await;
+            assert_eq!(stop.left, 0);
+            within("the child to end", child.wait()).await.unwrap();
+        }
+        scope.cgroup().unwrap().remove().unwrap();
+    }
+    drop(reaper);
+}
