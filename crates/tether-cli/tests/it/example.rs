@@ -97,6 +97,21 @@ async fn the_example_stack_stays_healthy_for_90s_and_the_readme_shows_a_real_run
         healthy_since.is_some_and(|t| t < Duration::from_secs(15)),
         "healthy late or never: {last}"
     );
+    // The API answers through its proxy.
+    let through = within("the API through its proxy", async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", 18700))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    })
+    .await;
+    assert!(through.starts_with("HTTP/1.0 200"), "{through}");
     let out = within("ps", tether(&["ps", "-f", &file_arg]).output())
         .await
         .unwrap();
