@@ -77,7 +77,15 @@ def close_hard(sock):
 
 def role_echo(port):
     """A threaded blocking echo server on 127.0.0.1:PORT. Prints
-    `listening <time.monotonic_ns()>` right after listen() returns."""
+    `listening <time.monotonic_ns()>` right after listen() returns. With a
+    third argument `signal` it starts, prints `waiting`, and binds only when
+    SIGUSR1 comes: a restart then costs no interpreter start-up, and an
+    outage lasts as long as the harness says, not as long as Python takes
+    to start on a loaded machine."""
+    if len(sys.argv) > 3 and sys.argv[3] == "signal":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        print("waiting", flush=True)
+        signal.sigwait({signal.SIGUSR1})
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", port))
@@ -338,6 +346,25 @@ def start_echo(tmp, port, name):
     return p, int(text.split()[1])
 
 
+def prepare_echo(tmp, port, name):
+    """An echo server started but not yet bound (see role_echo): it binds
+    and listens on open_echo()."""
+    p = spawn([sys.executable, os.path.abspath(__file__), "_echo", str(port), "signal"], tmp, name, lines=True)
+    _, text = next_line(p, 10)
+    if text != "waiting":
+        raise RuntimeError(f"echo server for {port} did not start: {text!r}")
+    return p
+
+
+def open_echo(p):
+    """Makes a prepared echo server listen; returns t_listen_ns."""
+    os.kill(p.pid, signal.SIGUSR1)
+    _, text = next_line(p, 10)
+    if not text or not text.startswith("listening "):
+        raise RuntimeError(f"echo server did not listen: {text!r}")
+    return int(text.split()[1])
+
+
 # --- The subjects ---------------------------------------------------------------
 
 
@@ -524,10 +551,15 @@ def iperf_once(args, port, seconds, extra):
 
 
 def proc_cpu_ticks(pids):
+    """utime + stime of each process, plus cutime + cstime: the children it
+    reaped (socat forks one per connection, and reaps it when it ends)."""
     total = 0
     for pid in pids:
         try:
-            total += u.cpu_ticks(pid)
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            total += sum(int(x) for x in fields[11:15])
         except (OSError, ValueError, IndexError):
             pass
     return total
@@ -547,8 +579,9 @@ def bench_throughput(args, tmp, results):
     for r in range(args.iperf_runs):
         order = subs[r % len(subs) :] + subs[: r % len(subs)]
         plan += [(s, "1 stream", args.iperf_seconds, []) for s in order]
-    plan += [(s, "-P 4", args.iperf_extra_seconds, ["-P", "4"]) for s in subs]
-    plan += [(s, "-l 128", args.iperf_extra_seconds, ["-l", "128"]) for s in subs]
+    extras = [m.strip() for m in args.iperf_extra.split(";") if m.strip()]
+    for mode in extras:
+        plan += [(s, mode, args.iperf_extra_seconds, mode.split()) for s in subs]
     runs = []
     for s, mode, seconds, extra in plan:
         pids = s.pids() if s.proc else []
@@ -585,27 +618,36 @@ def bench_throughput(args, tmp, results):
         return None if x is None else x / 1e9
 
     rows = []
+    m = "1 stream"
     for s in subs:
-        m = "1 stream"
         xs = [r["receiver"] / 1e9 for r in runs if r["subject"] == s.key and r["mode"] == m and "receiver" in r]
         rows.append([
             s.label, g(med(s.key, m, "sender")), g(med(s.key, m, "receiver")),
-            f"{min(xs):.2f}–{max(xs):.2f}" if xs else "-", cpu(s.key, m),
-            g(med(s.key, "-P 4", "receiver")), cpu(s.key, "-P 4"),
-            g(med(s.key, "-l 128", "receiver")), cpu(s.key, "-l 128"),
-            f"{fails(s.key, m) + fails(s.key, '-P 4') + fails(s.key, '-l 128')}",
+            f"{min(xs):.2f}–{max(xs):.2f}" if xs else "-", cpu(s.key, m), fails(s.key, m),
         ])
     print("### Bulk throughput (iperf3)\n")
     print(
-        f"Gbit/s; 1 stream: median of {args.iperf_runs} runs of {args.iperf_seconds} s, interleaved; "
-        f"`-P 4` and `-l 128`: one run of {args.iperf_extra_seconds} s each. "
-        "Proxy CPU: the proxy's processes' utime + stime over the run, % of one core.\n"
+        f"Gbit/s, one stream: the median of {args.iperf_runs} runs of {args.iperf_seconds} s each, "
+        "interleaved (every path once per round, the order rotating). Proxy CPU: utime + stime of the "
+        "proxy's processes over the run (with the children socat forked and reaped), in % of one core "
+        "(the median of the runs).\n"
     )
-    print(b.table(
-        ["path", "sender", "receiver", "receiver range", "proxy CPU", "-P 4 receiver", "proxy CPU",
-         "-l 128 receiver", "proxy CPU", "failed runs"],
-        rows,
-    ))
+    print(b.table(["path", "sender", "receiver", "receiver, all runs", "proxy CPU", "failed runs"], rows))
+    if extras:
+        print(
+            f"\nOne run of {args.iperf_extra_seconds} s each with other iperf3 options: `-P 4` four "
+            "streams at once; `-l 1K`, `-l 128` the sender writes 1 KiB or 128 bytes at a time. Receiver "
+            "Gbit/s (proxy CPU in % of one core).\n"
+        )
+        rows = []
+        for s in subs:
+            row = [s.label]
+            for mode in extras:
+                x = med(s.key, mode, "receiver")
+                row.append(f"{x / 1e9:.2f} ({cpu(s.key, mode) or '-'})" if x is not None else
+                           f"failed: {next((r['error'] for r in runs if r['subject'] == s.key and r['mode'] == mode), '')}")
+            rows.append(row)
+        print(b.table(["path", *[f"`{m}`" for m in extras]], rows))
     t = med("tether", "1 stream", "receiver")
     h = med("haproxy-splice", "1 stream", "receiver")
     if t is None or h is None:
@@ -912,6 +954,7 @@ def bench_outage(args, tmp, results):
             st = state[s.key]
             if not echo_through(s.listen):
                 print(f"  outage {s.key}: warm-up echo failed before round {r}", file=sys.stderr)
+            nxt = prepare_echo(tmp, st["upstream"], f"echo-outage-{s.key}-{r}")
             time.sleep(args.outage_dwell)
             s.drain_events()
             t0 = time.monotonic_ns()
@@ -928,7 +971,7 @@ def bench_outage(args, tmp, results):
             at = t0 + int(args.outage_seconds * 1e9)
             while time.monotonic_ns() < at:
                 time.sleep(0.001)
-            st["echo"], t_listen = start_echo(tmp, st["upstream"], f"echo-outage-{s.key}-{r}")
+            st["echo"], t_listen = nxt, open_echo(nxt)
             for th in threads:
                 th.join(timeout=15)
             served = [c for c in out if c["outcome"] == "echo"]
@@ -974,7 +1017,8 @@ def bench_outage(args, tmp, results):
         f"{args.outage_rounds} rounds per proxy, interleaved; each proxy has its own upstream echo "
         f"server. In each round: the upstream is SIGKILLed, {args.outage_clients} clients connect "
         f"{gap:.1f} s apart (the first 50 ms after the kill), each sends a line and waits up to 10 s "
-        f"for its echo; {args.outage_seconds} s after the kill a new upstream starts "
+        f"for its echo; {args.outage_seconds} s after the kill a new upstream (started beforehand, "
+        "waiting for a signal to bind) listens "
         f"(kill → listening: median {statistics.median(down):.0f} ms). First served: from the new "
         "upstream's listen() returning (its own CLOCK_MONOTONIC stamp) to the first echo a client "
         "got, ms.\n"
@@ -1014,15 +1058,18 @@ def bench_restarts(args, tmp, results):
             if loop.stdout.readline().strip() != "ready":
                 raise RuntimeError("connect loop did not start")
             downs = []
-            time.sleep(args.restart_up)
-            t_start = time.monotonic()
+            t_up = time.monotonic()
+            t_start = t_up
             for i in range(args.restarts):
+                nxt = prepare_echo(tmp, up, f"echo-restarts-{s.key}-{i}")
+                time.sleep(max(0.0, args.restart_up - (time.monotonic() - t_up)))
                 t0 = time.monotonic_ns()
                 kill_now(echo)
                 time.sleep(args.restart_down)
-                echo, t_listen = start_echo(tmp, up, f"echo-restarts-{s.key}-{i}")
+                echo, t_listen = nxt, open_echo(nxt)
+                t_up = time.monotonic()
                 downs.append((t_listen - t0) / 1e6)
-                time.sleep(args.restart_up)
+            time.sleep(args.restart_up)
             took = time.monotonic() - t_start
             loop.stdin.close()
             try:
@@ -1055,29 +1102,31 @@ def bench_restarts(args, tmp, results):
         summary[s.key]["failures_head"] = rec.get("failures", [])[:50]
         print(f"  restarts {s.key}: {rec.get('counts', rec.get('error'))}", file=sys.stderr)
         if "error" in rec:
-            rows.append([s.label, "-", "-", "-", "-", "-", "-", rec["error"]])
+            rows.append([s.label, "-", "-", "-", "-", "-", "-", "-", "-", rec["error"]])
             continue
         c = rec["counts"]
         failed = c["refused"] + c["closed"] + c["reset"] + c["timeout"] + c["other"]
         rows.append([
             s.label, c["served"], failed, c["refused"], c["closed"] + c["reset"], c["timeout"] + c["other"],
-            rec["served_ms_max"], f"{statistics.median(rec['downs_ms']):.0f} ms",
+            rec["served_ms_p50"], rec["served_ms_max"], f"{rec['seconds']:.1f} s",
+            f"{statistics.median(rec['downs_ms']):.0f} ms",
         ])
     rows.append(["tether, socket activation (`tether up` holds the listener)", "not measured here",
-                 "(built elsewhere)", "", "", "", "", ""])
+                 "(built elsewhere)", "", "", "", "", "", "", ""])
     results["restarts"] = summary
-    print("### Connect loop through 20 restarts\n")
+    print(f"### Connect loop through {args.restarts} restarts\n")
     print(
         f"One client process loops: connect, send a line, read its echo, close (5 s bound on each "
         f"step; 1 ms pause after a refused connect). Meanwhile the upstream echo server is SIGKILLed "
-        f"and started again {args.restarts} times ({args.restart_down * 1000:.0f} ms after the kill, "
-        f"then up {args.restart_up * 1000:.0f} ms). One path at a time. Refused: the connect failed; "
+        f"and started again {args.restarts} times (the next one started beforehand and told to bind "
+        f"{args.restart_down * 1000:.0f} ms after the kill; then up {args.restart_up * 1000:.0f} ms). "
+        "One path at a time. Refused: the connect failed; "
         "closed/reset: connected, then closed or reset before the echo (a relayed connection cut by "
         "the kill counts here too); timed out: no echo within 5 s.\n"
     )
     print(b.table(
         ["path", "served", "failed", "refused", "closed / reset", "timed out / other",
-         "slowest served (ms)", "kill → listening (median)"],
+         "served: median (ms)", "slowest served (ms)", "loop ran", "kill → listening (median)"],
         rows,
     ))
     print()
@@ -1113,10 +1162,12 @@ def main():
                     help="comma-separated measurements (default: %(default)s)")
     ap.add_argument("--iperf-runs", type=int, default=3)
     ap.add_argument("--iperf-seconds", type=int, default=5)
-    ap.add_argument("--iperf-extra-seconds", type=int, default=3, help="length of the -P 4 and -l 128 runs")
+    ap.add_argument("--iperf-extra-seconds", type=int, default=3, help="length of the --iperf-extra runs")
+    ap.add_argument("--iperf-extra", default="-P 4;-l 1K;-l 128",
+                    help="semicolon-separated iperf3 options, one run each (default: %(default)s)")
     ap.add_argument("--round-trips", type=int, default=20000)
     ap.add_argument("--warmup", type=int, default=1000)
-    ap.add_argument("--chunks", type=int, default=10)
+    ap.add_argument("--chunks", type=int, default=200, help="interleaved chunks the round trips are split into (default: 200, of 100 each)")
     ap.add_argument("--connections", type=int, default=8000)
     ap.add_argument("--rss-subjects", default="tether,tether-copy,haproxy,socat")
     ap.add_argument("--outage-subjects", default="tether,haproxy-retry,haproxy-tuned,socat")
