@@ -453,8 +453,17 @@ class Subject:
         return self.listen
 
     def stop(self):
+        """Stops the proxy and waits (up to 30 s) until every process of its
+        session is gone: 8,000 socat processes take a while to die, and the
+        next measurement should not run beside their exit."""
         if self.proc is not None:
             stop(self.proc)
+            deadline = time.monotonic() + 30
+            while self.pids() and time.monotonic() < deadline:
+                b.kill_session(self.proc.pid)
+                u.reap_adopted()
+                time.sleep(0.05)
+            u.reap_adopted()
             self.proc = None
 
     def pids(self):
@@ -1058,6 +1067,7 @@ def bench_restarts(args, tmp, results):
             if loop.stdout.readline().strip() != "ready":
                 raise RuntimeError("connect loop did not start")
             downs = []
+            marks = []  # (t_kill_ns, t_listen_ns) of each restart
             t_up = time.monotonic()
             t_start = t_up
             for i in range(args.restarts):
@@ -1069,6 +1079,7 @@ def bench_restarts(args, tmp, results):
                 echo, t_listen = nxt, open_echo(nxt)
                 t_up = time.monotonic()
                 downs.append((t_listen - t0) / 1e6)
+                marks.append((t0, t_listen))
             time.sleep(args.restart_up)
             took = time.monotonic() - t_start
             loop.stdin.close()
@@ -1081,6 +1092,13 @@ def bench_restarts(args, tmp, results):
             with open(loop_out) as f:
                 doc = json.load(f)
             rec = {"downs_ms": downs, "seconds": took, **doc}
+            # Each failure placed against the restarts: ms after the last
+            # kill before it (negative: before the first kill).
+            rec["failures_vs_kill"] = []
+            for t, kind in doc.get("failures", []):
+                before = [k for k, _ in marks if k <= t]
+                after_ms = (t - before[-1]) / 1e6 if before else (t - marks[0][0]) / 1e6 if marks else None
+                rec["failures_vs_kill"].append((kind, after_ms))
             if s.kind == "tether":
                 ev = s.drain_events()
                 causes = {}
