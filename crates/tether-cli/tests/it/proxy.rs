@@ -820,3 +820,28 @@ async fn a_low_descriptor_limit_lowers_the_connection_limit_instead_of_failing_a
     );
     hold.abort();
 }
+
+#[tokio::test]
+async fn an_outage_a_client_finds_first_is_said_when_it_begins() {
+    let port = free_port();
+    let mut echo = Echo::new(port);
+    echo.start().await;
+    let mut proxy = Proxy::start(port, &[]).await;
+    let up = proxy.until("upstream").await;
+    assert_eq!(up["ready"], true, "{up}");
+    // Gone between two probes: the client's connect finds it first.
+    echo.stop().await;
+    let stream = proxy.connect().await;
+    let client = tokio::spawn(async move { round_trip(stream, b"held").await });
+    let down = proxy.until("upstream").await;
+    assert_eq!(down["ready"], false, "{down}");
+    assert!(
+        down["reason"].as_str().unwrap().contains("refused"),
+        "{down}"
+    );
+    echo.start().await;
+    let back = proxy.until("upstream").await;
+    assert_eq!(back["ready"], true, "{back}");
+    assert_eq!(within("the held client", client).await.unwrap(), b"held");
+    proxy.stop().await;
+}

@@ -172,12 +172,26 @@ pub async fn serve(
             }
         }
     };
+    // Whether the last upstream event said ready (none said yet: not).
+    let mut said_ready = false;
     let mut accept_paused: Option<Instant> = None;
     let mut accept_failures = 0u64;
     // Whatever readiness already says counts from the start.
     let first = ready.borrow_and_update().clone();
     gate.handle(Instant::now(), Input::Upstream(first));
     loop {
+        // Said whenever the gate's view changes, whoever changed it: a
+        // client's failed connect is often the first to find an upstream
+        // gone.
+        let ready_now = match gate.upstream() {
+            Upstream::Ready => Some(Ok(())),
+            Upstream::Down { cause, .. } if said_ready => Some(Err(cause.clone())),
+            Upstream::Down { .. } => None,
+        };
+        if let Some(now) = ready_now.filter(|now| now.is_ok() != said_ready) {
+            said_ready = now.is_ok();
+            emit(RelayEvent::Upstream(now), &mut dropped_events);
+        }
         let deadline = gate.deadline();
         tokio::select! {
             () = stop.cancelled() => break,
@@ -223,10 +237,6 @@ pub async fn serve(
                     break;
                 }
                 let now = ready.borrow_and_update().clone();
-                let was = *gate.upstream() == Upstream::Ready;
-                if was != now.is_ok() {
-                    emit(RelayEvent::Upstream(now.clone()), &mut dropped_events);
-                }
                 gate.handle(Instant::now(), Input::Upstream(now));
             }
             Some(joined) = connecting.join_next(), if !connecting.is_empty() => {
