@@ -86,10 +86,14 @@ def role_echo(port):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         print("waiting", flush=True)
         signal.sigwait({signal.SIGUSR1})
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
-    srv.listen(4096)
+    if port == 0 and os.environ.get("LISTEN_FDS") == "1":
+        # Socket activation: the listener is tether's, handed over as fd 3.
+        srv = socket.socket(fileno=3)
+    else:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", port))
+        srv.listen(4096)
     print(f"listening {time.monotonic_ns()}", flush=True)
 
     def serve(conn):
@@ -1129,8 +1133,21 @@ def bench_restarts(args, tmp, results):
             rec["served_ms_p50"], rec["served_ms_max"], f"{rec['seconds']:.1f} s",
             f"{statistics.median(rec['downs_ms']):.0f} ms",
         ])
-    rows.append(["tether, socket activation (`tether up` holds the listener)", "not measured here",
-                 "(built elsewhere)", "", "", "", "", "", "", ""])
+    if "tether-sa" not in args.without.split(","):
+        rec = socket_activation_loop(args, tmp)
+        summary["tether-sa"] = {k: v for k, v in rec.items() if k != "failures"}
+        print(f"  restarts tether-sa: {rec.get('counts', rec.get('error'))}", file=sys.stderr)
+        label = "**tether up**, socket activation (tether holds the listener; no proxy)"
+        if "error" in rec:
+            rows.append([label, "-", "-", "-", "-", "-", "-", "-", "-", rec["error"]])
+        else:
+            c = rec["counts"]
+            failed = c["refused"] + c["closed"] + c["reset"] + c["timeout"] + c["other"]
+            rows.append([
+                label, c["served"], failed, c["refused"], c["closed"] + c["reset"],
+                c["timeout"] + c["other"], rec["served_ms_p50"], rec["served_ms_max"],
+                f"{rec['seconds']:.1f} s", f"{statistics.median(rec['downs_ms']):.0f} ms (to running again)",
+            ])
     results["restarts"] = summary
     print(f"### Connect loop through {args.restarts} restarts\n")
     print(
@@ -1149,6 +1166,103 @@ def bench_restarts(args, tmp, results):
     ))
     print()
     return {}
+
+
+def socket_activation_loop(args, tmp):
+    """The same connect loop against a service of `tether up` that gets its
+    listener from tether (sockets = [...], fd 3): the echo process is
+    SIGKILLed `args.restarts` times and tether starts it again after its
+    restart delay (`args.restart_down`), handing it the same socket. The
+    listener never closes, so no client can be refused."""
+    port = u.free_port()
+    xdg = os.path.join(tmp, "xdg-sa")
+    os.makedirs(xdg, mode=0o700, exist_ok=True)
+    conf = os.path.join(tmp, "sa.toml")
+    delay = f"{int(args.restart_down * 1000)}ms"
+    with open(conf, "w") as f:
+        f.write(
+            'name = "bench-sa"\n'
+            "[services.echo]\n"
+            f"command = {u.toml_argv([sys.executable, os.path.abspath(__file__), '_echo', '0'])}\n"
+            f'sockets = ["tcp://127.0.0.1:{port}"]\n'
+            'restart = "always"\n'
+            f'restart_delay = "{delay}"\n'
+            f'restart_delay_max = "{delay}"\n'
+            'crash_loop = { exits = 1000, window = "60s" }\n'
+        )
+    env = u.tether_env(xdg, MARK)
+    up = subprocess.Popen(
+        [args.tether, "up", "--no-status", "-q", "-f", conf],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, start_new_session=True,
+    )
+    CHILDREN_POPEN.append(up)
+
+    def echo_pid():
+        r = subprocess.run([args.tether, "ps", "--json", "-f", conf], capture_output=True,
+                           text=True, env=u.clean_env() | {"XDG_RUNTIME_DIR": xdg}, timeout=10)
+        if r.returncode != 0:
+            return None
+        svc = json.loads(r.stdout)["services"][0]
+        return svc.get("pid") if svc.get("state") in ("starting", "ready") else None
+
+    rec = {}
+    try:
+        deadline = time.monotonic() + 15
+        while echo_pid() is None:
+            if time.monotonic() > deadline or up.poll() is not None:
+                raise RuntimeError(f"tether up did not start the echo service: {up.stderr.read() if up.poll() is not None else ''}")
+            time.sleep(0.05)
+        echo_through(port)
+        loop_out = os.path.join(tmp, "loop-tether-sa.json")
+        loop = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "_loop", str(port), loop_out],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+        )
+        CHILDREN_POPEN.append(loop)
+        if loop.stdout.readline().strip() != "ready":
+            raise RuntimeError("connect loop did not start")
+        downs = []
+        t_start = time.monotonic()
+        for _ in range(args.restarts):
+            time.sleep(args.restart_up)
+            pid = echo_pid()
+            if pid is None:
+                raise RuntimeError("the echo service is not running")
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            deadline = t0 + 10
+            while True:
+                now = echo_pid()
+                if now is not None and now != pid:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("tether did not start the echo service again within 10 s")
+                time.sleep(0.005)
+            downs.append((time.monotonic() - t0) * 1000)
+        time.sleep(args.restart_up)
+        took = time.monotonic() - t_start
+        loop.stdin.close()
+        try:
+            loop.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            loop.kill()
+            loop.wait()
+            raise RuntimeError("the connect loop did not stop within 15 s")
+        with open(loop_out) as f:
+            doc = json.load(f)
+        rec = {"downs_ms": downs, "seconds": took, **doc}
+    except Exception as e:  # noqa: BLE001
+        rec = {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        subprocess.run([args.tether, "down", "-f", conf], capture_output=True,
+                       env=u.clean_env() | {"XDG_RUNTIME_DIR": xdg}, timeout=30)
+        try:
+            up.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+    return rec
 
 
 # --- Main ----------------------------------------------------------------------------
