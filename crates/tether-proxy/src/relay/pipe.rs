@@ -1,9 +1,12 @@
 //! Moving bytes between a client and its upstream, both ways, until both
 //! are done.
 //!
-//! - **Splice** where it can: `splice(2)` from one socket into a pipe and
-//!   from the pipe into the other socket, so the bytes never enter this
-//!   process (haproxy's `splice-auto` does the same). Pipes come from a
+//! - **Splice** bulk where it can: `splice(2)` from one socket into a pipe
+//!   and from the pipe into the other socket, so the bytes never enter this
+//!   process (haproxy's `splice-auto` does the same). A direction starts by
+//!   copying, and splices once a read fills the whole 16 KiB buffer (bulk);
+//!   a splice that moves less goes back to copying, which takes fewer steps
+//!   for a small message. Pipes come from a
 //!   bounded pool and are taken only while bytes flow, so an idle
 //!   connection holds none; when the pool is empty, the bytes are copied
 //!   through a buffer that is also taken only for the moment it is used.
@@ -271,14 +274,21 @@ async fn pump(
     touch: &impl Fn(),
 ) -> Result<(), Broke> {
     let mut buf: Vec<u8> = Vec::new();
+    // Whether bytes come in bulk: a read filled the whole buffer. Small
+    // messages are copied (one read, one write: the fewest steps between a
+    // question and its answer); bulk is spliced. A splice that moves less
+    // than a buffer's worth goes back to copying.
+    let mut bulk = false;
     loop {
         src.ready(Interest::READABLE)
             .await
             .map_err(|_| Broke::Reader)?;
-        let n = match pipes.take() {
+        let pipe = if bulk { pipes.take() } else { None };
+        let n = match pipe {
             Some(pipe) => match splice_once(src, dst, &pipe).await {
                 Ok(n) => {
                     pipes.put(pipe);
+                    bulk = n.is_some_and(|n| n == 0 || n >= CHUNK);
                     n
                 }
                 Err(broke) => {
@@ -292,7 +302,9 @@ async fn pump(
                 // Nothing is kept between reads: an idle connection holds
                 // no buffer.
                 buf = Vec::new();
-                n?
+                let n = n?;
+                bulk = n == Some(CHUNK);
+                n
             }
         };
         match n {
