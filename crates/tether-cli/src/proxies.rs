@@ -129,8 +129,10 @@ pub(crate) fn start(
         };
         match &spec.readiness {
             ProxyReadiness::Probe(ready) => {
+                let steady = ready.to_string() != spec.address.to_string();
                 tasks.spawn(upstream::watch(
                     Prober::new((**ready).clone()),
+                    steady,
                     demand_rx,
                     check.clone(),
                     ready_tx,

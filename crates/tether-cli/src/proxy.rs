@@ -42,8 +42,9 @@ pub(crate) struct ProxyArgs {
     #[arg(value_name = "UPSTREAM")]
     upstream: String,
 
-    /// The upstream's readiness check: any `tether wait` target
-    /// [default: a connect to UPSTREAM].
+    /// The upstream's readiness check: any `tether wait` target, probed
+    /// every 2 s while ready [default: a connect to UPSTREAM, tried only
+    /// while clients wait or after a client's connect failed].
     #[arg(long, value_name = "TARGET")]
     ready: Option<String>,
 
@@ -161,8 +162,11 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
     let (events_tx, mut events_rx) = mpsc::channel(1024);
     let (stats_tx, _stats_rx) = watch::channel(RelayStats::default());
     let check = Arc::new(Notify::new());
+    // A check of its own is probed while ready; a plain connect is not.
+    let steady = ready.to_string() != upstream.to_string();
     tasks.spawn(upstream::watch(
         Prober::new(ready.clone()),
+        steady,
         demand_rx,
         check.clone(),
         ready_tx,

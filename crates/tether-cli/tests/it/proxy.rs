@@ -845,3 +845,37 @@ async fn an_outage_a_client_finds_first_is_said_when_it_begins() {
     assert_eq!(within("the held client", client).await.unwrap(), b"held");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_ready_upstream_sees_no_connection_but_the_clients() {
+    // A server that takes one client at a time (as iperf3's does) would
+    // take a readiness probe for a client: while the upstream is ready and
+    // the check is a plain connect, none is made.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let counting = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = seen_tx.send(s);
+        }
+    });
+    let mut proxy = Proxy::start(port, &[]).await;
+    // The first probe, before any client: it finds the upstream ready.
+    let up = proxy.until("upstream").await;
+    assert_eq!(up["ready"], true, "{up}");
+    let probe = within("the first probe", seen.recv()).await.unwrap();
+    drop(probe);
+    let client = proxy.connect().await;
+    let relayed = within("the client's connection", seen.recv())
+        .await
+        .unwrap();
+    // Longer than the 2 s a steady probe would take: nothing more comes.
+    let more = tokio::time::timeout(Duration::from_millis(2500), seen.recv()).await;
+    assert!(
+        more.is_err(),
+        "a connection that is not a client's: {more:?}"
+    );
+    drop((client, relayed));
+    counting.abort();
+    proxy.stop().await;
+}

@@ -4,8 +4,13 @@
 //!   the target's cap (12 ms on this machine), so a held client goes
 //!   through within milliseconds of the upstream being back.
 //! - While nobody waits and it is down, slowly: 100 ms doubling to 10 s.
-//! - While it is ready, every 2 s; three failures in a row make it down
-//!   (HAProxy's `fall 3`), one success makes it ready again.
+//! - While it is ready, every 2 s if the check is one of its own (`steady`:
+//!   an HTTP health URL, say); three failures in a row make it down
+//!   (HAProxy's `fall 3`), one success makes it ready again. When the check
+//!   is only a connect to the upstream, nothing is probed while it is
+//!   ready: the clients' own connects are the check, and the upstream sees
+//!   no connection but theirs (a server that takes one client at a time,
+//!   such as iperf3's, would take a probe for one).
 //! - A failed connect by a real client asks for a look now (`check`): the
 //!   answer of that look is said even if it did not change (the driver has
 //!   put its clients on hold meanwhile and waits for it), and a failure
@@ -39,6 +44,7 @@ const IDLE_CAP: Duration = Duration::from_secs(10);
 /// Cancel-safe: it only probes and publishes.
 pub async fn watch(
     mut prober: Prober,
+    steady: bool,
     mut demand: watch::Receiver<bool>,
     check: Arc<Notify>,
     ready: watch::Sender<Result<(), String>>,
@@ -82,7 +88,12 @@ pub async fn watch(
         let wanted = *demand.borrow();
         let wait = if is_ready {
             pause = FAST;
-            STEADY
+            if steady {
+                STEADY
+            } else {
+                // Until a client's connect fails.
+                Duration::MAX
+            }
         } else if wanted {
             let now = pause.min(cap);
             pause = (pause.mul_f64(1.5)).min(cap);
@@ -94,7 +105,7 @@ pub async fn watch(
         };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = sleep_for(wait) => {}
             () = check.notified() => {
                 pause = FAST;
                 asked = true;
@@ -174,4 +185,12 @@ pub async fn follow(
             pause = pause.mul_f64(1.5).min(cap);
         }
     }
+}
+
+/// Sleeps `wait`; `Duration::MAX` never ends.
+async fn sleep_for(wait: Duration) {
+    if wait == Duration::MAX {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(wait).await;
 }
