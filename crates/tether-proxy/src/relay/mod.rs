@@ -267,9 +267,7 @@ pub async fn serve(
                 // A client that reset while it waited: its place is free.
                 let Ok(id) = joined else { continue };
                 let Some(gone) = waiting.remove(&id) else { continue };
-                if let Some((in_all, _)) = &config.in_all {
-                    in_all.fetch_sub(1, Ordering::Relaxed);
-                }
+                release(&config.in_all);
                 gate.handle(Instant::now(), Input::Closed(id));
                 let moved = Moved { up: 0, down: 0, ending: Ending::ClientReset };
                 emit(RelayEvent::Closed { client: id, moved, took: gone.came.elapsed() }, &mut dropped_events);
@@ -278,9 +276,7 @@ pub async fn serve(
                 let Ok((id, moved, took)) = joined else { continue };
                 bytes_up += moved.up;
                 bytes_down += moved.down;
-                if let Some((in_all, _)) = &config.in_all {
-                    in_all.fetch_sub(1, Ordering::Relaxed);
-                }
+                release(&config.in_all);
                 gate.handle(Instant::now(), Input::Closed(id));
                 emit(RelayEvent::Closed { client: id, moved, took }, &mut dropped_events);
             }
@@ -307,9 +303,7 @@ pub async fn serve(
                     // Dropped: closed. The client learns at once.
                     if let Some(refused) = waiting.remove(&id) {
                         refused.watch.abort();
-                        if let Some((in_all, _)) = &config.in_all {
-                            in_all.fetch_sub(1, Ordering::Relaxed);
-                        }
+                        release(&config.in_all);
                     }
                     log_refusal(&why);
                     let reason = why.to_string();
@@ -352,6 +346,13 @@ struct Waiting {
     came: Instant,
     /// The task that sees it leave.
     watch: tokio::task::AbortHandle,
+}
+
+/// One connection fewer for the stack-wide limit.
+fn release(in_all: &Option<(Arc<AtomicUsize>, usize)>) {
+    if let Some((in_all, _)) = in_all {
+        in_all.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How long accepting pauses after it failed (no descriptors left).
