@@ -879,3 +879,80 @@ async fn a_ready_upstream_sees_no_connection_but_the_clients() {
     counting.abort();
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn once_the_upstream_has_been_down_long_enough_clients_are_refused_at_once() {
+    let port = free_port();
+    let mut proxy = Proxy::start(port, &["--fail-fast-after", "100ms"]).await;
+    // Whatever came before, a client arriving well after 100 ms of
+    // downtime is refused at once, with the cause.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut late = proxy.connect().await;
+    let refused = proxy.until("refused").await;
+    assert_eq!(refused["cause"], "upstream.down", "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("has been down for"),
+        "{refused}"
+    );
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        within("the close", late.read(&mut buf)).await.unwrap_or(0),
+        0
+    );
+    // Back: seen soon (the refused client still wanted it, so it is looked
+    // at often), and clients are served again.
+    let mut echo = Echo::new(port);
+    echo.start().await;
+    let back = proxy.until("upstream").await;
+    assert_eq!(back["ready"], true, "{back}");
+    let stream = proxy.connect().await;
+    assert_eq!(round_trip(stream, b"back").await, b"back");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_stacks_limit_counts_the_clients_of_every_proxy() {
+    let (port, a, b) = (free_port(), free_port(), free_port());
+    let toml = format!(
+        r#"
+name = "pl{port}"
+max_proxy_connections = 1
+[services.db]
+command = ["{py}", "{svc}", "--port", "{port}"]
+ready = "http://127.0.0.1:{port}/health"
+[proxies.a]
+listen = "tcp://127.0.0.1:{a}"
+upstream = "service:db"
+[proxies.b]
+listen = "tcp://127.0.0.1:{b}"
+upstream = "service:db"
+"#,
+        py = crate::stack::python(),
+        svc = tether_test::peers::peer_script("http_service.py").display(),
+    );
+    let mut stack = crate::stack::Stack::new(&toml);
+    stack.up(&["--json"]);
+    stack.until(r#""to":"ready""#).await;
+    let _first = within("connect", TcpStream::connect(("127.0.0.1", a)))
+        .await
+        .unwrap();
+    stack.until("proxy.relayed").await;
+    let mut second = within("connect", TcpStream::connect(("127.0.0.1", b)))
+        .await
+        .unwrap();
+    let refused: Value = serde_json::from_str(&stack.until("proxy.refused").await).unwrap();
+    assert_eq!(refused["proxy"], "b", "{refused}");
+    assert_eq!(refused["cause"], "limit.all", "{refused}");
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        within("the close", second.read(&mut buf))
+            .await
+            .unwrap_or(0),
+        0
+    );
+    stack.tether(&["down"]).await;
+    stack.exited().await;
+}

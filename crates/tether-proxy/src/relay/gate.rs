@@ -159,7 +159,17 @@ pub struct Gate {
     relaying: usize,
     counters: Counters,
     actions: Vec<Action>,
+    /// When a client was last refused because the upstream is down
+    /// (fail-fast): clients still want it, so it is looked at often for
+    /// [`DEMAND_AFTER_REFUSAL`] after.
+    refused_down_at: Option<Instant>,
 }
+
+/// How long a fail-fast refusal keeps the upstream in demand: without it,
+/// nobody would wait, the upstream would be looked at at the slow pace of
+/// an idle proxy (up to 10 s), and clients would be refused long after it
+/// is back.
+pub const DEMAND_AFTER_REFUSAL: Duration = Duration::from_secs(1);
 
 impl Gate {
     /// A gate whose upstream is not known to be ready yet.
@@ -176,6 +186,7 @@ impl Gate {
             relaying: 0,
             counters: Counters::default(),
             actions: Vec::new(),
+            refused_down_at: None,
         }
     }
 
@@ -197,9 +208,13 @@ impl Gate {
         self.pending.len()
     }
 
-    /// Whether clients wait: then the upstream is worth looking at often.
-    pub fn in_demand(&self) -> bool {
+    /// Whether clients wait, or were refused a moment ago because it was
+    /// down: then the upstream is worth looking at often.
+    pub fn in_demand(&self, now: Instant) -> bool {
         !self.pending.is_empty()
+            || self
+                .refused_down_at
+                .is_some_and(|at| now < at + DEMAND_AFTER_REFUSAL)
     }
 
     /// The actions decided since the last call.
@@ -222,7 +237,8 @@ impl Gate {
             },
             _ => None,
         };
-        [timeout, breaker].into_iter().flatten().min()
+        let demand_ends = self.refused_down_at.map(|at| at + DEMAND_AFTER_REFUSAL);
+        [timeout, breaker, demand_ends].into_iter().flatten().min()
     }
 
     /// Takes one input.
@@ -231,6 +247,7 @@ impl Gate {
             Input::Arrived(id) => self.arrived(now, id),
             Input::Upstream(Ok(())) => {
                 self.upstream = Upstream::Ready;
+                self.refused_down_at = None;
                 self.dispatch(now);
             }
             Input::Upstream(Err(cause)) => self.down(now, cause),
@@ -290,6 +307,11 @@ impl Gate {
             let down_for = now - *since;
             if self.config.fail_fast_after.is_some_and(|t| down_for >= t) {
                 let cause = cause.clone();
+                if self.refused_down_at.is_none() {
+                    // Wanted again: have it looked at now.
+                    self.actions.push(Action::CheckUpstream);
+                }
+                self.refused_down_at = Some(now);
                 return self.refuse(id, Refusal::UpstreamDown { down_for, cause });
             }
         }
@@ -396,7 +418,7 @@ mod tests {
         let mut t = T::new(config());
         assert_eq!(t.on(Input::Arrived(1)), [Action::CheckUpstream]);
         assert!(t.on(Input::Arrived(2)).is_empty());
-        assert!(t.gate.in_demand());
+        assert!(t.gate.in_demand(t.at));
         assert_eq!(t.gate.pending(), 2);
         assert_eq!(
             t.on(Input::Upstream(Ok(()))),
@@ -487,11 +509,22 @@ mod tests {
         assert!(
             matches!(
                 &actions[..],
-                [Action::Refuse(2, Refusal::UpstreamDown { .. })]
+                [
+                    Action::CheckUpstream,
+                    Action::Refuse(2, Refusal::UpstreamDown { .. })
+                ]
             ),
             "{actions:?}"
         );
+        // Refused clients still want it (the held one aside): it is looked
+        // at often for a while.
+        t.on(Input::Closed(1));
+        assert!(t.gate.in_demand(t.at));
+        assert!(t.gate.in_demand(t.at + DEMAND_AFTER_REFUSAL / 2));
+        assert!(!t.gate.in_demand(t.at + DEMAND_AFTER_REFUSAL));
+        assert_eq!(t.gate.deadline(), Some(t.at + DEMAND_AFTER_REFUSAL));
         t.on(Input::Upstream(Ok(())));
+        assert!(!t.gate.in_demand(t.at));
         t.on(Input::Upstream(Err("refused again".into())));
         assert!(
             !matches!(&t.on(Input::Arrived(3))[..], [Action::Refuse(..)]),

@@ -320,7 +320,7 @@ pub async fn serve(
             }
         }
         demand.send_if_modified(|d| {
-            let now = gate.in_demand();
+            let now = gate.in_demand(Instant::now());
             std::mem::replace(d, now) != now
         });
         stats.send_replace(RelayStats {
