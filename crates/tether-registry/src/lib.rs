@@ -1,0 +1,149 @@
+//! Which tether instances run, and where to reach them.
+//!
+//! A process registers a record (a name, an endpoint URL, free-form
+//! metadata) and gets a [`Lease`]; the record lives exactly as long as the
+//! lease (dropping it removes the record at once) or the process (a
+//! SIGKILLed registrant is reported gone within milliseconds). Anyone can
+//! [`list`](Registry::list) the live instances or
+//! [`watch`](Registry::watch) them come and go.
+//!
+//! The [`Registry`] trait is the contract; [`FileRegistry`] is the backend
+//! for one machine (see [`file`] for its design: one create-once JSON file
+//! per instance in a private directory, a POSIX record lock held by the
+//! registrant, process identity checked through `/proc` and pidfds, inotify
+//! as hints with full rescans). Distributed backends (etcd, Consul) are to
+//! implement the same trait.
+//!
+//! This crate never trusts what it reads from the directory: records are
+//! read without following symlinks, capped in size, checked for owner, and
+//! a record is only believed alive if its writer demonstrably still runs.
+//! It never removes a record whose writer may still be alive.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+pub use file::{FileRegistry, FileWatch};
+
+/// What a registrant says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewRecord {
+    /// The instance's name (a stack, a service); several instances may share
+    /// it. Letters, digits, `-` and `_` only, at most 100 bytes, since it is
+    /// part of a file name.
+    pub name: String,
+    /// Where to reach it, as a URL (`http://127.0.0.1:8051`,
+    /// `unix:///run/user/1000/tether/control.sock`).
+    pub endpoint: String,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// A live instance, as listed or watched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub name: String,
+    /// Unique for every registration: 128 random bits in hex.
+    pub id: String,
+    pub endpoint: String,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// The registrant's pid, in its own pid namespace.
+    pub pid: u32,
+    /// The registrant's host name.
+    pub host: String,
+    /// When it registered (Unix time, milliseconds).
+    pub since_unix_ms: u64,
+    /// Who wrote it, for the liveness check; backend-private.
+    #[serde(flatten)]
+    pub(crate) writer: Writer,
+}
+
+/// The registrant's process identity, as the file backend records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Writer {
+    #[serde(default)]
+    pub(crate) start_ticks: u64,
+    #[serde(default)]
+    pub(crate) boot_id: String,
+    #[serde(default)]
+    pub(crate) pid_ns: String,
+}
+
+/// A change in the set of live instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Added(Instance),
+    Removed(Instance),
+    /// The record of a known instance changed.
+    Changed(Instance),
+    /// A full rescan happened (queue overflow, timer, on demand): the view
+    /// before it may have missed changes, which the events just before this
+    /// one have repaired.
+    Resynced,
+}
+
+/// Keeps a registered record alive; dropping it removes the record at once.
+pub struct Lease {
+    instance: Instance,
+    // The backend's hold on the record; its Drop removes it.
+    _hold: Box<dyn Send + Sync>,
+}
+
+/// A registry of instances.
+///
+/// The futures are not `Send`-bounded: tether runs current-thread runtimes.
+pub trait Registry {
+    type Watch: Watch;
+
+    /// Publishes `record`, alive until the lease is dropped.
+    fn register(&self, record: NewRecord) -> impl Future<Output = io::Result<Lease>>;
+
+    /// The live instances now, sorted by name then id.
+    fn list(&self) -> impl Future<Output = io::Result<Vec<Instance>>>;
+
+    /// Watches the set: the first events are the current set as `Added`.
+    fn watch(&self) -> impl Future<Output = io::Result<Self::Watch>>;
+}
+
+/// A stream of [`WatchEvent`]s.
+pub trait Watch {
+    /// The next change.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: an event is only taken from the queue when returned.
+    fn next(&mut self) -> impl Future<Output = io::Result<WatchEvent>>;
+}
+
+impl Lease {
+    pub(crate) fn new(instance: Instance, hold: Box<dyn Send + Sync>) -> Lease {
+        Lease {
+            instance,
+            _hold: hold,
+        }
+    }
+
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    /// The registrant's start time, clock ticks since boot.
+    pub fn start_ticks(&self) -> u64 {
+        self.writer.start_ticks
+    }
+}
