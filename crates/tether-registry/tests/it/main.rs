@@ -4,6 +4,9 @@
 //! which does nothing unless `TETHER_REGISTRANT_DIR` is set), so every
 //! record is written by the real backend in another process.
 
+// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod conformance;
 mod processes;
 mod security;
@@ -51,6 +54,9 @@ fn registrant() {
         }
         let lease = registry.register(record("stress", rounds)).await.unwrap();
         if std::env::var_os("TETHER_REGISTRANT_CHILD").is_some() {
+            // Never waited for: it is to outlive this process (the test
+            // kills it by pid).
+            #[allow(clippy::zombie_processes)]
             let child = Command::new("sleep")
                 .arg("1000")
                 .stdin(Stdio::null())
