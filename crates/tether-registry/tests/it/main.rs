@@ -22,7 +22,8 @@ use tether_registry::{FileRegistry, NewRecord, Registry};
 
 /// A registrant process: registers and deregisters `TETHER_REGISTRANT_ROUNDS`
 /// times, then holds one last lease, prints `ready <id>`, and waits to be
-/// killed. With `TETHER_REGISTRANT_CHILD`, it first starts a `sleep` that
+/// killed. With `TETHER_REGISTRANT_LIST`, it prints `listed <n> skipped
+/// <m>` and exits. With `TETHER_REGISTRANT_CHILD`, it first starts a `sleep` that
 /// outlives it and prints `child <pid>`. With `TETHER_REGISTRANT_LOCK`, it
 /// only takes a POSIX lock on that file and prints `ready locked`.
 #[test]
@@ -35,6 +36,12 @@ fn registrant() {
         .build()
         .unwrap();
     rt.block_on(async move {
+        if std::env::var_os("TETHER_REGISTRANT_LIST").is_some() {
+            let registry = FileRegistry::at(Path::new(&dir)).unwrap();
+            let listed = registry.list().await.unwrap();
+            println!("listed {} skipped {}", listed.len(), registry.skipped());
+            return;
+        }
         if let Some(path) = std::env::var_os("TETHER_REGISTRANT_LOCK") {
             let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
             rustix::fs::fcntl_lock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)

@@ -234,3 +234,81 @@ async fn a_reused_pid_holding_the_lock_is_not_alive_and_not_removed() {
     );
     assert!(!file.exists(), "removed once its lock is free");
 }
+
+/// The real thing, as root: in a new pid namespace, registrant A is killed,
+/// the next pid is set back to A's with `ns_last_pid`, and B, started with
+/// A's pid, takes the lock on A's record. A lister in the same namespace
+/// must see B as a stranger (its start time differs) and leave the locked
+/// record alone; once B is gone the record is removed.
+#[tokio::test]
+async fn a_pid_reused_in_a_pid_namespace_is_not_the_registrant() {
+    if !crate::is_root() || !std::path::Path::new("/usr/bin/unshare").exists() {
+        return; // Needs root for unshare --pid and ns_last_pid.
+    }
+    let (_temp, path, registry) = temp_registry();
+    let bin = std::env::current_exe().unwrap();
+    // `( exec ... ) &`: $! is the registrant itself, not a subshell. Every
+    // wait is bounded (3000 x 10 ms).
+    let script = r#"
+        set -e
+        cd "$WORK"
+        await() { n=0; until grep -q "$1" "$2"; do n=$((n+1)); test $n -lt 3000; sleep 0.01; done; }
+        ( exec "$BIN" registrant --exact --nocapture --test-threads=1 ) > a.out 2>&1 & A=$!
+        await 'ready ' a.out
+        ID=$(sed -n 's/.*ready \([0-9a-f]*\).*/\1/p' a.out)
+        kill -9 $A; wait $A || true
+        RECORD="$TETHER_REGISTRANT_DIR/stress.$ID.json"
+        echo $((A - 1)) > /proc/sys/kernel/ns_last_pid
+        ( TETHER_REGISTRANT_LOCK="$RECORD" exec "$BIN" registrant --exact --nocapture --test-threads=1 ) > b.out 2>&1 & B=$!
+        await 'ready locked' b.out
+        echo "pids $A $B"
+        TETHER_REGISTRANT_LIST=1 "$BIN" registrant --exact --nocapture --test-threads=1 | grep -o 'listed.*'
+        test -e "$RECORD" && echo "kept $ID"
+        kill -9 $B; wait $B || true
+    "#;
+    let work = _temp.path().to_path_buf();
+    let output = within(
+        "the pid-namespace script",
+        tokio::process::Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "sh",
+                "-c",
+                script,
+            ])
+            .env("WORK", &work)
+            .env("BIN", &bin)
+            .env("TETHER_REGISTRANT_DIR", &path)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "script failed: {text} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pids: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pids "))
+        .unwrap()
+        .split(' ')
+        .collect();
+    assert_eq!(pids[0], pids[1], "B did not get A's pid: {text}");
+    assert!(
+        text.contains("listed 0 skipped 0"),
+        "B was taken for A: {text}"
+    );
+    assert!(
+        text.contains("kept "),
+        "the locked record was removed: {text}"
+    );
+    // From outside the namespace, the free lock says it is dead.
+    assert!(registry.list().await.unwrap().is_empty());
+    assert_eq!(files(&path), Vec::<String>::new());
+}
