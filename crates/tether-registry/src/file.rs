@@ -761,6 +761,52 @@ fn read_record(shared: &Shared, file: &str) -> Read {
     Read::Record(instance, fd)
 }
 
+/// What is known of a record's lock, as `F_GETLK` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    Free,
+    /// Held by this pid (as this process's pid namespace numbers it; `None`
+    /// when the holder is outside it).
+    HeldBy(Option<i32>),
+}
+
+/// The liveness rule, without I/O: the record's pid, its lock, whether it
+/// was written on this boot and in this pid namespace, and (asked only when
+/// it matters) what `/proc` says of its process now.
+fn decide(
+    pid: u32,
+    lock: Lock,
+    same_boot: bool,
+    same_ns: bool,
+    process: impl FnOnce() -> Liveness,
+) -> Result<(), Verdict> {
+    let dead = |why: String| Verdict::Dead {
+        why,
+        lock_free: lock == Lock::Free,
+    };
+    if !same_boot {
+        return Err(dead("written before the machine last booted".to_string()));
+    }
+    let Lock::HeldBy(holder) = lock else {
+        return Err(dead(format!("pid {pid} holds no lock on it")));
+    };
+    if !same_ns {
+        // The pid means nothing here; the lock says it lives.
+        return Ok(());
+    }
+    if holder != i32::try_from(pid).ok() {
+        return Err(dead(format!(
+            "locked by pid {holder:?}, not by its writer pid {pid}"
+        )));
+    }
+    match process() {
+        // Unknown: cannot tell from here; believe the lock rather than drop
+        // a live record.
+        Liveness::Alive | Liveness::Unknown(_) => Ok(()),
+        Liveness::Gone(why) => Err(dead(why)),
+    }
+}
+
 /// Whether the writer of `instance` (whose record is open as `fd`) lives.
 fn judge(instance: &Instance, fd: &OwnedFd) -> Verdict {
     let probe = Flock {
@@ -770,48 +816,33 @@ fn judge(instance: &Instance, fd: &OwnedFd) -> Verdict {
         typ: FlockType::WriteLock,
         offset_type: FlockOffsetType::Set,
     };
-    let holder = match rustix::process::fcntl_getlk(fd, &probe) {
-        Ok(holder) => holder,
+    let lock = match rustix::process::fcntl_getlk(fd, &probe) {
+        Ok(None) => Lock::Free,
+        Ok(Some(holder)) => Lock::HeldBy(holder.pid.map(|p| p.as_raw_nonzero().get())),
         // Cannot tell: believe it rather than remove a live record.
         Err(_) => return Verdict::Alive(None),
     };
-    let lock_free = holder.is_none();
-    let dead = |why: String| Verdict::Dead { why, lock_free };
-    match procfs::boot_id() {
-        Ok(boot) if boot != instance.writer.boot_id => {
-            return dead("written before the machine last booted".to_string());
+    // Unreadable boot id or namespace: taken as the same, so that the
+    // lock and the pid decide.
+    let same_boot = procfs::boot_id().map_or(true, |boot| boot == instance.writer.boot_id);
+    let same_ns = procfs::pid_namespace().map_or(true, |ns| ns == instance.writer.pid_ns);
+    let mut pidfd = None;
+    let verdict = decide(instance.pid, lock, same_boot, same_ns, || {
+        let Some(pid) = i32::try_from(instance.pid).ok().and_then(Pid::from_raw) else {
+            return Liveness::Gone(format!("pid {} is out of range", instance.pid));
+        };
+        // The pidfd first, then /proc: if the pid was reused before the
+        // pidfd was opened, /proc shows the newcomer's start time.
+        match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(fd) => pidfd = Some(fd),
+            Err(Errno::SRCH) => return Liveness::Gone(format!("pid {} is gone", instance.pid)),
+            Err(_) => {}
         }
-        _ => {}
-    }
-    let Some(holder) = holder else {
-        return dead(format!("pid {} holds no lock on it", instance.pid));
-    };
-    match procfs::pid_namespace() {
-        Ok(ns) if ns == instance.writer.pid_ns => {}
-        // Another pid namespace: the pid means nothing here; the lock says
-        // it lives.
-        _ => return Verdict::Alive(None),
-    }
-    if holder.pid.map(Pid::as_raw_nonzero).map(|p| p.get()) != i32::try_from(instance.pid).ok() {
-        return dead(format!(
-            "locked by pid {:?}, not by its writer pid {}",
-            holder.pid.map(Pid::as_raw_nonzero),
-            instance.pid
-        ));
-    }
-    let Some(pid) = i32::try_from(instance.pid).ok().and_then(Pid::from_raw) else {
-        return dead(format!("pid {} is out of range", instance.pid));
-    };
-    // The pidfd first, then /proc: if the pid was reused before the
-    // pidfd was opened, /proc shows the newcomer's start time.
-    let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-        Ok(pidfd) => Some(pidfd),
-        Err(Errno::SRCH) => return dead(format!("pid {} is gone", instance.pid)),
-        Err(_) => None,
-    };
-    match tether_process::procfs::process_liveness(instance.pid, instance.writer.start_ticks) {
-        Liveness::Alive | Liveness::Unknown(_) => Verdict::Alive(pidfd),
-        Liveness::Gone(why) => dead(why),
+        tether_process::procfs::process_liveness(instance.pid, instance.writer.start_ticks)
+    });
+    match verdict {
+        Ok(()) => Verdict::Alive(pidfd),
+        Err(dead) => dead,
     }
 }
 
@@ -976,6 +1007,58 @@ mod tests {
             vec![WatchEvent::Removed(b)]
         );
         assert_eq!(apply(&mut known, "web.a.json", None), vec![]);
+    }
+
+    fn alive() -> Liveness {
+        Liveness::Alive
+    }
+
+    fn verdict(result: Result<(), Verdict>) -> &'static str {
+        match result {
+            Ok(()) => "alive",
+            Err(Verdict::Dead {
+                lock_free: true, ..
+            }) => "stale",
+            Err(Verdict::Dead {
+                lock_free: false, ..
+            }) => "dead but locked",
+            Err(Verdict::Alive(_)) => "alive?",
+        }
+    }
+
+    #[test]
+    fn the_liveness_rule() {
+        let held = Lock::HeldBy(Some(42));
+        let gone = || Liveness::Gone("pid 42 is gone".into());
+        assert_eq!(verdict(decide(42, held, true, true, alive)), "alive");
+        // The lock is free: stale, whatever the pid.
+        assert_eq!(verdict(decide(42, Lock::Free, true, true, alive)), "stale");
+        // Held, but the pid is another process now (or a zombie).
+        assert_eq!(
+            verdict(decide(42, held, true, true, gone)),
+            "dead but locked"
+        );
+        // Held by someone else than the writer.
+        assert_eq!(
+            verdict(decide(42, Lock::HeldBy(Some(7)), true, true, alive)),
+            "dead but locked"
+        );
+        // Another boot: dead; removable only once unlocked.
+        assert_eq!(verdict(decide(42, Lock::Free, false, true, alive)), "stale");
+        assert_eq!(
+            verdict(decide(42, held, false, true, alive)),
+            "dead but locked"
+        );
+        // Another pid namespace: the lock alone, /proc not even asked.
+        let never = || -> Liveness { panic!("/proc asked for a foreign pid") };
+        assert_eq!(
+            verdict(decide(42, Lock::HeldBy(None), true, false, never)),
+            "alive"
+        );
+        assert_eq!(verdict(decide(42, Lock::Free, true, false, never)), "stale");
+        // Cannot tell from /proc: the lock is believed.
+        let unknown = || Liveness::Unknown("no /proc".into());
+        assert_eq!(verdict(decide(42, held, true, true, unknown)), "alive");
     }
 
     #[test]
