@@ -349,40 +349,38 @@ impl FileRegistry {
                 Ok(fd)
             }
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
-                let temp = format!(".{file}.tmp");
-                let fd = rustix::fs::openat(
-                    dir,
-                    temp.as_str(),
-                    OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::RDWR
-                        | OFlags::CLOEXEC
-                        | OFlags::NOFOLLOW,
-                    mode,
-                )?;
-                let named = write_all(&fd, json)
-                    .and_then(|()| {
-                        rustix::fs::fcntl_lock(&fd, FlockOperation::NonBlockingLockExclusive)
-                            .map_err(io::Error::from)
-                    })
-                    .and_then(|()| {
-                        rustix::fs::renameat_with(
-                            dir,
-                            temp.as_str(),
-                            dir,
-                            file,
-                            RenameFlags::NOREPLACE,
-                        )
-                        .map_err(io::Error::from)
-                    });
-                if let Err(e) = named {
-                    let _ = rustix::fs::unlinkat(dir, temp.as_str(), AtFlags::empty());
-                    return Err(e);
-                }
-                Ok(fd)
+                self.publish_by_rename(file, json)
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The fallback: a hidden temporary file, written and locked, then
+    /// renamed (`RENAME_NOREPLACE`) to its name; the lock stays with the
+    /// inode.
+    fn publish_by_rename(&self, file: &str, json: &[u8]) -> io::Result<OwnedFd> {
+        let dir = &self.shared.dir;
+        let temp = format!(".{file}.tmp");
+        let fd = rustix::fs::openat(
+            dir,
+            temp.as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let named = write_all(&fd, json)
+            .and_then(|()| {
+                rustix::fs::fcntl_lock(&fd, FlockOperation::NonBlockingLockExclusive)
+                    .map_err(io::Error::from)
+            })
+            .and_then(|()| {
+                rustix::fs::renameat_with(dir, temp.as_str(), dir, file, RenameFlags::NOREPLACE)
+                    .map_err(io::Error::from)
+            });
+        if let Err(e) = named {
+            let _ = rustix::fs::unlinkat(dir, temp.as_str(), AtFlags::empty());
+            return Err(e);
+        }
+        Ok(fd)
     }
 
     /// The live instances now; removes stale records on the way.
@@ -1059,6 +1057,26 @@ mod tests {
         // Cannot tell from /proc: the lock is believed.
         let unknown = || Liveness::Unknown("no /proc".into());
         assert_eq!(verdict(decide(42, held, true, true, unknown)), "alive");
+    }
+
+    #[test]
+    fn the_rename_fallback_publishes_whole_and_never_replaces() {
+        let temp = tempfile::tempdir().unwrap();
+        let registry = FileRegistry::at(&temp.path().join("r")).unwrap();
+        let fd = registry.publish_by_rename("web.01.json", b"{}").unwrap();
+        let names: Vec<_> = std::fs::read_dir(registry.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["web.01.json"]);
+        assert_eq!(
+            std::fs::read(registry.path().join("web.01.json")).unwrap(),
+            b"{}"
+        );
+        // Create-once: an existing name is an error, and leaves no debris.
+        assert!(registry.publish_by_rename("web.01.json", b"[]").is_err());
+        assert_eq!(std::fs::read_dir(registry.path()).unwrap().count(), 1);
+        drop(fd);
     }
 
     #[test]
