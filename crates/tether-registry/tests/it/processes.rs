@@ -271,25 +271,27 @@ async fn a_pid_reused_in_a_pid_namespace_is_not_the_registrant() {
         kill -9 $B; wait $B || true
     "#;
     let work = _temp.path().to_path_buf();
+    // std, not tokio::process: nothing in tether uses tokio's reaping.
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args([
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("WORK", &work)
+        .env("BIN", &bin)
+        .env("TETHER_REGISTRANT_DIR", &path);
     let output = within(
         "the pid-namespace script",
-        tokio::process::Command::new("unshare")
-            .args([
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "--mount-proc",
-                "sh",
-                "-c",
-                script,
-            ])
-            .env("WORK", &work)
-            .env("BIN", &bin)
-            .env("TETHER_REGISTRANT_DIR", &path)
-            .kill_on_drop(true)
-            .output(),
+        tokio::task::spawn_blocking(move || command.output()),
     )
     .await
+    .unwrap()
     .unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
