@@ -185,7 +185,22 @@ impl FileRegistry {
     ///
     /// As [`FileRegistry::at`].
     pub fn open_default() -> io::Result<FileRegistry> {
-        FileRegistry::at(&FileRegistry::default_path())
+        let path = FileRegistry::default_path();
+        if let Some(parent) = path.parent()
+            && parent.starts_with("/tmp")
+        {
+            // In a world-writable /tmp, whoever owns `tether-<uid>` could
+            // swap what is inside it: it must be ours and private too.
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(parent)
+                .or_else(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })?;
+            open_private(parent)?;
+        }
+        FileRegistry::at(&path)
     }
 
     /// Opens the registry in `path`, creating it and missing parents with
@@ -206,38 +221,8 @@ impl FileRegistry {
                 .create(path)
                 .map_err(|e| annotate(e, &format!("create the registry directory {shown}")))?;
         }
-        let dir = rustix::fs::open(
-            path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            Errno::LOOP | Errno::NOTDIR => io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("registry directory {shown}: is a symlink or not a directory; refusing it"),
-            ),
-            e => annotate(e.into(), &format!("open the registry directory {shown}")),
-        })?;
-        let stat = rustix::fs::fstat(&dir)?;
+        let dir = open_private(path)?;
         let euid = rustix::process::geteuid().as_raw();
-        if stat.st_uid != euid {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "registry directory {shown}: belongs to uid {}, not to this user (uid {euid}); refusing it",
-                    stat.st_uid
-                ),
-            ));
-        }
-        let mode = stat.st_mode & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "registry directory {shown}: mode {mode:04o} lets group or others in (it must be 0700); refusing it"
-                ),
-            ));
-        }
         Ok(FileRegistry {
             shared: Arc::new(Shared {
                 dir,
@@ -869,6 +854,45 @@ fn remove_stale(shared: &Shared, file: &str, fd: &OwnedFd, why: &str) {
             shared.path.display()
         ),
     }
+}
+
+/// Opens `path` as a directory (never through a symlink) and checks that it
+/// belongs to the effective uid and is closed to group and others.
+fn open_private(path: &Path) -> io::Result<OwnedFd> {
+    let shown = path.display();
+    let dir = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::LOOP | Errno::NOTDIR => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("registry directory {shown}: is a symlink or not a directory; refusing it"),
+        ),
+        e => annotate(e.into(), &format!("open the registry directory {shown}")),
+    })?;
+    let stat = rustix::fs::fstat(&dir)?;
+    let euid = rustix::process::geteuid().as_raw();
+    if stat.st_uid != euid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "registry directory {shown}: belongs to uid {}, not to this user (uid {euid}); refusing it",
+                stat.st_uid
+            ),
+        ));
+    }
+    let mode = stat.st_mode & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "registry directory {shown}: mode {mode:04o} lets group or others in (it must be 0700); refusing it"
+            ),
+        ));
+    }
+    Ok(dir)
 }
 
 fn add_watch(inotify_fd: &OwnedFd, shared: &Shared) -> io::Result<()> {

@@ -66,3 +66,30 @@ async fn rescan_on_demand_reports_resynced_and_repairs_nothing_when_right() {
     assert_eq!(watch.view().len(), 1);
     assert_eq!(registry.list().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_moved_directory_triggers_a_resync_and_is_still_watched() {
+    let (temp, path, registry) = temp_registry();
+    let mut registrant = Registrant::start(&path, &[]);
+    let id = registrant.line("ready").await;
+    let mut watch = registry.watch().await.unwrap();
+    assert!(matches!(
+        within("Added", watch.next_event()).await.unwrap(),
+        WatchEvent::Added(_)
+    ));
+    // The registry works on its directory's descriptor, not its path.
+    let moved = temp.path().join("moved");
+    std::fs::rename(&path, &moved).unwrap();
+    assert_eq!(
+        within("Resynced", watch.next_event()).await.unwrap(),
+        WatchEvent::Resynced
+    );
+    let view: Vec<String> = watch.view().into_iter().map(|i| i.id).collect();
+    assert_eq!(view, vec![id]);
+    // Still watched: the registrant's death is seen.
+    registrant.kill();
+    assert!(matches!(
+        within("Removed", watch.next_event()).await.unwrap(),
+        WatchEvent::Removed(_)
+    ));
+}
