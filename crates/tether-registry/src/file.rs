@@ -16,7 +16,9 @@
 //! record under a final name and a killed writer leaves no debris. Where
 //! `O_TMPFILE` is unsupported, a hidden temporary name and `renameat2` with
 //! `RENAME_NOREPLACE` do the same (a killed writer may leave that hidden
-//! file; readers ignore names starting with `.`).
+//! file; readers ignore names starting with `.`). Records are mode 01600:
+//! the sticky bit exempts them from the 6-hour clean-up the XDG base
+//! directory spec allows in `$XDG_RUNTIME_DIR`.
 //!
 //! # Liveness
 //!
@@ -90,6 +92,11 @@ use crate::{Instance, Lease, NewRecord, Registry, Watch, WatchEvent, Writer};
 
 /// The largest record read; larger files are skipped.
 pub const MAX_RECORD: usize = 64 * 1024;
+
+/// A record's mode: private, and sticky, which tells the clean-up that the
+/// XDG base directory spec allows in `$XDG_RUNTIME_DIR` (files untouched
+/// for 6 hours) to leave it alone, without a heartbeat.
+const RECORD_MODE: Mode = Mode::from_bits_retain(0o1600);
 
 /// How often a watcher rescans the whole directory, whatever inotify says.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(30);
@@ -322,6 +329,7 @@ impl FileRegistry {
         ) {
             Ok(fd) => {
                 write_all(&fd, json)?;
+                rustix::fs::fchmod(&fd, RECORD_MODE)?;
                 rustix::fs::fcntl_lock(&fd, FlockOperation::NonBlockingLockExclusive)?;
                 let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
                 rustix::fs::linkat(
@@ -353,6 +361,7 @@ impl FileRegistry {
             Mode::from_raw_mode(0o600),
         )?;
         let named = write_all(&fd, json)
+            .and_then(|()| rustix::fs::fchmod(&fd, RECORD_MODE).map_err(io::Error::from))
             .and_then(|()| {
                 rustix::fs::fcntl_lock(&fd, FlockOperation::NonBlockingLockExclusive)
                     .map_err(io::Error::from)

@@ -8,7 +8,7 @@
 //! [`watch`](Registry::watch) them come and go.
 //!
 //! The [`Registry`] trait is the contract; [`FileRegistry`] is the backend
-//! for one machine (see [`file`] for its design: one create-once JSON file
+//! for one machine (see [`mod@file`] for its design: one create-once JSON file
 //! per instance in a private directory, a POSIX record lock held by the
 //! registrant, process identity checked through `/proc` and pidfds, inotify
 //! as hints with full rescans). Distributed backends (etcd, Consul) are to

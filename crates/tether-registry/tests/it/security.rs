@@ -58,6 +58,9 @@ async fn untrustworthy_records_are_skipped_and_counted() {
     let id = |n: u8| format!("{n:032x}");
     let lease = registry.register(crate::record("good", 0)).await.unwrap();
     let good_json = serde_json::to_string(lease.instance()).unwrap();
+    let mine = path.join(format!("good.{}.json", lease.instance().id));
+    let mode = std::fs::metadata(&mine).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1600, "private, and sticky against XDG clean-up");
 
     // A symlink to a well-formed record elsewhere.
     let elsewhere = temp.path().join("elsewhere.json");
