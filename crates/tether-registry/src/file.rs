@@ -36,7 +36,8 @@
 //!    and a pidfd opened on that pid *then* a fresh read of
 //!    `/proc/PID/stat` shows the recorded start time and a state other than
 //!    zombie (opening the pidfd first closes the pid-reuse race). A record
-//!    from another pid namespace is judged by its lock alone.
+//!    from another pid namespace is judged by its lock alone (and, having
+//!    no pidfd here, its death is seen at the next rescan).
 //!
 //! POSIX locks have one trap: closing *any* descriptor of the file drops the
 //! process's lock on it. So this process never opens its own records: a
@@ -596,14 +597,17 @@ impl Watch for FileWatch {
 
 impl Drop for FileHold {
     fn drop(&mut self) {
-        // Unlinked while still locked, so no reader ever finds the record
-        // with a free lock under its name while this process runs.
+        // Forgotten first: a watcher in this process (on another thread)
+        // that reads the name between these two steps must find it gone,
+        // not ours and alive. If it opens the file meanwhile, the lock goes
+        // a moment early, which only says what is about to be true. The
+        // name goes while this process still holds the descriptor.
+        own().remove(&self.file);
         if let Err(e) = rustix::fs::unlinkat(&self.shared.dir, self.file.as_str(), AtFlags::empty())
             && e != Errno::NOENT
         {
             tracing::warn!("remove {}/{}: {e}", self.shared.path.display(), self.file);
         }
-        own().remove(&self.file);
     }
 }
 
