@@ -15,6 +15,7 @@ mod exit;
 mod mcp;
 mod proxies;
 mod proxy;
+mod registry;
 mod render;
 mod stack;
 mod up;
@@ -38,6 +39,8 @@ enum Command {
     Wait(wait::WaitArgs),
     Mcp(mcp::McpArgs),
     Proxy(proxy::ProxyArgs),
+    Register(registry::RegisterArgs),
+    Ls(registry::LsArgs),
     Ps(client::PsArgs),
     Logs(client::LogsArgs),
     /// Start a stopped or failed service of a running stack.
@@ -71,6 +74,8 @@ fn main() -> ExitCode {
         Command::Wait(args) => wait::run(args),
         Command::Mcp(args) => mcp::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Register(args) => registry::register(args),
+        Command::Ls(args) => registry::ls(args),
         Command::Ps(args) => client::ps(args),
         Command::Logs(args) => client::logs(args),
         Command::Start(args) => client::service("start", args),

@@ -272,12 +272,13 @@ impl FileRegistry {
             id: random_id()?,
             endpoint: record.endpoint,
             meta: record.meta,
-            pid: me.pid,
+            pid: record.pid.unwrap_or(me.pid),
             host: hostname(),
             since_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             writer: Writer {
+                pid: me.pid,
                 start_ticks: me.start_ticks,
                 boot_id: me.boot_id,
                 pid_ns: me.pid_ns,
@@ -823,18 +824,19 @@ fn judge(instance: &Instance, fd: &OwnedFd) -> Verdict {
     let same_boot = procfs::boot_id().map_or(true, |boot| boot == instance.writer.boot_id);
     let same_ns = procfs::pid_namespace().map_or(true, |ns| ns == instance.writer.pid_ns);
     let mut pidfd = None;
-    let verdict = decide(instance.pid, lock, same_boot, same_ns, || {
-        let Some(pid) = i32::try_from(instance.pid).ok().and_then(Pid::from_raw) else {
-            return Liveness::Gone(format!("pid {} is out of range", instance.pid));
+    let writer = instance.writer_pid();
+    let verdict = decide(writer, lock, same_boot, same_ns, || {
+        let Some(pid) = i32::try_from(writer).ok().and_then(Pid::from_raw) else {
+            return Liveness::Gone(format!("pid {writer} is out of range"));
         };
         // The pidfd first, then /proc: if the pid was reused before the
         // pidfd was opened, /proc shows the newcomer's start time.
         match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
             Ok(fd) => pidfd = Some(fd),
-            Err(Errno::SRCH) => return Liveness::Gone(format!("pid {} is gone", instance.pid)),
+            Err(Errno::SRCH) => return Liveness::Gone(format!("pid {writer} is gone")),
             Err(_) => {}
         }
-        tether_process::procfs::process_liveness(instance.pid, instance.writer.start_ticks)
+        tether_process::procfs::process_liveness(writer, instance.writer.start_ticks)
     });
     match verdict {
         Ok(()) => Verdict::Alive(pidfd),
@@ -950,7 +952,13 @@ fn is_record_name(file: &str) -> bool {
     !file.starts_with('.') && file.ends_with(".json")
 }
 
-fn check_name(name: &str) -> io::Result<()> {
+/// Whether `name` may name records: 1 to 100 letters, digits, `-` or `_`
+/// (it is part of a file name).
+///
+/// # Errors
+///
+/// In words, naming it.
+pub fn check_name(name: &str) -> io::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 100
         && name

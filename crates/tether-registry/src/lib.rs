@@ -28,7 +28,7 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
-pub use file::{FileRegistry, FileWatch};
+pub use file::{FileRegistry, FileWatch, check_name};
 
 /// What a registrant says about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,6 +41,10 @@ pub struct NewRecord {
     /// `unix:///run/user/1000/tether/control.sock`).
     pub endpoint: String,
     pub meta: BTreeMap<String, String>,
+    /// The process the record stands for, if not the registrant itself
+    /// (`tether register` runs CMD and registers CMD's pid). The record's
+    /// life is still the registrant's.
+    pub pid: Option<u32>,
 }
 
 /// A live instance, as listed or watched.
@@ -52,7 +56,8 @@ pub struct Instance {
     pub endpoint: String,
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
-    /// The registrant's pid, in its own pid namespace.
+    /// The pid of the process the record stands for (the registrant's, or
+    /// the one it named), in the registrant's pid namespace.
     pub pid: u32,
     /// The registrant's host name.
     pub host: String,
@@ -66,6 +71,9 @@ pub struct Instance {
 /// The registrant's process identity, as the file backend records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Writer {
+    /// The registrant's own pid (0 in records that name none: then `pid`).
+    #[serde(default, rename = "writer_pid")]
+    pub(crate) pid: u32,
     #[serde(default)]
     pub(crate) start_ticks: u64,
     #[serde(default)]
@@ -142,6 +150,15 @@ impl fmt::Debug for Lease {
 }
 
 impl Instance {
+    /// The registrant's pid: the process whose life is the record's.
+    pub fn writer_pid(&self) -> u32 {
+        if self.writer.pid == 0 {
+            self.pid
+        } else {
+            self.writer.pid
+        }
+    }
+
     /// The registrant's start time, clock ticks since boot.
     pub fn start_ticks(&self) -> u64 {
         self.writer.start_ticks

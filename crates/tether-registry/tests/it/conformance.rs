@@ -20,6 +20,7 @@ pub(crate) async fn conformance<R: Registry>(registry: &R) {
             name: "conformance".to_string(),
             endpoint: "http://127.0.0.1:8051/mcp?x=1".to_string(),
             meta: meta.clone(),
+            pid: None,
         })
         .await
         .unwrap();
@@ -85,4 +86,28 @@ async fn file_backend_conforms() {
         crate::files(&path)
     );
     assert_eq!(registry.skipped(), 0);
+}
+
+/// A record may stand for another process (the command `tether register`
+/// runs): it shows that pid, and still lives exactly as long as its
+/// registrant.
+#[tokio::test]
+async fn a_record_names_the_process_it_stands_for_and_lives_as_long_as_its_registrant() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = tether_registry::FileRegistry::at(&dir.path().join("registry")).unwrap();
+    let lease = registry
+        .register(NewRecord {
+            name: "stands-for".to_string(),
+            endpoint: "http://127.0.0.1:1".to_string(),
+            meta: Default::default(),
+            pid: Some(1),
+        })
+        .await
+        .unwrap();
+    let listed = registry.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "alive: its registrant (this process) runs");
+    assert_eq!(listed[0].pid, 1);
+    assert_eq!(listed[0].writer_pid(), std::process::id());
+    drop(lease);
+    assert!(registry.list().await.unwrap().is_empty());
 }

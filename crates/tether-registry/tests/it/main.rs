@@ -88,6 +88,7 @@ pub(crate) fn record(name: &str, round: u32) -> NewRecord {
         name: name.to_string(),
         endpoint: format!("http://127.0.0.1:{}", 10000 + round),
         meta: BTreeMap::from([("round".to_string(), round.to_string())]),
+        pid: None,
     }
 }
 

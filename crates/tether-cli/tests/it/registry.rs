@@ -1,0 +1,273 @@
+//! `tether register` and `tether ls` with real processes and the file
+//! registry: a record lives exactly as long as its command, CMD's exit
+//! status is tether's, and a killed tether takes CMD and its record along.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tether_test::peers::free_port;
+use tether_test::within;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::ChildStdout;
+
+use crate::support::{run, tether};
+
+/// A private registry directory for one test.
+struct Reg {
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Reg {
+    fn new() -> Reg {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/registry", dir.path().display());
+        Reg { _dir: dir, url }
+    }
+
+    async fn ls(&self) -> Vec<Value> {
+        let r = run(&["ls", "--json", "--registry", &self.url]).await;
+        assert_eq!(r.code(), 0, "{r:?}");
+        r.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// `tether ls --watch --json`, its lines read as they come.
+    fn watch(&self) -> (tokio::process::Child, Lines<BufReader<ChildStdout>>) {
+        let mut child = tether()
+            .args(["ls", "--watch", "--json", "--registry", &self.url])
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, lines)
+    }
+}
+
+async fn next_change(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let line = within("a change", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+fn pid_of(child: &tokio::process::Child) -> rustix::process::Pid {
+    rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap()
+}
+
+#[tokio::test]
+async fn a_record_lives_exactly_as_long_as_its_command() {
+    let reg = Reg::new();
+    let (mut watcher, mut changes) = reg.watch();
+    // CMD ends when told: its stdin closes.
+    let mut register = tether()
+        .args([
+            "register",
+            "--name",
+            "api",
+            "--endpoint",
+            "http://127.0.0.1:8080",
+            "--meta",
+            "version=3",
+            "--registry",
+            &reg.url,
+            "--",
+            "sh",
+            "-c",
+            "read x; exit 7",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let added = next_change(&mut changes).await;
+    assert_eq!(added["event"], "added", "{added}");
+    let instance = &added["instance"];
+    assert_eq!(instance["name"], "api");
+    assert_eq!(instance["endpoint"], "http://127.0.0.1:8080");
+    assert_eq!(instance["meta"]["version"], "3");
+    let cmd_pid = instance["pid"].as_u64().unwrap() as u32;
+    assert_ne!(
+        cmd_pid,
+        register.id().unwrap(),
+        "the pid is CMD's, not tether's"
+    );
+    let listed = reg.ls().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], instance["id"]);
+    for key in ["name", "id", "endpoint", "meta", "pid", "host", "since"] {
+        assert!(listed[0].get(key).is_some(), "{key} in {}", listed[0]);
+    }
+    drop(register.stdin.take());
+    let status = within("tether register to exit", register.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(7), "CMD's status is tether's");
+    let removed = next_change(&mut changes).await;
+    assert_eq!(removed["event"], "removed", "{removed}");
+    assert_eq!(removed["instance"]["id"], instance["id"]);
+    assert!(reg.ls().await.is_empty());
+    watcher.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_tether_takes_its_command_and_its_record_along() {
+    let reg = Reg::new();
+    let (mut watcher, mut changes) = reg.watch();
+    let mut register = tether()
+        .args([
+            "register",
+            "--name",
+            "job",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--registry",
+            &reg.url,
+            "--",
+            "sleep",
+            "3600",
+        ])
+        .spawn()
+        .unwrap();
+    let added = next_change(&mut changes).await;
+    let cmd =
+        rustix::process::Pid::from_raw(added["instance"]["pid"].as_i64().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid_of(&register), rustix::process::Signal::KILL).unwrap();
+    let removed = next_change(&mut changes).await;
+    assert_eq!(removed["event"], "removed", "{removed}");
+    within("tether to be reaped", register.wait())
+        .await
+        .unwrap();
+    within("CMD to go with it", async {
+        while rustix::process::test_kill_process(cmd).is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    watcher.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn it_registers_only_once_the_command_is_ready_and_passes_signals_on() {
+    let reg = Reg::new();
+    let port = free_port();
+    let (mut watcher, mut changes) = reg.watch();
+    let mut register = tether()
+        .args([
+            "register",
+            "--name",
+            "web",
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}"),
+            "--ready",
+            &format!("http://127.0.0.1:{port}/health"),
+            "--registry",
+            &reg.url,
+            "--",
+            &crate::stack::python(),
+            &tether_test::peers::peer_script("http_service.py")
+                .display()
+                .to_string(),
+            "--port",
+            &port.to_string(),
+            "--delay",
+            "0.5",
+        ])
+        .spawn()
+        .unwrap();
+    let added = next_change(&mut changes).await;
+    assert_eq!(added["event"], "added");
+    // Registered only once it answers.
+    let answer = within(
+        "the service",
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await;
+    assert!(answer.is_ok(), "added before the service was ready");
+    rustix::process::kill_process(pid_of(&register), rustix::process::Signal::TERM).unwrap();
+    let status = within("tether register to exit", register.wait())
+        .await
+        .unwrap();
+    assert_ne!(
+        status.code(),
+        Some(0),
+        "CMD was stopped by SIGTERM: {status}"
+    );
+    let removed = next_change(&mut changes).await;
+    assert_eq!(removed["event"], "removed", "{removed}");
+    watcher.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_one_clear_error_each() {
+    let reg = Reg::new();
+    for (args, code, words) in [
+        (
+            vec!["--name", "a b", "--endpoint", "http://x"],
+            2,
+            "a name is 1 to 100 letters",
+        ),
+        (vec!["--name", "a", "--endpoint", "nowhere"], 2, "not a URL"),
+        (
+            vec![
+                "--name",
+                "a",
+                "--endpoint",
+                "http://x",
+                "--registry",
+                "etcd://h:1/p",
+            ],
+            2,
+            "etcd is not built yet",
+        ),
+        (
+            vec![
+                "--name",
+                "a",
+                "--endpoint",
+                "http://x",
+                "--registry",
+                "file://relative",
+            ],
+            2,
+            "file:///ABSOLUTE/DIR",
+        ),
+        (
+            vec![
+                "--name",
+                "a",
+                "--endpoint",
+                "http://x",
+                "--ready",
+                "nope://x",
+            ],
+            2,
+            "nope",
+        ),
+    ] {
+        let mut all = vec!["register"];
+        all.extend(args.iter().copied());
+        if !args.contains(&"--registry") {
+            all.extend(["--registry", &reg.url]);
+        }
+        all.extend(["--", "true"]);
+        let r = run(&all).await;
+        assert_eq!(r.code(), code, "{all:?}: {r:?}");
+        assert!(r.stderr.contains(words), "{all:?}: {}", r.stderr);
+    }
+    let r = run(&[
+        "register",
+        "--name",
+        "a",
+        "--endpoint",
+        "http://x",
+        "--registry",
+        &reg.url,
+        "--",
+        "no-such-program-here",
+    ])
+    .await;
+    assert_eq!(r.code(), 127, "{r:?}");
+    assert!(reg.ls().await.is_empty(), "nothing was registered");
+}
