@@ -207,11 +207,13 @@ pub(crate) fn register(args: RegisterArgs) -> ExitCode {
                 }
             };
             if let Some(report) = outcome.filter(|r| !r.all_reached()) {
-                let why = report
-                    .targets
-                    .first()
-                    .map(|t| format!("{:?}", t.outcome))
-                    .unwrap_or_default();
+                let why = match report.targets.first().map(|t| &t.outcome) {
+                    Some(tether_probe::wait::TargetOutcome::GaveUp {
+                        last: Some(Err(failure)),
+                        ..
+                    }) => failure.to_string(),
+                    _ => "no answer".to_string(),
+                };
                 say(format!(
                     "not registered: {} was not ready within {} ({why}); the command keeps running",
                     args.ready.as_deref().unwrap_or(""),
