@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""The file registry through the CLI: how soon a watcher hears of a death,
+how fast instances register, how long listing takes.
+
+    python3 bench/registry.py [--tether PATH] [--rounds 30] [--instances 1000]
+
+1. death -> removed: `tether register ... -- sleep 3600` is SIGKILLed (tether
+   itself: its lock goes with its last descriptor, and its pidfd becomes
+   readable), and, separately, its CMD exits on its own (tether removes the
+   record and exits); the time from the kill (or from closing CMD's stdin)
+   to the `removed` line of a `tether ls --watch --json` is measured, on
+   CLOCK_MONOTONIC.
+2. N instances: N `tether register` processes are started at once (in
+   batches of 50), until the watcher has seen N `added`: registrations per
+   second (each one a new tether process and its CMD, so this is the
+   CLI's rate, not the library's); then `tether ls --json` with N live
+   instances, timed 5 times.
+
+Loopback only, nothing but local processes; every process is killed at the
+end, and the run stops early if the machine has less than 2 GiB available.
+"""
+
+import argparse
+import json
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CHILDREN = []
+
+
+def mem_available_mib():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def watcher(tether, url):
+    p = subprocess.Popen([tether, "ls", "--watch", "--json", "--registry", url],
+                         stdout=subprocess.PIPE, text=True, bufsize=1)
+    CHILDREN.append(p)
+    return p
+
+
+def next_event(p, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError("no event from the watcher within the bound")
+        r, _, _ = select.select([p.stdout], [], [], left)
+        if r:
+            line = p.stdout.readline()
+            if not line:
+                raise RuntimeError("the watcher ended")
+            return json.loads(line), time.monotonic()
+
+
+ERRORS = None  # every registrant's stderr, appended
+
+
+def register(tether, url, name, cmd, stdin=subprocess.DEVNULL):
+    p = subprocess.Popen([tether, "register", "--name", name, "--endpoint",
+                          "http://127.0.0.1:1", "--registry", url, "--", *cmd],
+                         stdin=stdin, stdout=subprocess.DEVNULL, stderr=ERRORS,
+                         start_new_session=True)
+    CHILDREN.append(p)
+    return p
+
+
+def errors(tmp):
+    ERRORS.flush()
+    with open(os.path.join(tmp, "registrants.err")) as f:
+        lines = [l.strip() for l in f if not l.startswith("tether: registered")]
+    return lines[:5] or "none"
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tether", default=os.environ.get("TETHER_BIN", "target/release/tether"))
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--instances", type=int, default=1000)
+    args = ap.parse_args()
+    global ERRORS
+    tmp = tempfile.mkdtemp(prefix="tether-bench-registry-")
+    ERRORS = open(os.path.join(tmp, "registrants.err"), "w")
+    url = f"file://{tmp}/registry"
+    print(f"# tether register / ls (file registry)\n\n- date: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+          f"\n- load: {os.getloadavg()[0]:.2f}\n- tether: {subprocess.run([args.tether, '--version'], capture_output=True, text=True).stdout.strip()}\n")
+    w = watcher(args.tether, url)
+    try:
+        kill_ms, exit_ms = [], []
+        for i in range(args.rounds):
+            p = register(args.tether, url, "k", ["sleep", "3600"])
+            ev, _ = next_event(w)
+            assert ev["event"] == "added", ev
+            t0 = time.monotonic()
+            os.kill(p.pid, signal.SIGKILL)
+            ev, t1 = next_event(w)
+            assert ev["event"] == "removed", ev
+            kill_ms.append((t1 - t0) * 1000)
+            p.wait()
+            q = register(args.tether, url, "e", ["sh", "-c", "read x"], stdin=subprocess.PIPE)
+            ev, _ = next_event(w)
+            assert ev["event"] == "added", ev
+            t0 = time.monotonic()
+            q.stdin.close()
+            ev, t1 = next_event(w)
+            assert ev["event"] == "removed", ev
+            exit_ms.append((t1 - t0) * 1000)
+            q.wait()
+        print("## Death to `removed` at a watcher\n")
+        print("| what ends | rounds | median (ms) | p95 (ms) | max (ms) |\n|---|---|---|---|---|")
+        for label, xs in (("`tether register` SIGKILLed", kill_ms), ("its CMD exits (stdin closed)", exit_ms)):
+            print(f"| {label} | {len(xs)} | {statistics.median(xs):.2f} | {pct(xs, 0.95):.2f} | {max(xs):.2f} |")
+        print("\nGoal (file backend): at most 10 ms.\n")
+
+        n = args.instances
+        started = []
+        t0 = time.monotonic()
+        seen = 0
+        stopped_early = None
+        while len(started) < n:
+            if mem_available_mib() < 2048:
+                stopped_early = f"stopped at {len(started)}: less than 2 GiB of memory available"
+                break
+            for _ in range(min(50, n - len(started))):
+                started.append(register(args.tether, url, "bulk", ["sleep", "3600"]))
+            while seen < len(started) - 200:
+                ev, _ = next_event(w, 60)
+                seen += ev["event"] == "added"
+        try:
+            while seen < len(started):
+                ev, _ = next_event(w, 60)
+                seen += ev["event"] == "added"
+        except RuntimeError as e:
+            r = subprocess.run([args.tether, "ls", "--json", "--registry", url], capture_output=True, text=True, timeout=60)
+            print(f"## {len(started)} instances\n\nNOT FINISHED: {e}: the watcher saw {seen} added; "
+                  f"`tether ls` lists {len(r.stdout.splitlines())}; registrants' errors: {errors(tmp)}\n")
+            return 1
+        took = time.monotonic() - t0
+        lists = []
+        for _ in range(5):
+            a = time.monotonic()
+            r = subprocess.run([args.tether, "ls", "--json", "--registry", url], capture_output=True, text=True, timeout=60)
+            lists.append((time.monotonic() - a) * 1000)
+            count = len(r.stdout.splitlines())
+        print(f"## {len(started)} instances\n")
+        print("| what | result |\n|---|---|")
+        print(f"| registered (each a new `tether register` and its CMD), until a watcher saw all | {took:.2f} s, {len(started) / took:.0f} per second |")
+        print(f"| `tether ls --json` with {count} live instances (5 runs) | median {statistics.median(lists):.1f} ms, max {max(lists):.1f} ms |")
+        if stopped_early:
+            print(f"\n{stopped_early}")
+        print()
+    finally:
+        for p in CHILDREN:
+            try:
+                p.kill()
+            except OSError:
+                pass
+        for p in CHILDREN:
+            try:
+                p.wait(timeout=10)
+            except Exception:  # noqa: BLE001
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
