@@ -1062,14 +1062,7 @@ def bench_restarts(args, tmp, results):
         try:
             port = s.start(args, tmp, up, tag="-restarts")
             echo_through(port)
-            loop_out = os.path.join(tmp, f"loop-{s.key}.json")
-            loop = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "_loop", str(port), loop_out],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
-            )
-            CHILDREN_POPEN.append(loop)
-            if loop.stdout.readline().strip() != "ready":
-                raise RuntimeError("connect loop did not start")
+            loop = start_loop(tmp, port, f"loop-{s.key}.json")
             downs = []
             marks = []  # (t_kill_ns, t_listen_ns) of each restart
             t_up = time.monotonic()
@@ -1086,15 +1079,7 @@ def bench_restarts(args, tmp, results):
                 marks.append((t0, t_listen))
             time.sleep(args.restart_up)
             took = time.monotonic() - t_start
-            loop.stdin.close()
-            try:
-                loop.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                loop.kill()
-                loop.wait()
-                raise RuntimeError("the connect loop did not stop within 15 s")
-            with open(loop_out) as f:
-                doc = json.load(f)
+            doc = finish_loop(loop)
             rec = {"downs_ms": downs, "seconds": took, **doc}
             # Each failure placed against the restarts: ms after the last
             # kill before it (negative: before the first kill).
@@ -1168,6 +1153,33 @@ def bench_restarts(args, tmp, results):
     return {}
 
 
+def start_loop(tmp, port, name):
+    """The connect loop (`_loop`) against `port`, started and ready."""
+    out = os.path.join(tmp, name)
+    loop = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "_loop", str(port), out],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+    )
+    loop.out = out
+    CHILDREN_POPEN.append(loop)
+    if loop.stdout.readline().strip() != "ready":
+        raise RuntimeError("connect loop did not start")
+    return loop
+
+
+def finish_loop(loop):
+    """Stops the connect loop (15 s bound) and returns its counts."""
+    loop.stdin.close()
+    try:
+        loop.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        loop.kill()
+        loop.wait()
+        raise RuntimeError("the connect loop did not stop within 15 s")
+    with open(loop.out) as f:
+        return json.load(f)
+
+
 def socket_activation_loop(args, tmp):
     """The same connect loop against a service of `tether up` that gets its
     listener from tether (sockets = [...], fd 3): the echo process is
@@ -1214,14 +1226,7 @@ def socket_activation_loop(args, tmp):
                 raise RuntimeError(f"tether up did not start the echo service: {up.stderr.read() if up.poll() is not None else ''}")
             time.sleep(0.05)
         echo_through(port)
-        loop_out = os.path.join(tmp, "loop-tether-sa.json")
-        loop = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "_loop", str(port), loop_out],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
-        )
-        CHILDREN_POPEN.append(loop)
-        if loop.stdout.readline().strip() != "ready":
-            raise RuntimeError("connect loop did not start")
+        loop = start_loop(tmp, port, "loop-tether-sa.json")
         downs = []
         t_start = time.monotonic()
         for _ in range(args.restarts):
@@ -1242,15 +1247,7 @@ def socket_activation_loop(args, tmp):
             downs.append((time.monotonic() - t0) * 1000)
         time.sleep(args.restart_up)
         took = time.monotonic() - t_start
-        loop.stdin.close()
-        try:
-            loop.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            loop.kill()
-            loop.wait()
-            raise RuntimeError("the connect loop did not stop within 15 s")
-        with open(loop_out) as f:
-            doc = json.load(f)
+        doc = finish_loop(loop)
         rec = {"downs_ms": downs, "seconds": took, **doc}
     except Exception as e:  # noqa: BLE001
         rec = {"error": f"{type(e).__name__}: {e}"}

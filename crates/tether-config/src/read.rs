@@ -777,18 +777,21 @@ impl<'a> Reader<'a> {
         Ok(sockets)
     }
 
-    fn service(
+    /// `[SECTION.NAME]`: where it is, checked as a name, and its table.
+    fn named_table<'d>(
         &self,
+        section: &str,
+        what: &str,
         name: &str,
         name_span: Range<usize>,
-        item: &Item,
-    ) -> Result<RawService, ConfigError> {
+        item: &'d Item,
+    ) -> Result<(At, &'d dyn TableLike), ConfigError> {
         let at = At {
-            key: join("services", name),
+            key: join(section, name),
             span: name_span,
         };
         if !is_name(name) {
-            return Err(self.error(&at, bad_name("service name", name)));
+            return Err(self.error(&at, bad_name(what, name)));
         }
         let table = item.as_table_like().ok_or_else(|| {
             self.error(
@@ -797,11 +800,21 @@ impl<'a> Reader<'a> {
                     span: item.span().unwrap_or(at.span.clone()),
                 },
                 format!(
-                    "expected a table such as [services.{name}], found {}",
+                    "expected a table such as [{section}.{name}], found {}",
                     found(item)
                 ),
             )
         })?;
+        Ok((at, table))
+    }
+
+    fn service(
+        &self,
+        name: &str,
+        name_span: Range<usize>,
+        item: &Item,
+    ) -> Result<RawService, ConfigError> {
+        let (at, table) = self.named_table("services", "service name", name, name_span, item)?;
         let mut service = RawService {
             name: name.to_string(),
             at: at.clone(),
@@ -848,25 +861,7 @@ impl<'a> Reader<'a> {
         name_span: Range<usize>,
         item: &Item,
     ) -> Result<RawProxy, ConfigError> {
-        let at = At {
-            key: join("proxies", name),
-            span: name_span,
-        };
-        if !is_name(name) {
-            return Err(self.error(&at, bad_name("proxy name", name)));
-        }
-        let table = item.as_table_like().ok_or_else(|| {
-            self.error(
-                &At {
-                    key: at.key.clone(),
-                    span: item.span().unwrap_or(at.span.clone()),
-                },
-                format!(
-                    "expected a table such as [proxies.{name}], found {}",
-                    found(item)
-                ),
-            )
-        })?;
+        let (at, table) = self.named_table("proxies", "proxy name", name, name_span, item)?;
         let mut proxy = RawProxy {
             name: name.to_string(),
             at: at.clone(),
