@@ -2,7 +2,6 @@
 //! others find them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use tether_probe::Target;
 use tether_probe::target::find_program;
 use tether_probe::wait::{WaitPolicy, wait_targets};
 use tether_process::{Exit, Signal};
-use tether_registry::{FileRegistry, Instance, NewRecord, Registry, Watch, WatchEvent};
+use tether_registry::{AnyRegistry, Instance, LeaseState, NewRecord, Registry, Watch, WatchEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -91,7 +90,8 @@ pub(crate) struct LsArgs {
 #[derive(Debug, Args)]
 struct RegistryArg {
     /// The registry: `file:///DIR` [default: $XDG_RUNTIME_DIR/tether/registry,
-    /// or /tmp/tether-UID/registry].
+    /// or /tmp/tether-UID/registry], or
+    /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX[?ttl=10s]`.
     #[arg(long, value_name = "URL")]
     registry: Option<String>,
 }
@@ -104,31 +104,25 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 }
 
 impl RegistryArg {
-    fn open(&self) -> Result<FileRegistry, (u8, String)> {
-        let opened = match self.registry.as_deref() {
-            None => FileRegistry::open_default(),
-            Some(url) => match url.strip_prefix("file://") {
-                Some(path) if path.starts_with('/') => FileRegistry::at(&PathBuf::from(path)),
-                Some(_) => {
-                    return Err((
-                        exit::USAGE,
-                        format!("registry {url}: a file registry is file:///ABSOLUTE/DIR"),
-                    ));
-                }
-                None if url.starts_with("etcd://") => {
-                    return Err((
-                        exit::USAGE,
-                        format!(
-                            "registry {url}: this build has the file registry only (file:///DIR); etcd is not built yet"
-                        ),
-                    ));
-                }
-                None => {
-                    return Err((exit::USAGE, format!("registry {url}: expected file:///DIR")));
-                }
-            },
-        };
-        opened.map_err(|e| (exit::INTERNAL, format!("registry: {e}")))
+    fn open(&self) -> Result<AnyRegistry, (u8, String)> {
+        tether_registry::open(self.registry.as_deref()).map_err(|e| {
+            let code = match e.kind() {
+                std::io::ErrorKind::InvalidInput => exit::USAGE,
+                _ => exit::INTERNAL,
+            };
+            (code, e.to_string())
+        })
+    }
+}
+
+/// The exit code for a registry that could not be read: nothing there,
+/// silent, or not a registry.
+fn unreachable(e: &std::io::Error) -> u8 {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => exit::ABSENT,
+        std::io::ErrorKind::TimedOut => exit::UNRESPONSIVE,
+        std::io::ErrorKind::InvalidData => exit::PERMANENT,
+        _ => exit::INTERNAL,
     }
 }
 
@@ -222,22 +216,52 @@ pub(crate) fn register(args: RegisterArgs) -> ExitCode {
                 return run_unregistered(&mut child, &mut signals, &say).await;
             }
         }
-        let lease = match registry.register(record).await {
+        // Registering in etcd may take a few seconds when it does not
+        // answer: CMD is still watched and signals still passed on.
+        let registering = registry.register(record);
+        tokio::pin!(registering);
+        let registered = loop {
+            tokio::select! {
+                registered = &mut registering => break registered,
+                exit = child.wait() => return finish(exit, &say),
+                signal = signals.next() => forward(&child, signal, &say),
+            }
+        };
+        let lease = match registered {
             Ok(lease) => lease,
             Err(e) => {
                 say(format!("not registered: {e}; the command keeps running"));
                 return run_unregistered(&mut child, &mut signals, &say).await;
             }
         };
-        say(format!(
-            "registered {} ({}) at {}",
-            lease.instance().name,
-            lease.instance().id,
-            lease.instance().endpoint
-        ));
-        let code = run_unregistered(&mut child, &mut signals, &say).await;
-        // The record goes with CMD, at once.
-        drop(lease);
+        let me = lease.instance();
+        let named = format!("{} ({}) at {}", me.name, me.id, me.endpoint);
+        match lease.state() {
+            LeaseState::Registered => say(format!("registered {named}")),
+            state => say(format!(
+                "not registered yet: {}; retrying while the command runs",
+                state.cause().unwrap_or("")
+            )),
+        }
+        let mut states = lease.states();
+        states.mark_unchanged();
+        // A file lease never changes: its sender is gone at once.
+        let mut following = true;
+        let code = loop {
+            tokio::select! {
+                exit = child.wait() => break finish(exit, &say),
+                signal = signals.next() => forward(&child, signal, &say),
+                changed = states.changed(), if following => match changed {
+                    Ok(()) => match &*states.borrow_and_update() {
+                        LeaseState::Registered => say(format!("registered {named}")),
+                        state => say(format!("{state}")),
+                    },
+                    Err(_) => following = false,
+                },
+            }
+        };
+        // The record goes with CMD, at once (an etcd lease is revoked).
+        lease.close().await;
         code
     });
     runtime.shutdown_background();
@@ -326,8 +350,8 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
                 Err(e) => {
                     return crate::out::error_event(
                         args.json,
-                        format!("registry: {e}"),
-                        exit::INTERNAL,
+                        format!("registry {}: {e}", registry.describe()),
+                        unreachable(&e),
                     );
                 }
             };
@@ -346,8 +370,8 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
             Err(e) => {
                 return crate::out::error_event(
                     args.json,
-                    format!("registry: {e}"),
-                    exit::INTERNAL,
+                    format!("registry {}: {e}", registry.describe()),
+                    unreachable(&e),
                 );
             }
         };

@@ -77,19 +77,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustix::fs::inotify;
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 use rustix::process::{Flock, FlockOffsetType, FlockType, Pid, PidfdFlags};
 use tether_process::Liveness;
-use tether_process::procfs::{self, Identity};
+use tether_process::procfs;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::{Interval, MissedTickBehavior};
 
-use crate::{Instance, Lease, NewRecord, Registry, Watch, WatchEvent, Writer};
+use crate::{Instance, Lease, LeaseState, NewRecord, Registry, Watch, WatchEvent};
 
 /// The largest record read; larger files are skipped.
 pub const MAX_RECORD: usize = 64 * 1024;
@@ -265,25 +265,7 @@ impl FileRegistry {
     /// An invalid name (`InvalidInput`), a record over 64 KiB, or a failed
     /// system call.
     pub fn register_now(&self, record: NewRecord) -> io::Result<Lease> {
-        check_name(&record.name)?;
-        let me = Identity::current()?;
-        let instance = Instance {
-            name: record.name,
-            id: random_id()?,
-            endpoint: record.endpoint,
-            meta: record.meta,
-            pid: record.pid.unwrap_or(me.pid),
-            host: hostname(),
-            since_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            writer: Writer {
-                pid: me.pid,
-                start_ticks: me.start_ticks,
-                boot_id: me.boot_id,
-                pid_ns: me.pid_ns,
-            },
-        };
+        let instance = Instance::mine(record)?;
         let json = serde_json::to_vec_pretty(&instance).map_err(io::Error::other)?;
         if json.len() > MAX_RECORD {
             return Err(io::Error::new(
@@ -302,6 +284,7 @@ impl FileRegistry {
         match self.publish(&file, &json) {
             Ok(fd) => Ok(Lease::new(
                 instance,
+                tokio::sync::watch::channel(LeaseState::Registered).1,
                 Box::new(FileHold {
                     shared: self.shared.clone(),
                     file,
@@ -593,6 +576,13 @@ impl FileWatch {
 impl Watch for FileWatch {
     async fn next(&mut self) -> io::Result<WatchEvent> {
         self.next_event().await
+    }
+}
+
+impl crate::Hold for FileHold {
+    fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        drop(self);
+        Box::pin(std::future::ready(()))
     }
 }
 
@@ -974,7 +964,7 @@ pub fn check_name(name: &str) -> io::Result<()> {
     }
 }
 
-fn random_id() -> io::Result<String> {
+pub(crate) fn random_id() -> io::Result<String> {
     let mut bytes = [0u8; 16];
     let mut read = 0;
     while read < bytes.len() {
@@ -987,7 +977,7 @@ fn random_id() -> io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     rustix::system::uname()
         .nodename()
         .to_string_lossy()
@@ -1023,7 +1013,7 @@ mod tests {
             pid: 1,
             host: "h".into(),
             since_unix_ms: 0,
-            writer: Writer::default(),
+            writer: crate::Writer::default(),
         }
     }
 

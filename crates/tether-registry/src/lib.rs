@@ -7,19 +7,26 @@
 //! [`list`](Registry::list) the live instances or
 //! [`watch`](Registry::watch) them come and go.
 //!
-//! The [`Registry`] trait is the contract; [`FileRegistry`] is the backend
-//! for one machine (see [`mod@file`] for its design: one create-once JSON file
-//! per instance in a private directory, a POSIX record lock held by the
-//! registrant, process identity checked through `/proc` and pidfds, inotify
-//! as hints with full rescans). Distributed backends (etcd, Consul) are to
-//! implement the same trait.
+//! The [`Registry`] trait is the contract, with two backends:
+//! - [`FileRegistry`], for one machine (see [`mod@file`] for its design: one
+//!   create-once JSON file per instance in a private directory, a POSIX
+//!   record lock held by the registrant, process identity checked through
+//!   `/proc` and pidfds, inotify as hints with full rescans);
+//! - [`EtcdRegistry`], for many (see [`mod@etcd`]: a lease with a TTL kept
+//!   alive by the registrant and granted again by itself when lost; list,
+//!   then watch from the next revision, listed again after any gap).
+//!
+//! [`open`] takes a registry URL (`file:///DIR`, `etcd://HOST:PORT/PREFIX`)
+//! and gives either, as [`AnyRegistry`].
 //!
 //! This crate never trusts what it reads from the directory: records are
 //! read without following symlinks, capped in size, checked for owner, and
 //! a record is only believed alive if its writer demonstrably still runs.
 //! It never removes a record whose writer may still be alive.
 
+pub mod etcd;
 pub mod file;
+mod open;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,7 +35,9 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
+pub use etcd::{EtcdRegistry, EtcdWatch};
 pub use file::{FileRegistry, FileWatch, check_name};
+pub use open::{AnyRegistry, AnyWatch, open};
 
 /// What a registrant says about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,11 +104,38 @@ pub enum WatchEvent {
     Resynced,
 }
 
-/// Keeps a registered record alive; dropping it removes the record at once.
+/// Keeps a registered record alive; dropping it removes the record (at once
+/// for files; for etcd, a revoke is sent on the way out, see
+/// [`Lease::close`]).
 pub struct Lease {
     instance: Instance,
+    state: tokio::sync::watch::Receiver<LeaseState>,
     // The backend's hold on the record; its Drop removes it.
-    _hold: Box<dyn Send + Sync>,
+    hold: Box<dyn Hold>,
+}
+
+/// Where a registration stands, as `tether ps`, the status server and
+/// `--json` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Others can see the record: the backend acknowledged it within its
+    /// TTL (files: the lock is held, always).
+    Registered,
+    /// Not known to be seen, and trying: never registered yet (the backend
+    /// was unreachable), or the last renewal failed while the lease may
+    /// still hold.
+    Retrying { cause: String },
+    /// Registered once, and now known to be gone (the TTL passed without an
+    /// acknowledged renewal, or the backend said the lease is unknown: it
+    /// restarted with its data wiped, or expired it across a stall). A new
+    /// lease is being granted.
+    Lost { cause: String },
+}
+
+/// A backend's hold on a record.
+pub(crate) trait Hold: Send + Sync {
+    /// Removes the record and waits until the backend has done so (bounded).
+    fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 /// A registry of instances.
@@ -129,15 +165,66 @@ pub trait Watch {
 }
 
 impl Lease {
-    pub(crate) fn new(instance: Instance, hold: Box<dyn Send + Sync>) -> Lease {
+    pub(crate) fn new(
+        instance: Instance,
+        state: tokio::sync::watch::Receiver<LeaseState>,
+        hold: Box<dyn Hold>,
+    ) -> Lease {
         Lease {
             instance,
-            _hold: hold,
+            state,
+            hold,
         }
     }
 
     pub fn instance(&self) -> &Instance {
         &self.instance
+    }
+
+    /// Where the registration stands now.
+    pub fn state(&self) -> LeaseState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of every change of [`state`](Lease::state). For a file
+    /// lease, which never changes, `changed()` returns an error at once.
+    pub fn states(&self) -> tokio::sync::watch::Receiver<LeaseState> {
+        self.state.clone()
+    }
+
+    /// Removes the record and waits until the backend has (at most about a
+    /// second for etcd; a file goes at once). Dropping the lease also removes
+    /// it, but without waiting: a process about to exit should close.
+    pub async fn close(self) {
+        self.hold.close().await;
+    }
+}
+
+impl LeaseState {
+    /// `registered`, `retrying` or `lost`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            LeaseState::Registered => "registered",
+            LeaseState::Retrying { .. } => "retrying",
+            LeaseState::Lost { .. } => "lost",
+        }
+    }
+
+    /// The last cause, if not registered.
+    pub fn cause(&self) -> Option<&str> {
+        match self {
+            LeaseState::Registered => None,
+            LeaseState::Retrying { cause } | LeaseState::Lost { cause } => Some(cause),
+        }
+    }
+}
+
+impl fmt::Display for LeaseState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.cause() {
+            None => f.write_str(self.word()),
+            Some(cause) => write!(f, "{}: {cause}", self.word()),
+        }
     }
 }
 
@@ -150,6 +237,30 @@ impl fmt::Debug for Lease {
 }
 
 impl Instance {
+    /// A new record for this process: a fresh id, this host, now, and this
+    /// process as the writer.
+    pub(crate) fn mine(record: NewRecord) -> io::Result<Instance> {
+        check_name(&record.name)?;
+        let me = tether_process::procfs::Identity::current()?;
+        Ok(Instance {
+            name: record.name,
+            id: file::random_id()?,
+            endpoint: record.endpoint,
+            meta: record.meta,
+            pid: record.pid.unwrap_or(me.pid),
+            host: file::hostname(),
+            since_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            writer: Writer {
+                pid: me.pid,
+                start_ticks: me.start_ticks,
+                boot_id: me.boot_id,
+                pid_ns: me.pid_ns,
+            },
+        })
+    }
+
     /// The registrant's pid: the process whose life is the record's.
     pub fn writer_pid(&self) -> u32 {
         if self.writer.pid == 0 {

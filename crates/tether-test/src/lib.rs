@@ -19,6 +19,7 @@
     unreachable_pub
 )]
 
+pub mod etcd;
 pub mod http;
 pub mod peers;
 pub mod procs;

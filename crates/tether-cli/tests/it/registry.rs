@@ -1,6 +1,7 @@
-//! `tether register` and `tether ls` with real processes and the file
-//! registry: a record lives exactly as long as its command, CMD's exit
-//! status is tether's, and a killed tether takes CMD and its record along.
+//! `tether register` and `tether ls` with real processes, the file registry
+//! and a real etcd: a record lives exactly as long as its command, CMD's
+//! exit status is tether's, and a killed tether takes CMD and its record
+//! along.
 
 use std::time::Duration;
 
@@ -12,9 +13,9 @@ use tokio::process::ChildStdout;
 
 use crate::support::{run, tether};
 
-/// A private registry directory for one test.
+/// A private registry directory for one test, or a prefix in an etcd.
 struct Reg {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     url: String,
 }
 
@@ -22,7 +23,14 @@ impl Reg {
     fn new() -> Reg {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}/registry", dir.path().display());
-        Reg { _dir: dir, url }
+        Reg {
+            _dir: Some(dir),
+            url,
+        }
+    }
+
+    fn etcd(url: String) -> Reg {
+        Reg { _dir: None, url }
     }
 
     async fn ls(&self) -> Vec<Value> {
@@ -216,10 +224,22 @@ async fn bad_input_is_one_clear_error_each() {
                 "--endpoint",
                 "http://x",
                 "--registry",
-                "etcd://h:1/p",
+                "etcd://h:1/p?ttl=1s",
             ],
             2,
-            "etcd is not built yet",
+            "a TTL is 2s to 3600s",
+        ),
+        (
+            vec![
+                "--name",
+                "a",
+                "--endpoint",
+                "http://x",
+                "--registry",
+                "consul://h:1/p",
+            ],
+            2,
+            "expected file:///DIR or etcd://",
         ),
         (
             vec![
@@ -270,4 +290,104 @@ async fn bad_input_is_one_clear_error_each() {
     .await;
     assert_eq!(r.code(), 127, "{r:?}");
     assert!(reg.ls().await.is_empty(), "nothing was registered");
+}
+
+/// With etcd, the record is revoked before tether exits: once `tether
+/// register` has ended, no one lists it.
+#[tokio::test]
+async fn with_etcd_the_record_is_gone_when_tether_register_has_exited() {
+    let etcd = tether_test::etcd::Etcd::start().await;
+    let reg = Reg::etcd(etcd.url("cli", 10));
+    let (mut watcher, mut changes) = reg.watch();
+    let mut register = tether()
+        .args([
+            "register",
+            "--name",
+            "api",
+            "--endpoint",
+            "http://127.0.0.1:8080",
+            "--registry",
+            &reg.url,
+            "--",
+            "sh",
+            "-c",
+            "read x; exit 7",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let added = next_change(&mut changes).await;
+    assert_eq!(added["event"], "added", "{added}");
+    assert_eq!(reg.ls().await.len(), 1);
+    drop(register.stdin.take());
+    let status = within("tether register to exit", register.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(7), "CMD's status is tether's");
+    // Not after the 10 s TTL: at once.
+    assert!(reg.ls().await.is_empty(), "revoked before tether exited");
+    let removed = next_change(&mut changes).await;
+    assert_eq!(removed["event"], "removed", "{removed}");
+    watcher.kill().await.unwrap();
+}
+
+/// etcd is not there yet: tether says so, CMD runs anyway, and the record
+/// appears when etcd does.
+#[tokio::test]
+async fn with_etcd_unreachable_the_command_runs_and_is_registered_when_etcd_comes() {
+    let port = free_port();
+    let url = format!("etcd://127.0.0.1:{port}/late?ttl=3s");
+    let mut register = tether()
+        .args([
+            "register",
+            "--name",
+            "late",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--registry",
+            &url,
+            "--",
+            "sh",
+            "-c",
+            "echo running; read x",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(register.stdout.take().unwrap()).lines();
+    let mut err = BufReader::new(register.stderr.take().unwrap()).lines();
+    let line = within("tether says why", err.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.contains("not registered yet")
+            && line.contains("refused")
+            && line.contains("retrying"),
+        "{line}"
+    );
+    let line = within("CMD runs anyway", out.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, "running");
+
+    let _etcd = tether_test::etcd::Etcd::start_on(port).await;
+    within("registered once etcd is there", async {
+        loop {
+            let line = err.next_line().await.unwrap().unwrap();
+            if line.contains("registered late") {
+                return;
+            }
+        }
+    })
+    .await;
+    let listed = Reg::etcd(url).ls().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["name"], "late");
+    drop(register.stdin.take());
+    within("tether register to exit", register.wait())
+        .await
+        .unwrap();
 }

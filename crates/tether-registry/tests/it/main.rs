@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conformance;
+mod etcd;
 mod processes;
 mod security;
 mod watch;
@@ -22,7 +23,7 @@ use tether_registry::{FileRegistry, NewRecord, Registry};
 
 /// A registrant process: registers and deregisters `TETHER_REGISTRANT_ROUNDS`
 /// times, then holds one last lease, prints `ready <id>`, and waits to be
-/// killed. With `TETHER_REGISTRANT_LIST`, it prints `listed <n> skipped
+/// killed; in the registry at `TETHER_REGISTRANT_URL` if set (etcd). With `TETHER_REGISTRANT_LIST`, it prints `listed <n> skipped
 /// <m>` and exits. With `TETHER_REGISTRANT_CHILD`, it first starts a `sleep` that
 /// outlives it and prints `child <pid>`. With `TETHER_REGISTRANT_LOCK`, it
 /// only takes a POSIX lock on that file and prints `ready locked`.
@@ -53,7 +54,12 @@ fn registrant() {
             .ok()
             .and_then(|r| r.parse().ok())
             .unwrap_or(0);
-        let registry = FileRegistry::at(Path::new(&dir)).unwrap();
+        let registry = match std::env::var("TETHER_REGISTRANT_URL") {
+            Ok(url) => tether_registry::open(Some(&url)).unwrap(),
+            Err(_) => {
+                tether_registry::AnyRegistry::File(FileRegistry::at(Path::new(&dir)).unwrap())
+            }
+        };
         for round in 0..rounds {
             let lease = registry.register(record("stress", round)).await.unwrap();
             tokio::task::yield_now().await;
