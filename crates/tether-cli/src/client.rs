@@ -75,7 +75,9 @@ pub(crate) fn ps(args: PsArgs) -> ExitCode {
     }
     let now = tether_supervisor::event::unix_ms(SystemTime::now());
     let services = answer["services"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<[String; 6]> = services
+    // A REGISTRY column only for a stack that registers.
+    let registers = services.iter().any(|s| s["registration"].is_object());
+    let rows: Vec<Vec<String>> = services
         .iter()
         .map(|s| {
             let uptime = s["up_since_ms"]
@@ -89,24 +91,41 @@ pub(crate) fn ps(args: PsArgs) -> ExitCode {
             if s["busy"].as_bool() == Some(true) {
                 detail = format!("busy {detail}").trim().to_string();
             }
+            let registration = &s["registration"];
+            let registry = registration["state"].as_str().unwrap_or_default();
+            if detail.is_empty()
+                && matches!(registry, "retrying" | "lost")
+                && let Some(cause) = registration["cause"].as_str()
+            {
+                detail = format!("registry: {cause}");
+            }
             if detail.is_empty()
                 && let Some(sockets) = s["sockets"].as_array()
             {
                 let held: Vec<&str> = sockets.iter().filter_map(|v| v.as_str()).collect();
                 detail = held.join(" ");
             }
-            [
+            let mut row = vec![
                 s["name"].as_str().unwrap_or("?").to_string(),
                 s["state"].as_str().unwrap_or("?").to_string(),
                 s["pid"].as_u64().map(|p| p.to_string()).unwrap_or_default(),
                 uptime,
                 s["restarts"].as_u64().unwrap_or(0).to_string(),
-                detail,
-            ]
+            ];
+            if registers {
+                row.push(registry.to_string());
+            }
+            row.push(detail);
+            row
         })
         .collect();
-    let header = ["SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "DETAIL"];
-    let widths: Vec<usize> = (0..5)
+    let mut header = vec!["SERVICE", "STATE", "PID", "UPTIME", "RESTARTS"];
+    if registers {
+        header.push("REGISTRY");
+    }
+    header.push("DETAIL");
+    let last = header.len() - 1;
+    let widths: Vec<usize> = (0..last)
         .map(|i| {
             rows.iter()
                 .map(|r| r[i].len())
@@ -115,10 +134,10 @@ pub(crate) fn ps(args: PsArgs) -> ExitCode {
                 .unwrap_or(0)
         })
         .collect();
-    let line = |cells: [&str; 6]| {
+    let line = |cells: &[&str]| {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
-            if i < 5 {
+            if i < last {
                 out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
             } else {
                 out.push_str(cell);
@@ -126,9 +145,10 @@ pub(crate) fn ps(args: PsArgs) -> ExitCode {
         }
         out.trim_end().to_string()
     };
-    let _ = outln!("{}", line(header));
+    let _ = outln!("{}", line(&header));
     for r in &rows {
-        let _ = outln!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
+        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+        let _ = outln!("{}", line(&cells));
     }
     ExitCode::SUCCESS
 }

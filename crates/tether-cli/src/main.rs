@@ -15,6 +15,7 @@ mod exit;
 mod mcp;
 mod proxies;
 mod proxy;
+mod registrations;
 mod registry;
 mod render;
 mod stack;

@@ -198,7 +198,7 @@ pub(crate) fn start(
 
 /// The supervisor's state of service `name`, as readiness: `Ok` while it is
 /// ready, else the words of its state.
-fn service_readiness(
+pub(crate) fn service_readiness(
     handle: &Handle,
     name: &str,
     tasks: &TaskTracker,

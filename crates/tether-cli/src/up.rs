@@ -138,6 +138,17 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
             );
         }
     };
+    // The registry, checked before anything starts (etcd may come later).
+    let registry = match crate::registrations::open(loaded.registry.clone()) {
+        Ok(registry) => registry,
+        Err(e) => {
+            return crate::out::error_event(
+                args.json,
+                format!("stack '{name}': {e}"),
+                exit::INTERNAL,
+            );
+        }
+    };
     // Every listening socket of the stack, bound before anything starts: an
     // address in use starts nothing.
     let sockets = match StackSockets::bind(&stack) {
@@ -212,6 +223,23 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
         done.clone(),
     );
     let proxy_events = proxies.events.subscribe();
+    let registering = registry.as_ref().map(|r| {
+        format!(
+            "registering {} in {} while ready",
+            loaded
+                .registry
+                .as_ref()
+                .map(|s| s
+                    .endpoints
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+            r.describe()
+        )
+    });
+    crate::registrations::start(registry, &handle, &tasks, done.clone());
     let listen = if args.no_status {
         None
     } else {
@@ -253,6 +281,9 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
         "stack '{name}': {services} services{status_words}; control socket {}",
         rundir.control_socket().display()
     ));
+    if let Some(words) = registering {
+        printer.say(&words);
+    }
     for proxy in &proxies.views {
         printer.say(&format!(
             "proxy {}: {} -> {}",
@@ -487,6 +518,16 @@ fn status_of(view: &ServiceView) -> ServiceStatus {
         status.probe.buckets = view.probe.buckets.clone();
     }
     status.probe.failures = view.probe.failures.clone();
+    status.registration = view
+        .registration
+        .as_ref()
+        .map(|r| tether_status::RegistrationStatus {
+            state: r.state.clone(),
+            cause: r.cause.clone(),
+            id: r.id.clone(),
+            endpoint: r.endpoint.clone(),
+            registry: r.registry.clone(),
+        });
     status
 }
 
@@ -698,6 +739,11 @@ fn worth_saying(event: &Event) -> bool {
             reason: None,
             ..
         } => false,
+        // Not registered, and never was since it was last ready: nothing
+        // to say (`tether ps` shows it).
+        EventKind::Registration {
+            state, id: None, ..
+        } if state == "unregistered" => false,
         _ => true,
     }
 }

@@ -43,6 +43,8 @@ pub enum Scope {
     Proxy,
     /// The table form of one of `sockets`.
     Socket,
+    /// `[registry]`.
+    Registry,
 }
 
 /// What a key's value must be. Values are checked against it before they are
@@ -154,6 +156,15 @@ pub static KEYS: &[Key] = &[
         default: DefaultValue::Described("none"),
         example: "",
         doc: "Always-up proxies in front of services: see [`[proxies.NAME]`](#proxiesname).",
+    },
+    Key {
+        name: "registry",
+        scopes: &[Scope::Top],
+        ty: Type::Table,
+        default: DefaultValue::Described("no registration"),
+        example: "",
+        doc: "Register the services that have an `endpoint` while they are ready: see \
+              [`[registry]`](#registry).",
     },
     Key {
         name: "max_proxy_connections",
@@ -424,6 +435,15 @@ pub static KEYS: &[Key] = &[
               as soon as tether has bound it: give the service a check it answers itself \
               (`http://...`, `notify`) to wait for the program.",
     },
+    Key {
+        name: "endpoint",
+        scopes: &[Scope::Service],
+        ty: Type::String,
+        default: DefaultValue::Described("none: not registered"),
+        example: r#""http://127.0.0.1:8080/mcp""#,
+        doc: "Where others reach the service, as a URL: with a `[registry]`, the service is \
+              registered there at this endpoint while it is ready.",
+    },
     // --- ready = { ... } and live = { ... } ---
     Key {
         name: "target",
@@ -490,6 +510,27 @@ pub static KEYS: &[Key] = &[
         default: DefaultValue::Value(r#""127.0.0.1:7465""#),
         example: r#""127.0.0.1:8000""#,
         doc: "Where the status server listens (`IP:PORT`); `false` turns it off.",
+    },
+    // --- [registry] ---
+    Key {
+        name: "url",
+        scopes: &[Scope::Registry],
+        ty: Type::String,
+        default: DefaultValue::Described(
+            "the file registry, `$XDG_RUNTIME_DIR/tether/registry` (else `/tmp/tether-UID/registry`)",
+        ),
+        example: r#""etcd://127.0.0.1:2379/tether?ttl=10s""#,
+        doc: "Where to register: `file:///DIR`, or \
+              `etcd://HOST:PORT[,HOST:PORT...]/PREFIX[?ttl=DURATION]` (TTL 10 s unless given, \
+              2 s to 1 h).",
+    },
+    Key {
+        name: "meta",
+        scopes: &[Scope::Registry],
+        ty: Type::Env,
+        default: DefaultValue::Described("none"),
+        example: r#"{ team = "payments" }"#,
+        doc: "Metadata added to every record, besides `stack` and `service`, which tether adds.",
     },
     // --- [proxies.NAME] ---
     Key {
@@ -657,6 +698,16 @@ const SECTIONS: &[(Scope, &str, &str)] = &[
     ),
     (Scope::Status, "`[status]`", ""),
     (
+        Scope::Registry,
+        "`[registry]`",
+        "Announces the stack's services to others: every service with an `endpoint` is \
+         registered (name: the service's, with `stack` and `service` in its metadata) each \
+         time it becomes ready, and removed as soon as it is not. `tether ls` lists them; \
+         `registry:NAME` finds them. An empty `[registry]` uses the file registry. The state \
+         of each registration (`registered`, `retrying`, `lost`, `unregistered`) shows in \
+         `tether ps`, the status server and `--json`.",
+    ),
+    (
         Scope::Hook,
         "`[[hooks]]`",
         "Long-running helper processes: each gets every lifecycle event as a JSON line on \
@@ -727,6 +778,7 @@ impl Scope {
             Scope::Hook => "[[hooks]]",
             Scope::Proxy => "[proxies.NAME]",
             Scope::Socket => "a sockets table",
+            Scope::Registry => "[registry]",
         }
     }
 }

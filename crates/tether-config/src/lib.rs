@@ -56,6 +56,20 @@ pub struct Loaded {
     pub proxies: Vec<ProxySpec>,
     /// Client connections of all the proxies together.
     pub max_proxy_connections: usize,
+    /// `[registry]`, if the file has one.
+    pub registry: Option<RegistrySpec>,
+}
+
+/// `[registry]`, checked: where, and which services at which endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySpec {
+    /// The registry's URL; `None` for the default file registry.
+    pub url: Option<String>,
+    /// Added to every record.
+    pub meta: std::collections::BTreeMap<String, String>,
+    /// `(service, endpoint)` for every service with an `endpoint`, in file
+    /// order.
+    pub endpoints: Vec<(String, String)>,
 }
 
 /// One `[proxies.NAME]`, checked.
@@ -177,5 +191,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         file,
         proxies: resolved.proxies,
         max_proxy_connections: resolved.max_proxy_connections,
+        registry: resolved.registry,
     })
 }

@@ -78,6 +78,16 @@ pub(crate) struct RawStack {
     pub(crate) hooks: Vec<RawHook>,
     pub(crate) proxies: Vec<RawProxy>,
     pub(crate) max_proxy_connections: Option<u32>,
+    /// `[registry]`, where it is.
+    pub(crate) registry: Option<RawRegistry>,
+}
+
+/// `[registry]`, read.
+#[derive(Debug)]
+pub(crate) struct RawRegistry {
+    pub(crate) at: At,
+    pub(crate) url: Option<Sp<String>>,
+    pub(crate) meta: Vec<(String, String)>,
 }
 
 /// `[proxies.NAME]`, read.
@@ -115,6 +125,7 @@ pub(crate) struct RawService {
     pub(crate) watchdog: Option<Sp<Duration>>,
     pub(crate) log_file: Option<Sp<String>>,
     pub(crate) sockets: Vec<RawSocket>,
+    pub(crate) endpoint: Option<Sp<String>>,
 }
 
 /// One of `sockets`, as written.
@@ -227,6 +238,22 @@ pub(crate) fn read(src: Source<'_>) -> Result<RawStack, ConfigError> {
                 }
             }
             ("max_proxy_connections", Val::Count(n)) => stack.max_proxy_connections = Some(n),
+            ("registry", Val::Table(table)) => {
+                let mut registry = RawRegistry {
+                    at: at.clone(),
+                    url: None,
+                    meta: Vec::new(),
+                };
+                reader.each(Scope::Registry, table, "registry", &at, |key, val, at| {
+                    match (key.name, val) {
+                        ("url", Val::Str(value)) => registry.url = Some(Sp { value, at }),
+                        ("meta", Val::Env(vars)) => registry.meta = vars,
+                        _ => return Err(reader.unhandled(key, &at)),
+                    }
+                    Ok(())
+                })?;
+                stack.registry = Some(registry);
+            }
             ("proxies", Val::Table(table)) => {
                 for (name, item) in table.iter() {
                     let span = key_span(table, name).unwrap_or_else(|| at.span.clone());
@@ -830,6 +857,7 @@ impl<'a> Reader<'a> {
             watchdog: None,
             log_file: None,
             sockets: Vec::new(),
+            endpoint: None,
         };
         self.each(Scope::Service, table, &at.key, &at, |key, val, at| {
             if key.applies_to(Scope::Defaults) {
@@ -848,6 +876,7 @@ impl<'a> Reader<'a> {
                 ("watchdog", Val::Duration(value)) => service.watchdog = Some(Sp { value, at }),
                 ("log_file", Val::Str(value)) => service.log_file = Some(Sp { value, at }),
                 ("sockets", Val::Sockets(sockets)) => service.sockets = sockets,
+                ("endpoint", Val::Str(value)) => service.endpoint = Some(Sp { value, at }),
                 _ => return Err(self.unhandled(key, &at)),
             }
             Ok(())

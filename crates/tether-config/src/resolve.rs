@@ -26,7 +26,7 @@ use crate::read::{
     At, Command, Pacing, RawProbe, RawProxy, RawService, RawSocket, RawStack, Settings, Source, Sp,
 };
 use crate::suggest::did_you_mean;
-use crate::{ProxyReadiness, ProxySpec};
+use crate::{ProxyReadiness, ProxySpec, RegistrySpec};
 
 /// Where the status server listens unless `[status] listen` says otherwise.
 pub(crate) const DEFAULT_LISTEN: SocketAddr =
@@ -38,6 +38,7 @@ pub(crate) struct Resolved {
     pub(crate) status_listen: Option<SocketAddr>,
     pub(crate) proxies: Vec<ProxySpec>,
     pub(crate) max_proxy_connections: usize,
+    pub(crate) registry: Option<RegistrySpec>,
 }
 
 /// Client connections of all of a stack's proxies, unless the file says.
@@ -97,6 +98,7 @@ pub(crate) fn resolve(
             name,
         });
     }
+    let registry = resolver.registry(&raw)?;
     let listen = match raw.listen {
         Some(listen) => listen.value,
         None => Some(DEFAULT_LISTEN),
@@ -117,6 +119,7 @@ pub(crate) fn resolve(
         proxies.push(spec);
     }
     Ok(Resolved {
+        registry,
         stack: StackConfig {
             name,
             services,
@@ -126,6 +129,57 @@ pub(crate) fn resolve(
         proxies,
         max_proxy_connections: raw.max_proxy_connections.unwrap_or(MAX_PROXY_CONNECTIONS) as usize,
     })
+}
+
+impl Resolver<'_> {
+    /// `[registry]` and the services' `endpoint`s.
+    fn registry(&self, raw: &RawStack) -> Result<Option<RegistrySpec>, ConfigError> {
+        let mut endpoints = Vec::new();
+        for service in &raw.services {
+            let Some(endpoint) = &service.endpoint else {
+                continue;
+            };
+            if let Err(e) = url::Url::parse(&endpoint.value) {
+                return Err(self.error(
+                    &endpoint.at,
+                    format!(
+                        "{:?} is not a URL ({e}); give one such as http://127.0.0.1:8080",
+                        endpoint.value
+                    ),
+                ));
+            }
+            if raw.registry.is_none() {
+                return Err(self.error(
+                    &endpoint.at,
+                    "an endpoint is registered only with a [registry] table; add one \
+                     (an empty [registry] is the file registry)"
+                        .to_string(),
+                ));
+            }
+            endpoints.push((service.name.clone(), endpoint.value.clone()));
+        }
+        let Some(registry) = &raw.registry else {
+            return Ok(None);
+        };
+        if endpoints.is_empty() {
+            return Err(self.error(
+                &registry.at,
+                "no service has an endpoint, so nothing would be registered; give the \
+                 services to register an endpoint = \"URL\""
+                    .to_string(),
+            ));
+        }
+        if let Some(url) = &registry.url
+            && let Err(e) = tether_registry::check_url(&url.value)
+        {
+            return Err(self.error(&url.at, e.to_string()));
+        }
+        Ok(Some(RegistrySpec {
+            url: registry.url.as_ref().map(|u| u.value.clone()),
+            meta: registry.meta.iter().cloned().collect(),
+            endpoints,
+        }))
+    }
 }
 
 struct Resolver<'a> {

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use etcd::{EtcdRegistry, EtcdWatch};
 pub use file::{FileRegistry, FileWatch, check_name};
-pub use open::{AnyRegistry, AnyWatch, open};
+pub use open::{AnyRegistry, AnyWatch, check_url, open};
 
 /// What a registrant says about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

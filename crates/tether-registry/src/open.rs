@@ -53,6 +53,33 @@ pub fn open(url: Option<&str>) -> io::Result<AnyRegistry> {
     }
 }
 
+/// Checks that `url` names a registry, without opening it.
+///
+/// # Errors
+///
+/// `InvalidInput`, naming what is wrong, as [`open`] would.
+pub fn check_url(url: &str) -> io::Result<()> {
+    if url.starts_with("etcd://") {
+        return EtcdRegistry::parse(url).map(drop);
+    }
+    match url.strip_prefix("file://") {
+        Some(path) if path.starts_with('/') => Ok(()),
+        _ => Err(not_a_registry(url)),
+    }
+}
+
+fn not_a_registry(url: &str) -> io::Error {
+    let why = if url.starts_with("file://") {
+        "a file registry is file:///ABSOLUTE/DIR"
+    } else {
+        "expected file:///DIR or etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
+    };
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("registry {url}: {why}"),
+    )
+}
+
 impl AnyRegistry {
     /// The registry's URL, as messages name it.
     pub fn describe(&self) -> String {

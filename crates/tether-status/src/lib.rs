@@ -42,6 +42,6 @@ mod snapshot;
 
 pub use server::{BindError, ServeOptions, bind, serve, serve_with};
 pub use snapshot::{
-    Event, Health, OverallStatus, PROBE_BUCKETS, ProbeStats, ProxyStatus, ServiceCounts,
-    ServiceStatus, Snapshot, State,
+    Event, Health, OverallStatus, PROBE_BUCKETS, ProbeStats, ProxyStatus, RegistrationStatus,
+    ServiceCounts, ServiceStatus, Snapshot, State,
 };

@@ -60,6 +60,27 @@ impl Display for Metrics<'_> {
             )?;
         }
 
+        if services.iter().any(|s| s.registration.is_some()) {
+            family(
+                f,
+                "tether_registration_state",
+                "gauge",
+                "Whether the service's registration is in this state (1) or not (0); every \
+                 state is listed.",
+            )?;
+            for s in services {
+                let Some(r) = &s.registration else { continue };
+                for state in crate::RegistrationStatus::STATES {
+                    writeln!(
+                        f,
+                        "tether_registration_state{{{},state=\"{state}\"}} {}",
+                        service(s),
+                        u8::from(r.state == state)
+                    )?;
+                }
+            }
+        }
+
         family(
             f,
             "tether_service_restarts_total",

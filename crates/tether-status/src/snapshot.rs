@@ -85,6 +85,33 @@ pub struct ServiceStatus {
     pub one_shot_done: bool,
     /// Its readiness and liveness probe statistics.
     pub probe: ProbeStats,
+    /// Its registration, if the stack registers it (`[registry]` and an
+    /// `endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<RegistrationStatus>,
+}
+
+/// Where a service's registration stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegistrationStatus {
+    /// One of [`RegistrationStatus::STATES`].
+    pub state: String,
+    /// Why it is not registered, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The record's id while there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub endpoint: String,
+    /// The registry's URL.
+    pub registry: String,
+}
+
+impl RegistrationStatus {
+    /// Every state: registered; retrying (not yet, or a renewal failed);
+    /// lost (the backend dropped it; registering again); unregistered (the
+    /// service is not ready, so it is not announced).
+    pub const STATES: [&'static str; 4] = ["registered", "retrying", "lost", "unregistered"];
 }
 
 /// The lifecycle of a service, as the supervisor reports it.
@@ -246,6 +273,7 @@ impl ServiceStatus {
             last_error: None,
             one_shot_done: false,
             probe: ProbeStats::default(),
+            registration: None,
         }
     }
 

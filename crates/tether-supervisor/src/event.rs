@@ -42,6 +42,26 @@ pub struct ServiceView {
     /// bound: a port 0 is the port picked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sockets: Vec<String>,
+    /// Where its registration stands, if the stack registers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration: Option<Registration>,
+}
+
+/// A service's registration in the stack's `[registry]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Registration {
+    /// `registered`, `retrying`, `lost`, or `unregistered` (not ready, so
+    /// not announced).
+    pub state: String,
+    /// Why it is not registered, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The record's id while there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub endpoint: String,
+    /// The registry, as a URL.
+    pub registry: String,
 }
 
 /// Readiness and liveness probe measurements of one service.
@@ -121,6 +141,15 @@ pub enum EventKind {
     /// The whole stack: `up` once every service started (or failed), `down`
     /// once every process is gone.
     Stack { state: String },
+    /// A service's registration changed state.
+    Registration {
+        service: String,
+        state: String,
+        cause: Option<String>,
+        id: Option<String>,
+        endpoint: String,
+        registry: String,
+    },
 }
 
 impl ServiceView {
@@ -141,6 +170,7 @@ impl ServiceView {
             completed: false,
             probe: ProbeStats::default(),
             sockets: Vec::new(),
+            registration: None,
         }
     }
 }
@@ -188,7 +218,9 @@ impl Event {
             EventKind::State { service, .. }
             | EventKind::Exit { service, .. }
             | EventKind::Restarting { service, .. } => Some(service),
-            EventKind::HookCommand { service, .. } => Some(service),
+            EventKind::HookCommand { service, .. } | EventKind::Registration { service, .. } => {
+                Some(service)
+            }
             EventKind::HookDropped { .. }
             | EventKind::HookCommandsDropped { .. }
             | EventKind::HookExited { .. }
@@ -207,6 +239,7 @@ impl Event {
             EventKind::HookExited { .. } => "hook_exited",
             EventKind::HookCommand { .. } => "hook_command",
             EventKind::Stack { .. } => "stack",
+            EventKind::Registration { .. } => "registration",
         }
     }
 
@@ -300,6 +333,26 @@ impl fmt::Display for Event {
                 Ok(())
             }
             EventKind::Stack { state } => write!(f, "stack is {state}"),
+            EventKind::Registration {
+                service,
+                state,
+                cause,
+                id,
+                endpoint,
+                registry,
+            } => match (state.as_str(), cause, id) {
+                ("registered", _, Some(id)) => {
+                    write!(
+                        f,
+                        "{service} is registered in {registry} at {endpoint} ({id})"
+                    )
+                }
+                ("unregistered", Some(cause), _) => {
+                    write!(f, "{service} is unregistered ({cause})")
+                }
+                (state, Some(cause), _) => write!(f, "{service} registration {state}: {cause}"),
+                (state, None, _) => write!(f, "{service} registration {state}"),
+            },
         }
     }
 }

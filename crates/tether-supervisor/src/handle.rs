@@ -2,12 +2,13 @@
 //! socket, hooks, the CLI): start, stop, restart, down, and following views,
 //! events and output.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::event::{Event, ServiceView};
+use crate::event::{Event, EventKind, Registration, ServiceView};
 use crate::output::OutputHub;
 use crate::rundir::RunDir;
 
@@ -23,6 +24,9 @@ pub struct Handle {
     pub(crate) rundir: RunDir,
     pub(crate) stack: String,
     pub(crate) started_ms: u64,
+    /// Registrations, set from outside the supervisor (by `tether up`'s
+    /// registrar), shown in the views.
+    pub(crate) registrations: Arc<watch::Sender<BTreeMap<String, Registration>>>,
 }
 
 /// What can be asked of a stack.
@@ -71,7 +75,37 @@ impl Handle {
 
     /// Every service's current view, in stack order.
     pub fn views(&self) -> Vec<ServiceView> {
-        self.views.iter().map(|v| v.borrow().clone()).collect()
+        let registrations = self.registrations.borrow();
+        self.views
+            .iter()
+            .map(|v| {
+                let mut view = v.borrow().clone();
+                view.registration = registrations.get(&view.name).cloned();
+                view
+            })
+            .collect()
+    }
+
+    /// Sets where `service`'s registration stands: shown in its view, and
+    /// sent as a `registration` event when it changed.
+    pub fn set_registration(&self, service: &str, registration: Registration) {
+        let changed = self.registrations.send_if_modified(|all| {
+            if all.get(service) == Some(&registration) {
+                return false;
+            }
+            all.insert(service.to_string(), registration.clone());
+            true
+        });
+        if changed {
+            let _ = self.events.send(Event::now(EventKind::Registration {
+                service: service.to_string(),
+                state: registration.state,
+                cause: registration.cause,
+                id: registration.id,
+                endpoint: registration.endpoint,
+                registry: registration.registry,
+            }));
+        }
     }
 
     /// Follows every event.
@@ -96,7 +130,11 @@ impl Handle {
     pub async fn changed(&self) {
         let mut touched = self.touched.clone();
         touched.mark_unchanged();
-        let _ = touched.changed().await;
+        let mut registrations = self.registrations.subscribe();
+        tokio::select! {
+            _ = touched.changed() => {}
+            _ = registrations.changed() => {}
+        }
     }
 
     /// Starts a stopped or failed service.

@@ -40,7 +40,7 @@ mod supervisor;
 
 pub use claim::{CgroupMode, Claim, claim};
 pub use config::StackConfig;
-pub use event::{Event, EventKind, ServiceView};
+pub use event::{Event, EventKind, Registration, ServiceView};
 pub use handle::{Handle, RequestError};
 pub use output::{Line, LogFile, OutputHub, Stream};
 pub use rundir::{LockError, RunDir, StackLock};

@@ -134,6 +134,7 @@ pub fn launch(
         rundir: options.rundir,
         stack: config.name.clone(),
         started_ms: now,
+        registrations: Arc::new(watch::channel(std::collections::BTreeMap::new()).0),
     };
     for (hook, events) in config.hooks.iter().zip(hook_events) {
         let scope = scope_for(&options.cgroup, "TETHER_HOOK", &hook.name, "hook");

@@ -9,6 +9,7 @@ mod example;
 mod faults;
 mod mcp;
 mod proxy;
+mod registrations;
 mod registry;
 mod sockets;
 mod stack;

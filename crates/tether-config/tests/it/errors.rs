@@ -1319,3 +1319,75 @@ fn a_service_upstream_relays_to_the_address_of_its_check() {
     assert_eq!(loaded.max_proxy_connections, 4096);
     let _ = Target::parse("tcp://127.0.0.1:1").unwrap();
 }
+
+// --- [registry] and endpoint ---
+
+#[test]
+fn registry_mistakes() {
+    check(
+        "[services.api]\ncommand = [\"sh\"]\nendpoint = \"http://127.0.0.1:8080\"\n",
+        3,
+        "\"http",
+        "services.api.endpoint",
+        "an endpoint is registered only with a [registry] table; add one (an empty [registry] \
+         is the file registry)",
+    );
+    check(
+        "[registry]\n[services.api]\ncommand = [\"sh\"]\nendpoint = \"127.0.0.1:8080\"\n",
+        4,
+        "\"127",
+        "services.api.endpoint",
+        "\"127.0.0.1:8080\" is not a URL (relative URL without a base); give one such as \
+         http://127.0.0.1:8080",
+    );
+    check(
+        "[registry]\n[services.api]\ncommand = [\"sh\"]\n",
+        1,
+        "[registry]",
+        "registry",
+        "no service has an endpoint, so nothing would be registered; give the services to \
+         register an endpoint = \"URL\"",
+    );
+    check(
+        "[registry]\nurl = \"etcd://h:1/p?ttl=1s\"\n[services.api]\ncommand = [\"sh\"]\nendpoint = \"http://x\"\n",
+        2,
+        "\"etcd",
+        "registry.url",
+        "registry etcd://h:1/p?ttl=1s: ttl=1s: a TTL is 2s to 3600s",
+    );
+    check(
+        "[registry]\nurl = \"consul://h\"\n[services.api]\ncommand = [\"sh\"]\nendpoint = \"http://x\"\n",
+        2,
+        "\"consul",
+        "registry.url",
+        "registry consul://h: expected file:///DIR or etcd://HOST:PORT[,HOST:PORT...]/PREFIX",
+    );
+    check(
+        "[registry]\nmeta = { \"\" = \"x\" }\n[services.api]\ncommand = [\"sh\"]\nendpoint = \"http://x\"\n",
+        2,
+        "\"\"",
+        "registry.meta.\"\"",
+        "'' is not a variable name (it may not be empty or hold '=')",
+    );
+}
+
+#[test]
+fn a_registry_is_read() {
+    let dir = crate::Dir::new();
+    let loaded = dir
+        .load(
+            "[registry]\nurl = \"etcd://127.0.0.1:2379/team\"\nmeta = { team = \"pay\" }\n\
+             [services.api]\ncommand = [\"sh\"]\nendpoint = \"http://127.0.0.1:8080\"\n\
+             [services.db]\ncommand = [\"sh\"]\n",
+        )
+        .unwrap();
+    let registry = loaded.registry.unwrap();
+    assert_eq!(registry.url.as_deref(), Some("etcd://127.0.0.1:2379/team"));
+    assert_eq!(registry.meta.get("team").map(String::as_str), Some("pay"));
+    assert_eq!(
+        registry.endpoints,
+        vec![("api".to_string(), "http://127.0.0.1:8080".to_string())]
+    );
+    let none = dir.load("[services.api]\ncommand = [\"sh\"]\n").unwrap();
+    assert_eq!(none.registry, None);
+}

@@ -371,7 +371,13 @@ fn every_key_example_loads() {
                 Scope::Service if key.name == "watchdog" => {
                     format!("{base}ready = \"notify\"\n{line}\n")
                 }
+                Scope::Service if key.name == "endpoint" => {
+                    format!("{base}{line}\n[registry]\n")
+                }
                 Scope::Service => format!("{base}{line}\n{others}"),
+                Scope::Registry => {
+                    format!("[registry]\n{line}\n{base}endpoint = \"http://127.0.0.1:1\"\n")
+                }
                 Scope::Probe => {
                     let target = "target = \"tcp://127.0.0.1:1\"";
                     let fields = if key.name == "target" {
