@@ -75,9 +75,15 @@ async fn a_ready_service_is_registered_and_gone_when_it_is_not() {
     let db = registration_of(&ps, "db");
     assert_eq!(db["state"], "registered", "{ps}");
     assert_eq!(db["id"], id.as_str());
-    assert!(registration_of(&ps, "plain").is_null(), "no endpoint, no registration");
+    assert!(
+        registration_of(&ps, "plain").is_null(),
+        "no endpoint, no registration"
+    );
     let table = stack.tether(&["ps"]).await.stdout;
-    assert!(table.lines().next().unwrap().contains("REGISTRY"), "{table}");
+    assert!(
+        table.lines().next().unwrap().contains("REGISTRY"),
+        "{table}"
+    );
 
     let records = listed(&stack, &[]).await;
     assert_eq!(records.len(), 1, "{records:?}");
@@ -88,14 +94,20 @@ async fn a_ready_service_is_registered_and_gone_when_it_is_not() {
     assert_eq!(record["meta"]["service"], "db");
     assert_eq!(record["meta"]["team"], "t");
     let db_pid = ps["services"][0]["pid"].as_u64().unwrap();
-    assert_eq!(record["pid"], db_pid, "the record names the service's process");
+    assert_eq!(
+        record["pid"], db_pid,
+        "the record names the service's process"
+    );
 
     // A restart: unregistered first, then registered again, anew.
     let restart = stack.tether(&["restart", "db"]).await;
     assert_eq!(restart.code(), 0, "{restart:?}");
     let gone = registration(&mut stack, "unregistered").await;
     assert_eq!(gone["id"], id.as_str(), "{gone}");
-    assert!(gone["cause"].as_str().unwrap().starts_with("service "), "{gone}");
+    assert!(
+        gone["cause"].as_str().unwrap().starts_with("service "),
+        "{gone}"
+    );
     let back = registration(&mut stack, "registered").await;
     assert_ne!(back["id"], id.as_str(), "a new record for the new process");
     let records = listed(&stack, &[]).await;
@@ -153,7 +165,10 @@ async fn with_etcd_a_registration_retries_is_lost_and_comes_back_by_itself() {
     assert!(lost["cause"].as_str().unwrap().contains("TTL"), "{lost}");
     etcd.cont();
     let again = registration(&mut stack, "registered").await;
-    assert_eq!(again["id"], registered["id"], "the same record, granted again");
+    assert_eq!(
+        again["id"], registered["id"],
+        "the same record, granted again"
+    );
     let records = listed(&stack, &["--registry", &url]).await;
     assert_eq!(records.len(), 1, "{records:?}");
 
