@@ -116,6 +116,15 @@ async fn the_example_stack_stays_healthy_for_90s_and_the_readme_shows_a_real_run
         .await
         .unwrap();
     let ps = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The services with an endpoint are in the registry while ready.
+    let out = within("ls", tether(&["ls"]).output()).await.unwrap();
+    let ls = String::from_utf8_lossy(&out.stdout).into_owned();
+    let names: Vec<&str> = ls
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["api", "greet"], "{ls}");
     let json = within(
         "ps --json",
         tether(&["ps", "-f", &file_arg, "--json"]).output(),
@@ -166,6 +175,8 @@ async fn the_example_stack_stays_healthy_for_90s_and_the_readme_shows_a_real_run
     let real: Vec<String> =
         std::iter::once("$ tether ps -f examples/stack/tether.toml".to_string())
             .chain(ps.lines().map(str::to_string))
+            .chain(std::iter::once("$ tether ls".to_string()))
+            .chain(ls.lines().map(str::to_string))
             .chain([
                 "$ curl -s http://127.0.0.1:7465/health".to_string(),
                 last_body.trim().to_string(),
@@ -217,6 +228,21 @@ fn sources(lines: &[String]) -> Vec<String> {
 /// A line with what changes from run to run made alike: numbers (times,
 /// pids, ports, counts) become `#`, paths `<path>`, and runs of spaces one.
 fn shape(line: &str) -> String {
+    // Record ids (hex, whole or cut to 8) and registry URLs differ per run.
+    let line = line
+        .split(' ')
+        .map(|w| {
+            let bare = w.trim_start_matches('(').trim_end_matches(')');
+            if bare.len() >= 8 && bare.chars().all(|c| c.is_ascii_hexdigit()) {
+                "<id>".to_string()
+            } else if let Some(path) = w.strip_prefix("file://") {
+                path.to_string()
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut out = String::new();
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
@@ -247,6 +273,18 @@ fn shapes_make_runs_alike() {
     assert_eq!(
         shape("tether | control socket /tmp/tether-0/example/control.sock"),
         shape("tether | control socket /tmp/.tmpX/tether/example/control.sock")
+    );
+    assert_eq!(
+        shape(
+            "api is registered in file:///tmp/tether-0/registry at http://127.0.0.1:18700 (803e0a18e22c0f356002f400c31acc49)"
+        ),
+        shape(
+            "api is registered in file:///tmp/.tmpX/tether/registry at http://127.0.0.1:18700 (e679c26ddf62c8015cfeba2f17e5d61c)"
+        )
+    );
+    assert_eq!(
+        shape("api    http://127.0.0.1:18700  22250  803e0a18  env=example"),
+        shape("api    http://127.0.0.1:18700  1  e679c26d  env=example")
     );
     assert_ne!(
         shape("migrate exited: completed"),

@@ -197,6 +197,37 @@ impl Keeper {
         };
     }
 
+    /// A sign that etcd may have lost the lease (the connection watching
+    /// the record broke: etcd restarted, or the network went): renew now
+    /// rather than at the next third of the TTL. Only while registered, so
+    /// failures keep their backoff.
+    pub(crate) fn poke(&mut self, now: Duration) {
+        if self.state == LeaseState::Registered && matches!(self.phase, Phase::Alive { .. }) {
+            self.wake = self.wake.min(now);
+        }
+    }
+
+    /// The record was deleted from etcd while its lease holds (by hand, or
+    /// by another client): put it again with the same lease.
+    pub(crate) fn deleted(&mut self, now: Duration) {
+        if let Phase::Alive { id, ttl, acked } = self.phase {
+            self.phase = Phase::Put {
+                id,
+                ttl,
+                granted: acked,
+            };
+            self.state = LeaseState::Retrying {
+                cause: "the record was deleted from etcd; putting it again".to_string(),
+            };
+            self.wake = now;
+        }
+    }
+
+    /// Registered, and nothing is due before the next renewal.
+    pub(crate) fn registered_now(&self) -> bool {
+        self.state == LeaseState::Registered
+    }
+
     /// A lease whose TTL passed since its last acknowledgement is lost.
     fn expire(&mut self, now: Duration) {
         match self.phase {
@@ -377,6 +408,37 @@ mod tests {
         assert!(matches!(k.step(s(0.0)), Step::Wait(_)));
         assert_eq!(k.step(s(6.0)), Step::Grant(TTL));
         assert_eq!(k.state().word(), "retrying", "never registered");
+    }
+
+    #[test]
+    fn a_broken_watch_renews_at_once_but_never_bypasses_the_backoff() {
+        let mut k = keeper();
+        register(&mut k, 1, s(0.0));
+        k.poke(s(0.5));
+        assert_eq!(k.step(s(0.5)), Step::KeepAlive(1), "renewed at once");
+        k.failed("connection refused".to_string(), false, s(0.5));
+        let Step::Wait(backoff) = k.step(s(0.5)) else {
+            panic!("waits");
+        };
+        // Pokes while failing do not hurry the next attempt.
+        k.poke(s(0.5));
+        assert_eq!(k.step(s(0.5)), Step::Wait(backoff));
+    }
+
+    #[test]
+    fn a_deleted_record_is_put_again_with_its_lease() {
+        let mut k = keeper();
+        register(&mut k, 1, s(0.0));
+        k.deleted(s(1.0));
+        assert_eq!(k.state().word(), "retrying");
+        assert_eq!(k.step(s(1.0)), Step::Put(1));
+        k.put(s(1.0));
+        assert_eq!(k.state(), &LeaseState::Registered);
+        assert_eq!(
+            k.step(s(1.0)),
+            Step::Wait(s(1.0)),
+            "the renewal pace is kept"
+        );
     }
 
     #[test]

@@ -440,6 +440,13 @@ async fn keep(
 ) {
     let mut keeper = Keeper::new(shared.ttl, Jitter::new());
     let (key, value) = (b64(key.as_bytes()), b64(&value));
+    // While registered, a watch on the record itself: its end says etcd
+    // went away (restarted, perhaps wiped) long before the next renewal
+    // would, and a delete says someone removed the record.
+    let mut canary: Option<std::pin::Pin<Box<dyn Future<Output = Canary> + Send>>> = None;
+    // The revision of the last put: the watch starts after it, so a delete
+    // between the put and the watch is seen too.
+    let mut put_at: Option<i64> = None;
     loop {
         let step = keeper.step(boottime());
         lease.store(keeper.lease().unwrap_or(0), Ordering::SeqCst);
@@ -453,8 +460,28 @@ async fn keep(
             changed
         });
         let budget = CALL_BUDGET.min(shared.ttl / 3);
+        if canary.is_none() && keeper.registered_now() {
+            canary = Some(Box::pin(watch_own(shared.clone(), key.clone(), put_at)));
+        }
         match step {
-            Step::Wait(d) => tokio::time::sleep(d).await,
+            Step::Wait(d) => {
+                let sleep = tokio::time::sleep(d);
+                match &mut canary {
+                    Some(watching) => tokio::select! {
+                        () = sleep => {}
+                        seen = watching => {
+                            canary = None;
+                            match seen {
+                                Canary::Deleted => keeper.deleted(boottime()),
+                                Canary::Ended => keeper.poke(boottime()),
+                                // Watched again from now.
+                                Canary::Compacted => put_at = None,
+                            }
+                        }
+                    },
+                    None => sleep.await,
+                }
+            }
             Step::Grant(ttl) => {
                 let body = json!({ "TTL": ttl.as_secs() });
                 match shared.client.call("/v3/lease/grant", &body, budget).await {
@@ -477,7 +504,10 @@ async fn keep(
             Step::Put(id) => {
                 let body = json!({ "key": key, "value": value, "lease": id.to_string() });
                 match shared.client.call("/v3/kv/put", &body, budget).await {
-                    Ok(_) => keeper.put(boottime()),
+                    Ok(v) => {
+                        put_at = v.pointer("/header/revision").and_then(int);
+                        keeper.put(boottime());
+                    }
                     Err(e) => keeper.failed(e.to_string(), e.lease_unknown(), boottime()),
                 }
             }
@@ -495,6 +525,66 @@ async fn keep(
                     Err(e) => keeper.failed(e.to_string(), e.lease_unknown(), boottime()),
                 }
             }
+        }
+    }
+}
+
+/// What the watch on a registrant's own record saw.
+enum Canary {
+    /// The stream ended or could not be opened.
+    Ended,
+    /// The record was deleted (its lease still holds, or this would be an
+    /// expiry the renewal finds).
+    Deleted,
+    /// The history after the put is compacted away: watch from now.
+    Compacted,
+}
+
+/// Watches the record `key` (base64) from now until it is deleted or the
+/// stream ends.
+async fn watch_own(shared: Arc<Shared>, key: String, after: Option<i64>) -> Canary {
+    let mut create = json!({ "key": key });
+    if let Some(revision) = after {
+        create["start_revision"] = json!((revision + 1).to_string());
+    }
+    let body = json!({ "create_request": create });
+    let Ok((mut response, what)) = shared.client.stream("/v3/watch", &body, CALL_BUDGET).await
+    else {
+        return Canary::Ended;
+    };
+    let mut buffer: Vec<u8> = Vec::new();
+    loop {
+        let Ok(Some(chunk)) = response.next_chunk(&what).await else {
+            return Canary::Ended;
+        };
+        buffer.extend_from_slice(&chunk);
+        let mut used = 0;
+        let mut messages = serde_json::Deserializer::from_slice(&buffer).into_iter::<Value>();
+        while let Some(Ok(message)) = messages.next() {
+            used = messages.byte_offset();
+            if client::server_error(&message).is_some() {
+                return Canary::Ended;
+            }
+            if message.pointer("/result/canceled").and_then(Value::as_bool) == Some(true) {
+                let compacted = message.pointer("/result/compact_revision").and_then(int);
+                return if compacted.is_some_and(|r| r > 0) {
+                    Canary::Compacted
+                } else {
+                    Canary::Ended
+                };
+            }
+            let events = message.pointer("/result/events").and_then(Value::as_array);
+            if events
+                .into_iter()
+                .flatten()
+                .any(|e| e.get("type").and_then(Value::as_str) == Some("DELETE"))
+            {
+                return Canary::Deleted;
+            }
+        }
+        buffer.drain(..used);
+        if buffer.len() > MAX_MESSAGE {
+            return Canary::Ended;
         }
     }
 }

@@ -228,3 +228,37 @@ async fn foreign_values_are_skipped_and_counted() {
     assert_eq!(listed, vec![lease.instance().clone()]);
     assert_eq!(registry.skipped(), 6, "and the list three more");
 }
+
+/// Someone deletes the record by hand while its lease holds: it is put
+/// back at once, and says so meanwhile.
+#[tokio::test]
+async fn a_record_deleted_by_hand_is_put_back() {
+    let etcd = Etcd::start().await;
+    let registry = EtcdRegistry::parse(&etcd.url("deleted", 10)).unwrap();
+    let lease = registry
+        .register(crate::record("deleted", 0))
+        .await
+        .unwrap();
+    let id = lease.instance().id.clone();
+    let mut watch = registry.watch().await.unwrap();
+    until_view(&mut watch, &id, true).await;
+    let mut states = lease.states();
+    let answer = etcd.post(
+        "/v3/kv/deleterange",
+        &format!(
+            r#"{{"key":"{}"}}"#,
+            base64_of(format!("deleted/deleted/{id}").as_bytes())
+        ),
+    );
+    assert!(answer.contains("\"deleted\":\"1\""), "{answer}");
+    until_view(&mut watch, &id, false).await;
+    // Put back well before the 10 s TTL's next renewal at 3.3 s would look.
+    until_view(&mut watch, &id, true).await;
+    states.borrow_and_update();
+    assert_eq!(lease.state(), LeaseState::Registered);
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
