@@ -223,7 +223,14 @@ pub(crate) fn register(args: RegisterArgs) -> ExitCode {
         let registered = loop {
             tokio::select! {
                 registered = &mut registering => break registered,
-                exit = child.wait() => return finish(exit, &say),
+                exit = child.wait() => {
+                    // CMD ended while its record was being published: the
+                    // record may be there already; it goes before tether.
+                    if let Ok(Ok(lease)) = tokio::time::timeout(Duration::from_secs(7), &mut registering).await {
+                        lease.close().await;
+                    }
+                    return finish(exit, &say);
+                }
                 signal = signals.next() => forward(&child, signal, &say),
             }
         };

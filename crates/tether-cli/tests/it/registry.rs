@@ -391,3 +391,27 @@ async fn with_etcd_unreachable_the_command_runs_and_is_registered_when_etcd_come
         .await
         .unwrap();
 }
+
+/// CMD ends while its record is being published (at several moments):
+/// the record may be in etcd already, and still goes before tether exits.
+#[tokio::test]
+async fn with_etcd_a_command_that_ends_at_once_leaves_no_record() {
+    let etcd = tether_test::etcd::Etcd::start().await;
+    let reg = Reg::etcd(etcd.url("quick", 10));
+    for _ in 0..5 {
+        let r = run(&[
+            "register",
+            "--name",
+            "quick",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--registry",
+            &reg.url,
+            "--",
+            "true",
+        ])
+        .await;
+        assert_eq!(r.code(), 0, "{r:?}");
+        assert!(reg.ls().await.is_empty(), "left behind: {r:?}");
+    }
+}

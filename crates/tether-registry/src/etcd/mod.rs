@@ -265,6 +265,10 @@ impl Registry for EtcdRegistry {
     /// attempt has ended (at most a few seconds): registered, or retrying
     /// with its cause, as [`Lease::state`] says. The record appears when
     /// etcd can be reached.
+    ///
+    /// Cancel-safe: dropped before it returns, it revokes what it may have
+    /// registered (in a task of its own; a process about to exit should
+    /// rather await it and [`Lease::close`]).
     async fn register(&self, record: NewRecord) -> io::Result<Lease> {
         let instance = Instance::mine(record)?;
         let value = serde_json::to_vec(&instance).map_err(io::Error::other)?;
@@ -284,6 +288,13 @@ impl Registry for EtcdRegistry {
         });
         let lease_id = Arc::new(AtomicI64::new(0));
         let task = tokio::spawn(keep(self.shared.clone(), key, value, tx, lease_id.clone()));
+        // Held from here: if this future is dropped while it waits, the
+        // keeper stops and its lease is revoked.
+        let hold = EtcdHold {
+            shared: self.shared.clone(),
+            lease: lease_id,
+            task: Some(task),
+        };
         // The first attempt's outcome: the keeper publishes after each step.
         let _ = tokio::time::timeout(
             CALL_BUDGET * 3,
@@ -291,15 +302,7 @@ impl Registry for EtcdRegistry {
         )
         .await;
         rx.mark_changed();
-        Ok(Lease::new(
-            instance,
-            rx,
-            Box::new(EtcdHold {
-                shared: self.shared.clone(),
-                lease: lease_id,
-                task: Some(task),
-            }),
-        ))
+        Ok(Lease::new(instance, rx, Box::new(hold)))
     }
 
     async fn list(&self) -> io::Result<Vec<Instance>> {
