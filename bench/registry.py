@@ -57,23 +57,28 @@ def mem_available_mib():
 
 def watcher(tether, url):
     p = subprocess.Popen([tether, "ls", "--watch", "--json", "--registry", url],
-                         stdout=subprocess.PIPE, text=True, bufsize=1)
+                         stdout=subprocess.PIPE)
+    p.pending = b""
     CHILDREN.append(p)
     return p
 
 
 def next_event(p, timeout_s=10.0):
+    """The watcher's next line. Read from the descriptor itself: a buffered
+    reader would hold lines that select() then never reports."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    while b"\n" not in p.pending:
         left = deadline - time.monotonic()
         if left <= 0:
             raise RuntimeError("no event from the watcher within the bound")
         r, _, _ = select.select([p.stdout], [], [], left)
         if r:
-            line = p.stdout.readline()
-            if not line:
+            chunk = os.read(p.stdout.fileno(), 1 << 16)
+            if not chunk:
                 raise RuntimeError("the watcher ended")
-            return json.loads(line), time.monotonic()
+            p.pending += chunk
+    line, p.pending = p.pending.split(b"\n", 1)
+    return json.loads(line), time.monotonic()
 
 
 ERRORS = None  # every registrant's stderr, appended
