@@ -55,6 +55,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `registry:NAME` targets, wherever a target is taken.
+    tether_probe::target::registry::set_lookup(registry::lookup);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

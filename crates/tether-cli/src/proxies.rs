@@ -179,7 +179,7 @@ pub(crate) fn start(
         });
         tasks.spawn(serve(
             listener,
-            spec.address.clone(),
+            watch::channel(spec.address.clone()).1,
             config,
             wiring,
             stop.clone(),

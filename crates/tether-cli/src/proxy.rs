@@ -99,10 +99,11 @@ pub(crate) fn run(args: ProxyArgs) -> ExitCode {
         }
     };
     let upstream = match Target::parse(&args.upstream) {
-        Ok(t) if matches!(t.kind(), "tcp" | "unix") => t,
+        Ok(t) if matches!(t.kind(), "tcp" | "unix" | "registry") => t,
         Ok(t) => {
-            let message =
-                format!("upstream {t}: a proxy relays to tcp://HOST:PORT or unix:///PATH");
+            let message = format!(
+                "upstream {t}: a proxy relays to tcp://HOST:PORT, unix:///PATH or registry:NAME"
+            );
             return ExitCode::from(crate::out::error_event(args.json, message, exit::USAGE));
         }
         Err(e) => {
@@ -113,6 +114,12 @@ pub(crate) fn run(args: ProxyArgs) -> ExitCode {
             ));
         }
     };
+    if upstream.kind() == "registry" && args.ready.is_some() {
+        let message = format!(
+            "--ready with upstream {upstream}: an instance is registered once it is ready, so the registry is the check"
+        );
+        return ExitCode::from(crate::out::error_event(args.json, message, exit::USAGE));
+    }
     let ready = match args.ready.as_deref().map(Target::parse).transpose() {
         Ok(ready) => ready.unwrap_or_else(|| upstream.clone()),
         Err(e) => {
@@ -162,16 +169,30 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
     let (events_tx, mut events_rx) = mpsc::channel(1024);
     let (stats_tx, _stats_rx) = watch::channel(RelayStats::default());
     let check = Arc::new(Notify::new());
-    // A check of its own is probed while ready; a plain connect is not.
-    let steady = ready.to_string() != upstream.to_string();
-    tasks.spawn(upstream::watch(
-        Prober::new(ready.clone()),
-        steady,
-        demand_rx,
-        check.clone(),
-        ready_tx,
-        stop.clone(),
-    ));
+    let (address_tx, address) = watch::channel(upstream.clone());
+    if let tether_probe::target::Spec::Registry(spec) = upstream.spec() {
+        // The address is the newest instance's endpoint, followed.
+        drop(demand_rx);
+        tasks.spawn(crate::registry::follow(
+            spec.clone(),
+            address_tx,
+            ready_tx,
+            check.clone(),
+            stop.clone(),
+        ));
+    } else {
+        drop(address_tx);
+        // A check of its own is probed while ready; a plain connect is not.
+        let steady = ready.to_string() != upstream.to_string();
+        tasks.spawn(upstream::watch(
+            Prober::new(ready.clone()),
+            steady,
+            demand_rx,
+            check.clone(),
+            ready_tx,
+            stop.clone(),
+        ));
+    }
     let config = RelayConfig {
         gate: GateConfig {
             max_connections,
@@ -206,7 +227,7 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
             "proxy {bound} -> {upstream} (ready when {ready} is)"
         ));
     }
-    tasks.spawn(serve(listener, upstream, config, wiring, stop.clone()));
+    tasks.spawn(serve(listener, address, config, wiring, stop.clone()));
     tasks.spawn(on_signals(stop.clone()));
     tasks.close();
     loop {

@@ -9,6 +9,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use tether_probe::Target;
 use tether_probe::target::find_program;
+use tether_probe::target::registry::{Found, LookupError, LookupFailure};
 use tether_probe::wait::{WaitPolicy, wait_targets};
 use tether_process::{Exit, Signal};
 use tether_registry::{AnyRegistry, Instance, LeaseState, NewRecord, Registry, Watch, WatchEvent};
@@ -478,4 +479,149 @@ fn print_table(instances: &[&Instance]) {
 fn usage(words: String) -> ExitCode {
     let _ = errln!("tether: {words}");
     ExitCode::from(exit::USAGE)
+}
+
+/// The lookup behind `registry:NAME` targets (installed in `main`).
+pub(crate) fn lookup(
+    url: Option<String>,
+    name: String,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Found>, LookupError>> + Send>> {
+    Box::pin(async move {
+        let registry = tether_registry::open(url.as_deref()).map_err(|e| LookupError {
+            kind: match e.kind() {
+                std::io::ErrorKind::InvalidInput => LookupFailure::Permanent,
+                _ => LookupFailure::Absent,
+            },
+            words: e.to_string(),
+        })?;
+        let listed = registry.list().await.map_err(|e| LookupError {
+            kind: match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => LookupFailure::Absent,
+                std::io::ErrorKind::InvalidData => LookupFailure::Permanent,
+                _ => LookupFailure::Silent,
+            },
+            words: e.to_string(),
+        })?;
+        Ok(listed
+            .into_iter()
+            .filter(|i| i.name == name)
+            .map(|i| Found {
+                id: i.id,
+                endpoint: i.endpoint,
+                pid: i.pid,
+                host: i.host,
+                since_unix_ms: i.since_unix_ms,
+            })
+            .collect())
+    })
+}
+
+/// Follows the instances of `spec.name` for `tether proxy LISTEN
+/// registry:NAME`: the address is the newest instance's endpoint (as
+/// `tcp://HOST:PORT` or `unix://PATH`), ready while there is one. When it
+/// goes and another comes (elsewhere), new clients go there; while there is
+/// none, clients wait. A failed connect asks for a rescan.
+pub(crate) async fn follow(
+    spec: tether_probe::target::RegistrySpec,
+    address: tokio::sync::watch::Sender<Target>,
+    ready: tokio::sync::watch::Sender<Result<(), String>>,
+    check: std::sync::Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    let set_ready = |now: Result<(), String>| {
+        ready.send_if_modified(|was| std::mem::replace(was, now.clone()) != now);
+    };
+    let in_words = spec
+        .registry
+        .as_deref()
+        .unwrap_or("the file registry")
+        .to_string();
+    loop {
+        let watching = match tether_registry::open(spec.registry.as_deref()) {
+            Ok(registry) => registry.watch().await,
+            Err(e) => Err(e),
+        };
+        let mut watch = match watching {
+            Ok(watch) => watch,
+            Err(e) => {
+                set_ready(Err(format!("registry {in_words}: {e}")));
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let mut live: BTreeMap<String, Instance> = BTreeMap::new();
+        loop {
+            let event = tokio::select! {
+                () = stop.cancelled() => return,
+                () = check.notified() => {
+                    watch.rescan();
+                    continue;
+                }
+                event = watch.next() => event,
+            };
+            match event {
+                Ok(WatchEvent::Added(i) | WatchEvent::Changed(i)) if i.name == spec.name => {
+                    live.insert(i.id.clone(), i);
+                }
+                Ok(WatchEvent::Removed(i)) => {
+                    live.remove(&i.id);
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    set_ready(Err(format!("registry {in_words}: {e}")));
+                    break;
+                }
+            }
+            let Some(newest) = live.values().max_by_key(|i| i.since_unix_ms) else {
+                set_ready(Err(format!(
+                    "no instance of '{}' is registered in {in_words}",
+                    spec.name
+                )));
+                continue;
+            };
+            match endpoint_target(&newest.endpoint) {
+                Ok(target) => {
+                    address.send_if_modified(|was| {
+                        let changed = was.to_string() != target.to_string();
+                        if changed {
+                            tracing::info!(
+                                "registry:{}: relaying to {target} (instance {} on {})",
+                                spec.name,
+                                newest.id,
+                                newest.host
+                            );
+                            *was = target;
+                        }
+                        changed
+                    });
+                    set_ready(Ok(()));
+                }
+                Err(why) => set_ready(Err(why)),
+            }
+        }
+    }
+}
+
+/// The address to relay to for an endpoint URL: `tcp://HOST:PORT` for a
+/// TCP-based scheme (its default port if none is given), `unix://PATH`.
+fn endpoint_target(endpoint: &str) -> Result<Target, String> {
+    let bad = |why: &str| format!("endpoint {endpoint}: {why}");
+    let url = url::Url::parse(endpoint).map_err(|e| bad(&e.to_string()))?;
+    let text = match url.scheme() {
+        "unix" => format!("unix://{}", url.path()),
+        _ => {
+            let host = url.host_str().ok_or_else(|| bad("no host to relay to"))?;
+            let port = url
+                .port_or_known_default()
+                .ok_or_else(|| bad("no port, and its scheme has no known one"))?;
+            if host.contains(':') {
+                format!("tcp://[{}]:{port}", host.trim_matches(['[', ']']))
+            } else {
+                format!("tcp://{host}:{port}")
+            }
+        }
+    };
+    Target::parse(&text).map_err(|e| bad(&e.to_string()))
 }

@@ -39,7 +39,7 @@ pub mod web;
 use std::fmt;
 use std::time::Duration;
 
-use tether_resilience::Failure;
+use tether_resilience::{Cause, Failure, Phase};
 
 pub use mcp::{LEGACY_VERSION, MODERN_VERSION};
 pub use target::{Target, TargetError, display_url, parse_duration};
@@ -107,7 +107,59 @@ impl Prober {
             target::Spec::File(spec) => file::probe(spec, attempt).await,
             target::Spec::Exec(spec) => exec::probe(spec, attempt).await,
             target::Spec::Mcp(spec) => mcp::probe(spec, &mut self.mcp, attempt).await,
+            target::Spec::Registry(spec) => registry_probe(spec, attempt).await,
         }
+    }
+}
+
+/// Lists the registry: ready when an instance of the name is there.
+async fn registry_probe(
+    spec: &target::RegistrySpec,
+    attempt: attempt::Attempt,
+) -> Result<Ready, Failure> {
+    let what = spec
+        .registry
+        .as_deref()
+        .unwrap_or("the file registry")
+        .to_string();
+    let Some(lookup) = target::registry::lookup() else {
+        return Err(Failure::new(
+            Phase::Connect,
+            Cause::LocalResource,
+            format!("{what}: this program cannot read registries"),
+        ));
+    };
+    let listing = lookup(spec.registry.clone(), spec.name.clone());
+    let found = match tokio::time::timeout(attempt.remaining(), listing).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            let cause = match e.kind {
+                target::registry::LookupFailure::Absent => Cause::ConnectRefused,
+                target::registry::LookupFailure::Silent => Cause::ResponseTimeout,
+                target::registry::LookupFailure::Permanent => Cause::ProtocolMismatch,
+            };
+            return Err(Failure::new(
+                Phase::Connect,
+                cause,
+                format!("{what}: {}", e.words),
+            ));
+        }
+        Err(_) => return Err(Failure::timeout(Phase::FirstByte, attempt.budget(), &what)),
+    };
+    match found.iter().max_by_key(|f| f.since_unix_ms) {
+        Some(f) => Ok(Ready::new(format!(
+            "{} registered: {} (pid {} on {}{})",
+            found.len(),
+            f.endpoint,
+            f.pid,
+            f.host,
+            if found.len() > 1 { ", the newest" } else { "" }
+        ))),
+        None => Err(Failure::new(
+            Phase::Connect,
+            Cause::PathMissing,
+            format!("no instance of '{}' is registered in {what}", spec.name),
+        )),
     }
 }
 

@@ -415,3 +415,201 @@ async fn with_etcd_a_command_that_ends_at_once_leaves_no_record() {
         assert!(reg.ls().await.is_empty(), "left behind: {r:?}");
     }
 }
+
+// --- registry:NAME as a target ---
+
+async fn run_with(env: (&str, &str), args: &[&str]) -> crate::support::Run {
+    let out = within(
+        &format!("tether {args:?}"),
+        tether().env(env.0, env.1).args(args).output(),
+    )
+    .await
+    .unwrap();
+    crate::support::Run {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A registered instance that stays until dropped.
+fn registered(url: &str, name: &str, endpoint: &str) -> tokio::process::Child {
+    tether()
+        .args([
+            "register",
+            "--name",
+            name,
+            "--endpoint",
+            endpoint,
+            "--registry",
+            url,
+            "--",
+            "sleep",
+            "3600",
+        ])
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn wait_for_registry_name_until_an_instance_is_registered() {
+    let reg = Reg::new();
+    let env = ("TETHER_REGISTRY", reg.url.as_str());
+    let r = run_with(env, &["wait", "registry:web", "-t", "300ms"]).await;
+    assert_eq!(r.code(), 124, "nothing there: {r:?}");
+    assert!(
+        r.stderr
+            .contains("no instance of 'web' is registered in file://"),
+        "{}",
+        r.stderr
+    );
+    let url = reg.url.clone();
+    let waiting = tokio::spawn(async move {
+        run_with(
+            ("TETHER_REGISTRY", &url),
+            &["wait", "registry:web", "-t", "30s"],
+        )
+        .await
+    });
+    let (mut watcher, mut changes) = reg.watch();
+    let mut instance = registered(&reg.url, "web", "http://127.0.0.1:8080");
+    next_change(&mut changes).await;
+    let r = within("the wait", waiting).await.unwrap();
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(
+        r.stderr.contains("1 registered: http://127.0.0.1:8080"),
+        "{}",
+        r.stderr
+    );
+    instance.kill().await.unwrap();
+    watcher.kill().await.unwrap();
+
+    let bad = run_with(("TETHER_REGISTRY", "consul://x"), &["wait", "registry:web"]).await;
+    assert_eq!(bad.code(), 2, "{bad:?}");
+    assert!(
+        bad.stderr
+            .contains("TETHER_REGISTRY=consul://x is not a registry"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[tokio::test]
+async fn wait_for_registry_name_in_etcd() {
+    let etcd = tether_test::etcd::Etcd::start().await;
+    let reg = Reg::etcd(etcd.url("waits", 5));
+    let env = ("TETHER_REGISTRY", reg.url.as_str());
+    let r = run_with(env, &["wait", "registry:api", "-t", "300ms"]).await;
+    assert_eq!(r.code(), 124, "{r:?}");
+    let (mut watcher, mut changes) = reg.watch();
+    let mut instance = registered(&reg.url, "api", "http://127.0.0.1:1");
+    next_change(&mut changes).await;
+    let r = run_with(env, &["wait", "registry:api", "-t", "10s"]).await;
+    assert_eq!(r.code(), 0, "{r:?}");
+    instance.kill().await.unwrap();
+    watcher.kill().await.unwrap();
+    drop(etcd);
+    let r = run_with(env, &["wait", "registry:api", "-t", "300ms"]).await;
+    assert_eq!(r.code(), 124, "{r:?}");
+    assert!(
+        r.stderr.contains("connection refused"),
+        "etcd gone: {}",
+        r.stderr
+    );
+}
+
+/// One answer per connection: `name`, then close.
+fn answering(name: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                let _ = s.write_all(name.as_bytes()).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+async fn read_all_from(port: u16) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut s = within(
+        "connect",
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .unwrap();
+    let mut back = String::new();
+    within("the answer", s.read_to_string(&mut back))
+        .await
+        .unwrap();
+    back
+}
+
+/// `tether proxy LISTEN registry:NAME` holds clients while no instance is
+/// registered, relays to the one that is, and follows it when it comes
+/// back elsewhere.
+#[tokio::test]
+async fn a_proxy_to_registry_name_follows_the_instance() {
+    let reg = Reg::new();
+    let listen = free_port();
+    let mut proxy = tether()
+        .env("TETHER_REGISTRY", &reg.url)
+        .args([
+            "proxy",
+            &format!("tcp://127.0.0.1:{listen}"),
+            "registry:svc",
+        ])
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(proxy.stdout.take().unwrap()).lines();
+    let first = within("the proxy starts", said.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("registry:svc"), "{first}");
+    // Held until there is an instance.
+    let early = tokio::spawn(read_all_from(listen));
+    let (a, a_task) = answering("A");
+    let (mut watcher, mut changes) = reg.watch();
+    let mut one = registered(&reg.url, "svc", &format!("http://127.0.0.1:{a}"));
+    next_change(&mut changes).await;
+    assert_eq!(within("the held client", early).await.unwrap(), "A");
+    // It goes; a client now waits; another comes up elsewhere.
+    one.kill().await.unwrap();
+    let gone = next_change(&mut changes).await;
+    assert_eq!(gone["event"], "removed", "{gone}");
+    a_task.abort();
+    let during = tokio::spawn(read_all_from(listen));
+    let (b, _b_task) = answering("B");
+    let mut two = registered(&reg.url, "svc", &format!("tcp://127.0.0.1:{b}"));
+    next_change(&mut changes).await;
+    assert_eq!(
+        within("the client across the move", during).await.unwrap(),
+        "B"
+    );
+    assert_eq!(read_all_from(listen).await, "B");
+    two.kill().await.unwrap();
+    watcher.kill().await.unwrap();
+    proxy.kill().await.unwrap();
+
+    let bad = run(&[
+        "proxy",
+        "tcp://127.0.0.1:1",
+        "registry:svc",
+        "--ready",
+        "tcp://127.0.0.1:2",
+    ])
+    .await;
+    assert_eq!(bad.code(), 2, "{bad:?}");
+    assert!(
+        bad.stderr.contains("the registry is the check"),
+        "{}",
+        bad.stderr
+    );
+}

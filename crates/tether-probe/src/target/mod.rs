@@ -11,6 +11,7 @@
 //! | `file:///PATH`, `file:PATH` | a file (not a directory) that exists (`?max-age=30s` for a fresh heartbeat, `#state=ready,busy`; a heartbeat with a `writer` is judged by identity, see the file probe) |
 //! | `exec:COMMAND ARGS…` | a command that exits with a wanted code (`#code=0`); argv, never a shell |
 //! | `mcp+http://…`, `mcp+https://…` | an MCP server that completes its handshake (`#era=auto|legacy|modern`) |
+//! | `registry:NAME` | an instance of NAME registered in `$TETHER_REGISTRY` (else the file registry) |
 //!
 //! Every kind also takes `#timeout=DURATION`, a fixed per-attempt timeout.
 //!
@@ -35,6 +36,7 @@ mod http;
 mod mcp;
 mod options;
 mod preflight;
+pub mod registry;
 mod tcp;
 mod unix;
 mod urls;
@@ -45,6 +47,7 @@ pub use http::{HttpSpec, StatusSet};
 pub use mcp::{Era, McpSpec};
 pub use options::parse_duration;
 pub use preflight::{ProgramError, find_program};
+pub use registry::RegistrySpec;
 pub use tcp::{Host, TcpSpec};
 pub use unix::{MAX_SOCKET_PATH, SocketPath, UnixSpec};
 pub use urls::{DisplayUrl, display_url, url_is_local};
@@ -72,6 +75,7 @@ pub enum Spec {
     File(FileSpec),
     Exec(ExecSpec),
     Mcp(McpSpec),
+    Registry(RegistrySpec),
 }
 
 /// A target that cannot be used: bad syntax, or (from [`Target::preflight`])
@@ -183,6 +187,13 @@ const KINDS: &[Row] = &[
         secret_headers: true,
         parse: mcp::parse,
     },
+    Row {
+        schemes: &["registry"],
+        family: None,
+        forms: &["registry:NAME"],
+        secret_headers: false,
+        parse: registry::parse,
+    },
 ];
 
 impl Row {
@@ -219,6 +230,7 @@ impl Spec {
             Spec::File(spec) => spec,
             Spec::Exec(spec) => spec,
             Spec::Mcp(spec) => spec,
+            Spec::Registry(spec) => spec,
         }
     }
 }

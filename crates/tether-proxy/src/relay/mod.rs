@@ -132,7 +132,8 @@ pub struct Wiring {
     pub stats: watch::Sender<RelayStats>,
 }
 
-/// Serves clients on `listener`, relaying them to `upstream`, until `stop`;
+/// Serves clients on `listener`, relaying them to `upstream` (the address
+/// now: it may change, for an upstream found in a registry), until `stop`;
 /// then it stops accepting and closes what it holds.
 ///
 /// # Cancel safety
@@ -140,7 +141,7 @@ pub struct Wiring {
 /// Not cancel-safe, but safe to drop: every connection it holds closes.
 pub async fn serve(
     listener: Listener,
-    upstream: Target,
+    upstream: watch::Receiver<Target>,
     config: RelayConfig,
     wiring: Wiring,
     stop: CancellationToken,
@@ -294,7 +295,7 @@ pub async fn serve(
         for action in gate.take_actions() {
             match action {
                 Action::Connect(id) => {
-                    let target = upstream.clone();
+                    let target = upstream.borrow().clone();
                     let timeout = config.connect_timeout;
                     connecting
                         .spawn(async move { (id, dial(&target, Attempt::new(timeout)).await) });
