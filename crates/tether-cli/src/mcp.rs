@@ -180,7 +180,10 @@ fn size(text: &str) -> Result<usize, String> {
 }
 
 /// Builds the upstream from the arguments, or says what is wrong.
-fn upstream(args: &McpArgs, sink: StderrSink) -> Result<(Upstream, bool), (u8, String)> {
+fn upstream(
+    args: &McpArgs,
+    sink: StderrSink,
+) -> Result<(Upstream, bool, Option<Follower>), (u8, String)> {
     let limits = Limits {
         max_message: args.max_message,
     };
@@ -192,9 +195,12 @@ fn upstream(args: &McpArgs, sink: StderrSink) -> Result<(Upstream, bool), (u8, S
             ));
         }
         let stdio = Stdio::new(args.command.clone(), limits, sink);
-        return Ok((Upstream::Stdio(stdio), true));
+        return Ok((Upstream::Stdio(stdio), true, None));
     }
     let text = args.url.as_deref().unwrap_or_default();
+    if text.starts_with("registry:") {
+        return registry_upstream(args, text, limits);
+    }
     // A user and password in the URL are never shown.
     let shown = redact_text(text);
     let url = Url::parse(text).map_err(|e| (exit::USAGE, format!("{shown:?}: not a URL ({e})")))?;
@@ -244,12 +250,58 @@ fn upstream(args: &McpArgs, sink: StderrSink) -> Result<(Upstream, bool), (u8, S
             ));
         }
     };
-    Ok((upstream, local))
+    Ok((upstream, local, None))
 }
+
+/// `tether mcp registry:NAME`: the newest registered instance's endpoint,
+/// followed (its URL must be http(s)).
+fn registry_upstream(
+    args: &McpArgs,
+    text: &str,
+    limits: Limits,
+) -> Result<(Upstream, bool, Option<Follower>), (u8, String)> {
+    let target = tether_probe::Target::parse(text).map_err(|e| (exit::USAGE, e.to_string()))?;
+    let tether_probe::target::Spec::Registry(spec) = target.spec() else {
+        return Err((exit::USAGE, format!("{text}: expected registry:NAME")));
+    };
+    if args.transport == Transport::Sse {
+        return Err((
+            exit::USAGE,
+            "--transport sse with registry:NAME: the transport is detected at each instance".into(),
+        ));
+    }
+    let local = spec
+        .registry
+        .as_deref()
+        .is_none_or(|u| u.starts_with("file://"));
+    let timeout = args.connect_timeout.unwrap_or(connect_timeout(local));
+    let mut headers = HeaderMap::new();
+    for (name, value) in &args.headers {
+        headers.append(name, value.clone());
+    }
+    let (tx, rx) =
+        tokio::sync::watch::channel(Err(format!("looking for an instance of '{}'", spec.name)));
+    let placeholder =
+        Url::parse("http://127.0.0.1/").map_err(|e| (exit::INTERNAL, e.to_string()))?;
+    let mode = match args.transport {
+        Transport::StreamableHttp => Some(HttpMode::Streamable),
+        _ => None,
+    };
+    let http = Http::new(placeholder, args.insecure, headers, mode, limits, timeout)
+        .following(text.to_string(), rx);
+    Ok((Upstream::Http(http), local, Some((spec.clone(), tx))))
+}
+
+/// What keeps a `registry:NAME` upstream's URL current, started with the
+/// runtime.
+type Follower = (
+    tether_probe::target::RegistrySpec,
+    tokio::sync::watch::Sender<Result<Url, String>>,
+);
 
 pub(crate) fn run(args: McpArgs) -> ExitCode {
     let sink = stderr_sink(args.json_log, args.log_file.is_some());
-    let (upstream, local) = match upstream(&args, sink) {
+    let (upstream, local, follower) = match upstream(&args, sink) {
         Ok(built) => built,
         Err((code, why)) => {
             let _ = errln!("tether: {why}");
@@ -284,6 +336,9 @@ pub(crate) fn run(args: McpArgs) -> ExitCode {
         Err(code) => return ExitCode::from(code),
     };
     let result = runtime.block_on(async {
+        if let Some((spec, tx)) = follower {
+            tokio::spawn(crate::registry::follow_urls(spec, tx));
+        }
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {

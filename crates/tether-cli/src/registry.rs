@@ -528,30 +528,99 @@ pub(crate) async fn follow(
     check: std::sync::Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
-    let set_ready = |now: Result<(), String>| {
+    let name = spec.name.clone();
+    follow_newest(spec, check, stop, |newest| {
+        let now = newest.and_then(|i| {
+            let target = endpoint_target(&i.endpoint)?;
+            address.send_if_modified(|was| {
+                let changed = was.to_string() != target.to_string();
+                if changed {
+                    tracing::info!(
+                        "registry:{name}: relaying to {target} (instance {} on {})",
+                        i.id,
+                        i.host
+                    );
+                    *was = target;
+                }
+                changed
+            });
+            Ok(())
+        });
         ready.send_if_modified(|was| std::mem::replace(was, now.clone()) != now);
-    };
+    })
+    .await;
+}
+
+/// Keeps `url` at the endpoint of the newest live instance of `spec.name`
+/// (for `tether mcp registry:NAME`: an http(s) URL), or the words why
+/// there is none.
+pub(crate) async fn follow_urls(
+    spec: tether_probe::target::RegistrySpec,
+    url: tokio::sync::watch::Sender<Result<url::Url, String>>,
+) {
+    let check = std::sync::Arc::new(tokio::sync::Notify::new());
+    let name = spec.name.clone();
+    follow_newest(spec, check, CancellationToken::new(), |newest| {
+        let now = newest.and_then(|i| {
+            url::Url::parse(&i.endpoint)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    format!(
+                        "instance {} of '{name}' has the endpoint {}, not the http(s) URL of an MCP server",
+                        i.id, i.endpoint
+                    )
+                })
+        });
+        url.send_if_modified(|was| std::mem::replace(was, now.clone()) != now);
+    })
+    .await;
+}
+
+/// Watches the registry for the instances of `spec.name` and tells `on`
+/// the newest live one after every change (or why there is none), until
+/// `stop`; a notified `check` rescans.
+async fn follow_newest(
+    spec: tether_probe::target::RegistrySpec,
+    check: std::sync::Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+    mut on: impl FnMut(Result<&Instance, String>),
+) {
     let in_words = spec
         .registry
         .as_deref()
         .unwrap_or("the file registry")
         .to_string();
     loop {
-        let watching = match tether_registry::open(spec.registry.as_deref()) {
-            Ok(registry) => registry.watch().await,
+        let none = || format!("no instance of '{}' is registered in {in_words}", spec.name);
+        // A verdict from a list first (a watch says nothing of an empty
+        // set), then every change; the watch starts with the current set.
+        let opened = match tether_registry::open(spec.registry.as_deref()) {
+            Ok(registry) => match registry.list().await {
+                Ok(listed) => registry.watch().await.map(|w| (listed, w)),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
-        let mut watch = match watching {
-            Ok(watch) => watch,
+        let (listed, mut watch) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
-                set_ready(Err(format!("registry {in_words}: {e}")));
+                on(Err(format!("registry {in_words}: {e}")));
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
         };
-        let mut live: BTreeMap<String, Instance> = BTreeMap::new();
+        let mut live: BTreeMap<String, Instance> = listed
+            .into_iter()
+            .filter(|i| i.name == spec.name)
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        match live.values().max_by_key(|i| i.since_unix_ms) {
+            Some(newest) => on(Ok(newest)),
+            None => on(Err(none())),
+        }
         loop {
             let event = tokio::select! {
                 () = stop.cancelled() => return,
@@ -570,35 +639,13 @@ pub(crate) async fn follow(
                 }
                 Ok(_) => continue,
                 Err(e) => {
-                    set_ready(Err(format!("registry {in_words}: {e}")));
+                    on(Err(format!("registry {in_words}: {e}")));
                     break;
                 }
             }
-            let Some(newest) = live.values().max_by_key(|i| i.since_unix_ms) else {
-                set_ready(Err(format!(
-                    "no instance of '{}' is registered in {in_words}",
-                    spec.name
-                )));
-                continue;
-            };
-            match endpoint_target(&newest.endpoint) {
-                Ok(target) => {
-                    address.send_if_modified(|was| {
-                        let changed = was.to_string() != target.to_string();
-                        if changed {
-                            tracing::info!(
-                                "registry:{}: relaying to {target} (instance {} on {})",
-                                spec.name,
-                                newest.id,
-                                newest.host
-                            );
-                            *was = target;
-                        }
-                        changed
-                    });
-                    set_ready(Ok(()));
-                }
-                Err(why) => set_ready(Err(why)),
+            match live.values().max_by_key(|i| i.since_unix_ms) {
+                Some(newest) => on(Ok(newest)),
+                None => on(Err(none())),
             }
         }
     }

@@ -179,6 +179,11 @@ struct Client {
 
 impl Client {
     fn start(args: &[String]) -> Client {
+        Client::start_env(args, &[])
+    }
+
+    /// With variables for tether (`TETHER_REGISTRY`).
+    fn start_env(args: &[String], env: &[(&str, &str)]) -> Client {
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(peers::python())
             .arg(peers::peer_script("mcp_client.py"))
@@ -189,6 +194,7 @@ impl Client {
             .arg("mcp")
             .args(args)
             .env("TETHER_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1168,4 +1174,41 @@ async fn url_credentials_authenticate_and_are_never_printed() {
     let run = crate::support::run(&["mcp", "http://tether-user:s3cr3t@/mcp"]).await;
     assert_eq!(run.code(), 2, "{run:?}");
     assert!(!run.stderr.contains("s3cr3t"), "{}", run.stderr);
+}
+
+/// `tether mcp registry:NAME`: the server is found in the registry, and
+/// followed when it comes back on another port.
+#[tokio::test]
+async fn a_registry_upstream_follows_the_server_to_another_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/registry", dir.path().display());
+    let register = |peer: &Peer| {
+        Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["register", "--name", "tools", "--endpoint"])
+            .arg(format!("http://127.0.0.1:{}/mcp", peer.port))
+            .args(["--ready", &format!("tcp://127.0.0.1:{}", peer.port)])
+            .args(["--registry", &url, "-q", "--", "sleep", "3600"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut a = Peer::new(Kind::PythonHttp);
+    a.start();
+    let mut registered_a = register(&a);
+    let mut client = Client::start_env(
+        &["registry:tools".to_string()],
+        &[("TETHER_REGISTRY", &url)],
+    );
+    client.init().await;
+    client.echo(&a, "one").await;
+    // It goes (the server and its record), and comes back elsewhere.
+    a.kill(&client).await;
+    registered_a.kill().await.unwrap();
+    let mut b = Peer::new(Kind::PythonHttp);
+    b.start();
+    let _registered_b = register(&b);
+    client.echo(&b, "two").await;
+    let log = client.exit().await;
+    assert!(log.contains("registry:tools"), "{log}");
 }

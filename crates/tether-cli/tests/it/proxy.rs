@@ -404,7 +404,7 @@ async fn bad_input_is_one_clear_error_each() {
         ),
         (
             vec!["proxy", "tcp://127.0.0.1:1", "http://127.0.0.1:2/"],
-            "a proxy relays to tcp://HOST:PORT or unix:///PATH",
+            "a proxy relays to tcp://HOST:PORT, unix:///PATH or registry:NAME",
         ),
         (
             vec!["proxy", "tcp://127.0.0.1:x", "tcp://127.0.0.1:2"],

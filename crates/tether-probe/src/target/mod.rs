@@ -436,7 +436,7 @@ pub(crate) mod tests {
         assert_eq!(
             kinds_hint(),
             "expected tcp://HOST:PORT, HOST:PORT, unix:PATH, http(s)://URL, \
-             file:PATH, exec:COMMAND or mcp+http(s)://URL"
+             file:PATH, exec:COMMAND, mcp+http(s)://URL or registry:NAME"
         );
         // Every scheme of the table reaches its own kind's parser.
         for row in KINDS {

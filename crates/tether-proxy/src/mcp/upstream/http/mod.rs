@@ -61,6 +61,9 @@ pub struct Http {
     limits: Limits,
     timeout: Duration,
     stream_idle: Duration,
+    /// Where the server is now, for one found in a registry: each connect
+    /// goes to the latest URL, or fails with the words while there is none.
+    follow: Option<tokio::sync::watch::Receiver<Result<Url, String>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,7 +100,21 @@ impl Http {
             limits,
             timeout,
             stream_idle: Duration::from_secs(300),
+            follow: None,
         }
+    }
+
+    /// Follows a server that moves (found in a registry): every connect
+    /// goes to the URL `follow` holds then, and the transport is detected
+    /// again when it changed. `shown` names the upstream in messages.
+    pub fn following(
+        mut self,
+        shown: String,
+        follow: tokio::sync::watch::Receiver<Result<Url, String>>,
+    ) -> Http {
+        self.shown = shown;
+        self.follow = Some(follow);
+        self
     }
 
     /// Reopens a GET stream that has been silent this long.
@@ -118,6 +135,24 @@ impl Http {
     /// Opens a connection: the readiness check and, on the legacy
     /// transport, the session itself.
     pub async fn connect(&self, events: Events) -> Result<Link, Failure> {
+        if let Some(follow) = &self.follow {
+            let now = follow.borrow().clone();
+            return match now {
+                Err(why) => Err(Failure::new(Phase::Connect, Cause::PathMissing, why)),
+                Ok(mut url) => {
+                    // Credentials in a registered endpoint are not sent:
+                    // anyone who can register could collect them.
+                    let _ = take_credentials(&mut url);
+                    let mut here = self.clone();
+                    here.follow = None;
+                    if here.url != url {
+                        here.url = url;
+                        here.detected = Arc::new(Mutex::new(None));
+                    }
+                    Box::pin(here.connect(events)).await
+                }
+            };
+        }
         match self.mode() {
             Some(HttpMode::Sse) => {
                 let stream = sse::open(self).await?;
