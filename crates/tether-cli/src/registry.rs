@@ -228,6 +228,9 @@ pub(crate) fn register(args: RegisterArgs) -> ExitCode {
                     // CMD ended while its record was being published: the
                     // record may be there already; it goes before tether.
                     if let Ok(Ok(lease)) = tokio::time::timeout(Duration::from_secs(7), &mut registering).await {
+                        if let Some(cause) = lease.state().cause() {
+                            say(format!("the command ended before it was registered ({cause})"));
+                        }
                         lease.close().await;
                     }
                     return finish(exit, &say);

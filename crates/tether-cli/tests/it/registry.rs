@@ -613,3 +613,85 @@ async fn a_proxy_to_registry_name_follows_the_instance() {
         bad.stderr
     );
 }
+
+/// Something at the etcd address that is not etcd, or that never answers:
+/// `tether ls` says so in bounded time, with its own exit code, and `tether
+/// register` runs CMD anyway, saying why the record is not there.
+#[tokio::test]
+async fn an_etcd_address_that_is_not_etcd_or_hangs_is_said() {
+    use tether_test::http::{Reply, ScriptServer};
+    let other = ScriptServer::start(vec![Reply::status(200, "<html>hello</html>")]).await;
+    let url = format!("etcd://{}/x", other.addr);
+    let r = run(&["ls", "--registry", &url]).await;
+    assert_eq!(r.code(), 3, "not etcd: {r:?}");
+    assert!(r.stderr.contains("not etcd's JSON"), "{}", r.stderr);
+
+    let hangs = ScriptServer::start(vec![Reply::Hang]).await;
+    let url = format!("etcd://{}/x", hangs.addr);
+    let r = run(&["ls", "--registry", &url]).await;
+    assert_eq!(r.code(), 4, "silent: {r:?}");
+    assert!(r.stderr.contains("no answer after"), "{}", r.stderr);
+
+    let r = run(&[
+        "register",
+        "--name",
+        "a",
+        "--endpoint",
+        "http://x",
+        "--registry",
+        &url,
+        "--",
+        "sh",
+        "-c",
+        "echo ran",
+    ])
+    .await;
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), "ran");
+    assert!(
+        r.stderr
+            .contains("the command ended before it was registered")
+            && r.stderr.contains("no answer after"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// `tether register` frozen (SIGSTOP) past its TTL: etcd expires the
+/// record; thawed, tether finds its lease lost and registers again by
+/// itself.
+#[tokio::test]
+async fn with_etcd_a_frozen_registrant_registers_again_when_thawed() {
+    let etcd = tether_test::etcd::Etcd::start().await;
+    let reg = Reg::etcd(etcd.url("frozen", 2));
+    let (mut watcher, mut changes) = reg.watch();
+    let mut register = tether()
+        .args([
+            "register",
+            "--name",
+            "f",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--registry",
+            &reg.url,
+            "--",
+            "sleep",
+            "3600",
+        ])
+        .spawn()
+        .unwrap();
+    let added = next_change(&mut changes).await;
+    assert_eq!(added["event"], "added");
+    rustix::process::kill_process(pid_of(&register), rustix::process::Signal::STOP).unwrap();
+    let removed = next_change(&mut changes).await;
+    assert_eq!(
+        removed["event"], "removed",
+        "expired while frozen: {removed}"
+    );
+    rustix::process::kill_process(pid_of(&register), rustix::process::Signal::CONT).unwrap();
+    let again = next_change(&mut changes).await;
+    assert_eq!(again["event"], "added", "{again}");
+    assert_eq!(again["instance"]["id"], added["instance"]["id"]);
+    register.kill().await.unwrap();
+    watcher.kill().await.unwrap();
+}
