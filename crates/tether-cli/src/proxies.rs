@@ -126,7 +126,9 @@ pub(crate) fn start(
             }
             ProxyReadiness::Probe(ready) => format!("{} (ready when {ready} is)", spec.address),
             ProxyReadiness::Service(name) => format!("{} (service:{name})", spec.address),
+            ProxyReadiness::Registry(_) => spec.address.to_string(),
         };
+        let (address_tx, address) = watch::channel(spec.address.clone());
         match &spec.readiness {
             ProxyReadiness::Probe(ready) => {
                 let steady = ready.to_string() != spec.address.to_string();
@@ -136,6 +138,16 @@ pub(crate) fn start(
                     demand_rx,
                     check.clone(),
                     ready_tx,
+                    stop.clone(),
+                ));
+            }
+            ProxyReadiness::Registry(registry) => {
+                drop(demand_rx);
+                tasks.spawn(crate::registry::follow(
+                    registry.clone(),
+                    address_tx,
+                    ready_tx,
+                    check.clone(),
                     stop.clone(),
                 ));
             }
@@ -177,13 +189,7 @@ pub(crate) fn start(
             upstream: upstream_words,
             stats: stats_rx,
         });
-        tasks.spawn(serve(
-            listener,
-            watch::channel(spec.address.clone()).1,
-            config,
-            wiring,
-            stop.clone(),
-        ));
+        tasks.spawn(serve(listener, address, config, wiring, stop.clone()));
         // Named, and handed to whoever listens (nobody: dropped).
         let named = events.clone();
         let name = spec.name.clone();

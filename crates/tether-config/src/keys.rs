@@ -553,7 +553,10 @@ pub static KEYS: &[Key] = &[
               `service:NAME`, a service of this stack. With `service:`, the proxy lets \
               clients through while the supervisor says the service is ready (no polling), \
               and relays to `address`, or else to the address of the service's `ready` \
-              check (`tcp://`, `unix://`, or the host and port of an `http://` check).",
+              check (`tcp://`, `unix://`, or the host and port of an `http://` check). \
+              With `registry:NAME`, it relays to the newest instance of NAME registered in \
+              `$TETHER_REGISTRY` (else the file registry), followed wherever it moves, and \
+              lets clients through while one is registered.",
     },
     Key {
         name: "address",

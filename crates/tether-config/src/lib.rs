@@ -95,6 +95,8 @@ pub enum ProxyReadiness {
     Probe(Box<Target>),
     /// The supervisor's state of this service of the stack.
     Service(String),
+    /// An instance in a registry: the address is its endpoint, followed.
+    Registry(tether_probe::target::RegistrySpec),
 }
 
 /// Reads and checks the configuration file at `path` (see [`parse`]).

@@ -484,17 +484,44 @@ impl Resolver<'_> {
                 )
             })?;
         let upstream = raw.upstream.as_ref().ok_or_else(|| missing("upstream"))?;
+        // `address` is an address; `upstream` may also name a service or
+        // a registered instance.
         let relayable = |target: &Target, at: &At| {
             if matches!(target.kind(), "tcp" | "unix") {
-                Ok(())
-            } else {
-                Err(self.error(
-                    at,
-                    format!("{target}: a proxy relays to tcp://HOST:PORT or unix:///PATH"),
-                ))
+                return Ok(());
             }
+            let forms = if std::ptr::eq(at, &upstream.at) {
+                "tcp://HOST:PORT, unix:///PATH, service:NAME or registry:NAME"
+            } else {
+                "tcp://HOST:PORT or unix:///PATH"
+            };
+            Err(self.error(at, format!("{target}: a proxy relays to {forms}")))
         };
-        let (address, readiness) = if let Some(name) = upstream.value.strip_prefix("service:") {
+        let registry = match upstream.value.starts_with("registry:") {
+            true => Some(self.target(upstream)?),
+            false => None,
+        };
+        let (address, readiness) = if let Some(target) = registry {
+            for (key, given) in [
+                ("ready", raw.ready.as_ref()),
+                ("address", raw.address.as_ref()),
+            ] {
+                if let Some(given) = given {
+                    return Err(self.error(
+                        &given.at,
+                        format!(
+                            "'{key}' does not go with upstream = \"{target}\": the address and \
+                             the readiness are the registered instance's"
+                        ),
+                    ));
+                }
+            }
+            let tether_probe::target::Spec::Registry(spec) = target.spec() else {
+                return Err(self.error(&upstream.at, format!("{target}: not a registry target")));
+            };
+            let spec = spec.clone();
+            (target, ProxyReadiness::Registry(spec))
+        } else if let Some(name) = upstream.value.strip_prefix("service:") {
             let Some(service) = services.iter().find(|s| s.name == name) else {
                 let names = services.iter().map(|s| s.name.as_str());
                 let hint = did_you_mean(name, names);

@@ -180,3 +180,45 @@ async fn with_etcd_a_registration_retries_is_lost_and_comes_back_by_itself() {
         "revoked at down, not left to its TTL"
     );
 }
+
+/// A stack's proxy to `registry:NAME`: it relays to the registered
+/// instance, here the stack's own service, and holds clients while none is
+/// registered (across a restart).
+#[tokio::test]
+async fn a_stack_proxy_follows_a_registered_instance() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (port, listen) = (free_port(), free_port());
+    let toml = format!(
+        "{}[proxies.front]\nlisten = \"tcp://127.0.0.1:{listen}\"\nupstream = \"registry:db\"\n",
+        registered_stack(port, "")
+    );
+    let mut stack = Stack::new(&toml);
+    stack.up(&["--json"]);
+    let get = || async move {
+        let mut s = within(
+            "connect",
+            tokio::net::TcpStream::connect(("127.0.0.1", listen)),
+        )
+        .await
+        .unwrap();
+        s.write_all(b"GET /health HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        within("the answer", s.read_to_string(&mut answer))
+            .await
+            .unwrap();
+        answer
+    };
+    // Held until db is registered, then relayed.
+    stack.until("proxy front").await;
+    let early = tokio::spawn(get());
+    registration(&mut stack, "registered").await;
+    let answer = within("the held client", early).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let restart = stack.tether(&["restart", "db"]).await;
+    assert_eq!(restart.code(), 0, "{restart:?}");
+    let during = tokio::spawn(get());
+    let answer = within("a client across the restart", during).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    stack.tether(&["down"]).await;
+    stack.exited().await;
+}

@@ -1260,7 +1260,7 @@ fn a_proxy_names_what_is_wrong_with_it() {
             "listen = \"tcp://127.0.0.1:9080\"\nupstream = \"http://127.0.0.1:8081/\"",
             "\"http://127.0.0.1:8081/\"",
             "proxies.p.upstream",
-            "http://127.0.0.1:8081/: a proxy relays to tcp://HOST:PORT or unix:///PATH",
+            "http://127.0.0.1:8081/: a proxy relays to tcp://HOST:PORT, unix:///PATH, service:NAME or registry:NAME",
         ),
         (
             "listen = \"tcp://127.0.0.1:9080\"\nupstream = \"service:db\"\nready = \"tcp://127.0.0.1:1\"",
@@ -1390,4 +1390,27 @@ fn a_registry_is_read() {
     );
     let none = dir.load("[services.api]\ncommand = [\"sh\"]\n").unwrap();
     assert_eq!(none.registry, None);
+}
+
+#[test]
+fn a_registry_proxy_takes_neither_ready_nor_address() {
+    for key in [
+        "ready = \"tcp://127.0.0.1:2\"",
+        "address = \"tcp://127.0.0.1:2\"",
+    ] {
+        let toml = format!(
+            "[services.a]\ncommand = [\"sh\"]\n[proxies.p]\nlisten = \"tcp://127.0.0.1:9\"\nupstream = \"registry:api\"\n{key}\n"
+        );
+        let name = key.split(' ').next().unwrap();
+        check(
+            &toml,
+            6,
+            "\"tcp",
+            &format!("proxies.p.{name}"),
+            &format!(
+                "'{name}' does not go with upstream = \"registry:api\": the address and the \
+                 readiness are the registered instance's"
+            ),
+        );
+    }
 }
