@@ -1,0 +1,141 @@
+//! One debounced stream of what breaks long-lived connections: the machine
+//! slept ([`Event::Resumed`]), the wall clock was set
+//! ([`Event::ClockStepped`]), this process did not run
+//! ([`Event::Stalled`]), the network changed ([`Event::NetworkChanged`],
+//! after [`Event::NetworkSettling`]).
+//!
+//! The decisions are in [`core`] (clock readings and hints in, events out,
+//! tested on explicit instants); [`Netmon`] drives it from the real sources
+//! ([`sources`]): `CLOCK_BOOTTIME` − `CLOCK_MONOTONIC`, a `CLOCK_REALTIME`
+//! timerfd with `TFD_TIMER_CANCEL_ON_SET`, a watchdog tick once a second,
+//! and the route netlink socket. It is event-driven: besides the tick,
+//! nothing polls.
+//!
+//! Nothing here acts on the events; tether's commands do (revalidate
+//! upstreams, rescan registries, reset backoffs).
+
+pub mod core;
+pub mod sources;
+
+use std::io;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::broadcast;
+use tokio_util::task::AbortOnDropHandle;
+
+pub use core::{Clocks, Config, Event, Input, Monitor, Snapshot};
+
+/// A running monitor; it stops when dropped.
+#[derive(Debug)]
+pub struct Netmon {
+    events: broadcast::Sender<Event>,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl Netmon {
+    /// Starts watching, on the current runtime.
+    ///
+    /// # Errors
+    ///
+    /// The timerfd cannot be made. A network that cannot be watched
+    /// (no netlink) is logged, and only the clocks are watched.
+    pub fn start(config: Config) -> io::Result<Netmon> {
+        let clock = register(sources::ClockWatch::new()?)?;
+        let hints = match sources::Hints::new().and_then(register) {
+            Ok(hints) => Some(hints),
+            Err(e) => {
+                tracing::warn!("network changes are not watched: {e}");
+                None
+            }
+        };
+        let first = sources::snapshot().unwrap_or_default();
+        let monitor = Monitor::new(config, sources::clocks(), first);
+        let (events, _) = broadcast::channel(64);
+        let task = tokio::spawn(run(monitor, clock, hints, events.clone()));
+        Ok(Netmon {
+            events,
+            _task: AbortOnDropHandle::new(task),
+        })
+    }
+
+    /// Every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}
+
+/// Registers a source with the reactor.
+// `AsyncFd::new` is deprecated because a generic `T` may not keep its raw fd
+// valid; both sources own their descriptor (an `OwnedFd`, a netlink
+// `Socket`) for their whole life, so the call is sound without unsafe code.
+#[allow(deprecated)]
+fn register<T: std::os::fd::AsRawFd>(source: T) -> io::Result<AsyncFd<T>> {
+    AsyncFd::new(source)
+}
+
+async fn run(
+    mut monitor: Monitor,
+    clock: AsyncFd<sources::ClockWatch>,
+    hints: Option<AsyncFd<sources::Hints>>,
+    events: broadcast::Sender<Event>,
+) {
+    let tick = monitor.config().tick;
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let publish = |out: Vec<Event>| {
+        for event in out {
+            tracing::info!("netmon: {event:?}");
+            let _ = events.send(event);
+        }
+    };
+    loop {
+        let deadline = monitor.deadline().map(|at| {
+            let now = sources::clocks().monotonic;
+            tokio::time::Instant::now() + at.saturating_sub(now)
+        });
+        tokio::select! {
+            _ = ticks.tick() => publish(monitor.handle(Input::Tick(sources::clocks()))),
+            ready = clock.readable() => {
+                let Ok(mut guard) = ready else { return };
+                match guard.get_inner().cancelled() {
+                    Ok(true) => publish(monitor.handle(Input::ClockChanged(sources::clocks()))),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("netmon: the clock watch failed: {e}"),
+                }
+                guard.clear_ready();
+            }
+            ready = async {
+                match &hints {
+                    Some(h) => h.readable().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Ok(mut guard) = ready else { return };
+                match guard.get_inner().drain() {
+                    Ok(0) => {}
+                    Ok(_) => publish(monitor.handle(Input::NetworkHint(sources::clocks()))),
+                    Err(e) => tracing::warn!("netmon: reading network changes failed: {e}"),
+                }
+                guard.clear_ready();
+            }
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = sources::clocks();
+                if monitor.poll(now) {
+                    match sources::snapshot() {
+                        Ok(s) => publish(monitor.handle(Input::Snapshot(sources::clocks(), s))),
+                        Err(e) => {
+                            tracing::warn!("netmon: a network snapshot failed: {e}");
+                            monitor.snapshot_failed();
+                            tokio::time::sleep(tick).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
