@@ -13,7 +13,7 @@ use tether_proxy::mcp::upstream::http::{Http, HttpMode};
 use tether_proxy::mcp::upstream::stdio::Stdio;
 use tether_proxy::mcp::upstream::ws::Ws;
 use tether_proxy::mcp::upstream::{Limits, StderrSink, connect_timeout, redact_text};
-use tether_proxy::mcp::{SessionConfig, Timeouts, Upstream, serve};
+use tether_proxy::mcp::{SessionConfig, Timeouts, Upstream, serve_watching};
 use url::Url;
 
 use crate::exit;
@@ -346,13 +346,22 @@ pub(crate) fn run(args: McpArgs) -> ExitCode {
                 () = async { match &mut term { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        serve(
+        // Held for the session's life; without it, nothing is revalidated.
+        let netmon = match tether_netmon::Netmon::start(tether_netmon::Config::default()) {
+            Ok(netmon) => Some(netmon),
+            Err(e) => {
+                tracing::warn!("sleep, stalls and network changes are not watched: {e}");
+                None
+            }
+        };
+        serve_watching(
             upstream,
             config,
             args.max_message,
             tokio::io::stdin(),
             tokio::io::stdout(),
             shutdown,
+            netmon.as_ref().map(tether_netmon::Netmon::subscribe),
         )
         .await
     });

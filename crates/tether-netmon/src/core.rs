@@ -212,9 +212,8 @@ impl Monitor {
         if self.wanted {
             return Some(Duration::ZERO);
         }
-        self.burst.map(|(first, last)| {
-            (last + self.config.settle).min(first + self.config.settle_max)
-        })
+        self.burst
+            .map(|(first, last)| (last + self.config.settle).min(first + self.config.settle_max))
     }
 
     /// Whether to take a snapshot now (then feed it as
@@ -277,7 +276,11 @@ mod tests {
 
     fn monitor() -> Monitor {
         // Booted an hour ago, slept 10 minutes of it: δ = 600 s.
-        Monitor::new(Config::default(), at(3000.0, 3600.0), snap(&["addr eth0 192.0.2.7/24"]))
+        Monitor::new(
+            Config::default(),
+            at(3000.0, 3600.0),
+            snap(&["addr eth0 192.0.2.7/24"]),
+        )
     }
 
     #[test]
@@ -285,7 +288,10 @@ mod tests {
         let mut m = monitor();
         for i in 1..=10 {
             let t = 3000.0 + f64::from(i);
-            assert!(m.handle(Input::Tick(at(t, t + 600.0))).is_empty(), "tick {i}");
+            assert!(
+                m.handle(Input::Tick(at(t, t + 600.0))).is_empty(),
+                "tick {i}"
+            );
         }
     }
 
@@ -306,7 +312,10 @@ mod tests {
         assert_eq!(m.deadline(), Some(Duration::ZERO));
         assert!(m.poll(at(3002.0, 7202.0)));
         assert_eq!(
-            m.handle(Input::Snapshot(at(3002.0, 7202.0), snap(&["addr eth0 192.0.2.7/24"]))),
+            m.handle(Input::Snapshot(
+                at(3002.0, 7202.0),
+                snap(&["addr eth0 192.0.2.7/24"])
+            )),
             vec![Event::NetworkSettled]
         );
     }
@@ -367,12 +376,19 @@ mod tests {
         assert!(!m.poll(at(t, t + 600.0)), "asked once");
         let events = m.handle(Input::Snapshot(
             at(t, t + 600.0),
-            snap(&["addr eth0 192.0.2.7/24", "addr wg0 10.8.0.2/32", "route default dev wg0"]),
+            snap(&[
+                "addr eth0 192.0.2.7/24",
+                "addr wg0 10.8.0.2/32",
+                "route default dev wg0",
+            ]),
         ));
         assert_eq!(
             events,
             vec![Event::NetworkChanged {
-                added: vec!["addr wg0 10.8.0.2/32".into(), "route default dev wg0".into()],
+                added: vec![
+                    "addr wg0 10.8.0.2/32".into(),
+                    "route default dev wg0".into()
+                ],
                 removed: vec![],
             }]
         );
@@ -404,9 +420,13 @@ mod tests {
         assert!(m.poll(at(3000.3, 3600.3)));
         m.handle(Input::NetworkHint(at(3000.35, 3600.35)));
         // Nothing changed yet in this snapshot, but the burst is not over.
-        assert!(m
-            .handle(Input::Snapshot(at(3000.4, 3600.4), snap(&["addr eth0 192.0.2.7/24"])))
-            .is_empty());
+        assert!(
+            m.handle(Input::Snapshot(
+                at(3000.4, 3600.4),
+                snap(&["addr eth0 192.0.2.7/24"])
+            ))
+            .is_empty()
+        );
         assert!(m.settling());
         assert!(m.poll(at(3000.6, 3600.6)));
         assert_eq!(

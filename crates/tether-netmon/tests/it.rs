@@ -89,7 +89,13 @@ impl Monitor {
 
     fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 }
 
@@ -100,12 +106,12 @@ impl Drop for Monitor {
     }
 }
 
-#[test]
-fn a_stopped_process_reports_a_stall_not_a_sleep() {
+#[tokio::test]
+async fn a_stopped_process_reports_a_stall_not_a_sleep() {
     let monitor = Monitor::start(&[]);
     monitor.signal("-STOP");
     // The fault itself: four seconds without running.
-    std::thread::sleep(Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_secs(4)).await;
     monitor.signal("-CONT");
     let seen = monitor.until("Stalled");
     assert!(!seen.iter().any(|l| l.contains("Resumed")), "{seen:?}");
@@ -125,7 +131,10 @@ struct Netns(String);
 impl Netns {
     fn new() -> Netns {
         let name = format!("tnm{}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
         assert!(ok.success(), "ip netns add (root and iproute2 are needed)");
         Netns(name)
     }
@@ -153,7 +162,10 @@ fn address_and_link_changes_are_reported_once_they_settle() {
     netns.ip(&["link", "set", "va", "up"]);
     netns.ip(&["link", "set", "vb", "up"]);
     let seen = monitor.until("addr va 10.77.0.1/24");
-    assert!(seen.iter().any(|l| l.contains("NetworkSettling")), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l.contains("NetworkSettling")),
+        "{seen:?}"
+    );
     let changed = seen.last().unwrap();
     assert!(changed.contains("NetworkChanged"), "{changed}");
     // Settled again: the address goes.
@@ -167,11 +179,11 @@ fn address_and_link_changes_are_reported_once_they_settle() {
 
 /// In a time namespace BOOTTIME runs a day ahead of MONOTONIC from the
 /// start: a fixed offset, which is no sleep. A stall is still a stall.
-#[test]
-fn a_time_namespace_offset_is_not_a_sleep() {
+#[tokio::test]
+async fn a_time_namespace_offset_is_not_a_sleep() {
     let monitor = Monitor::start(&["unshare", "--time", "--boottime", "86400"]);
     monitor.signal("-STOP");
-    std::thread::sleep(Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_secs(4)).await;
     monitor.signal("-CONT");
     let seen = monitor.until("Stalled");
     assert!(!seen.iter().any(|l| l.contains("Resumed")), "{seen:?}");

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub mod frame;
 pub mod jsonrpc;
@@ -153,6 +153,24 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    serve_watching(upstream, config, max_message, input, output, shutdown, None).await
+}
+
+/// [`serve`], revalidating the upstream ([`Session::on_revalidate`]) on
+/// every resume, stall and network change that `system` reports.
+pub async fn serve_watching<R, W>(
+    upstream: Upstream,
+    config: SessionConfig,
+    max_message: usize,
+    input: R,
+    output: W,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut system: Option<tokio::sync::broadcast::Receiver<tether_netmon::Event>>,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let upstream = Arc::new(upstream);
     // Backpressure: the reader waits for room, so the client's writes
     // fill its pipe.
@@ -257,6 +275,25 @@ where
             (a, b) => a.or(b),
         };
         tokio::select! {
+            event = async {
+                match &mut system {
+                    Some(events) => events.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match event {
+                Ok(event @ (tether_netmon::Event::Resumed { .. }
+                | tether_netmon::Event::Stalled { .. }
+                | tether_netmon::Event::NetworkChanged { .. })) => {
+                    info!("{event:?}: looking at the upstream again");
+                    session.on_revalidate(Instant::now());
+                }
+                Ok(_) => {}
+                // Missed some: revalidate, which covers whatever they were.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    session.on_revalidate(Instant::now());
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => system = None,
+            },
             input = in_rx.recv(), if closed_at.is_none() && client_room && upstream_room => match input {
                 Some(Input::Message(Value::Array(batch))) => session.on_client_batch(batch, Instant::now()),
                 Some(Input::Message(message)) => session.on_client(message, Instant::now()),

@@ -940,6 +940,36 @@ impl Session {
         self.keepalive(now);
     }
 
+    /// The machine resumed from sleep, this process was stalled, or the
+    /// network changed (tether-netmon): what the link knew may be stale.
+    /// A link that is down is tried now, its backoff reset; an idle link
+    /// in the session era is pinged now, so a connection that died
+    /// meanwhile is found within the ping timeout instead of at the next
+    /// request's.
+    pub fn on_revalidate(&mut self, now: Instant) {
+        match self.link {
+            Link::Down { .. } if !self.client_closed => {
+                self.demand.reset();
+                self.link = Link::Down { retry_at: now };
+                self.on_tick(now);
+            }
+            Link::Ready if !self.held && self.ping_due().is_some() => {
+                let pinging = self
+                    .by_upstream
+                    .values()
+                    .any(|o| matches!(o, Outstanding::Ping { .. }));
+                if !pinging {
+                    let id = self.upstream_id(Outstanding::Ping {
+                        deadline: now + self.config.ping_timeout,
+                    });
+                    self.last_traffic = now;
+                    self.emit_upstream(jsonrpc::request(id, "ping", json!({})));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// When [`Session::on_tick`] next has something to do.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let mut next = match self.link {
@@ -1709,6 +1739,32 @@ mod tests {
         h.at(Duration::from_secs(10));
         assert!(h.tick().contains(&Action::Disconnect));
         assert!(!h.session.is_ready());
+    }
+
+    #[test]
+    fn a_revalidation_pings_an_idle_link_at_once_and_retries_a_down_one_now() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.at(Duration::from_secs(5));
+        let t = h.t;
+        h.session.on_revalidate(t);
+        let ping = upstream_messages(&h.session.take_actions());
+        assert_eq!(ping[0]["method"], "ping", "pinged before its 30 s interval");
+        // A second event while the ping is out sends no other.
+        h.session.on_revalidate(t);
+        assert!(upstream_messages(&h.session.take_actions()).is_empty());
+        // Unanswered within the ping timeout: the link is lost.
+        h.at(Duration::from_secs(10));
+        assert!(h.tick().contains(&Action::Disconnect));
+        // Down and backing off: a revalidation tries now.
+        h.tick();
+        let t = h.t;
+        h.session.on_revalidate(t);
+        let actions = h.session.take_actions();
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Connect { .. })),
+            "{actions:?}"
+        );
     }
 
     #[test]
