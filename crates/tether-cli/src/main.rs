@@ -13,6 +13,7 @@ mod out;
 mod client;
 mod exit;
 mod mcp;
+mod netmon;
 mod proxies;
 mod proxy;
 mod registrations;

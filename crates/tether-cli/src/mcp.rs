@@ -347,13 +347,7 @@ pub(crate) fn run(args: McpArgs) -> ExitCode {
             }
         };
         // Held for the session's life; without it, nothing is revalidated.
-        let netmon = match tether_netmon::Netmon::start(tether_netmon::Config::default()) {
-            Ok(netmon) => Some(netmon),
-            Err(e) => {
-                tracing::warn!("sleep, stalls and network changes are not watched: {e}");
-                None
-            }
-        };
+        let netmon = crate::netmon::start();
         serve_watching(
             upstream,
             config,

@@ -84,6 +84,8 @@ pub(crate) struct Running {
     pub(crate) views: Vec<View>,
     /// Every proxy's events, with its name.
     pub(crate) events: broadcast::Sender<(String, RelayEvent)>,
+    /// Notified, each has its upstream looked at now.
+    pub(crate) checks: Vec<Arc<Notify>>,
 }
 
 /// Starts serving every bound proxy on `tasks`, until `stop`. Call it
@@ -102,6 +104,7 @@ pub(crate) fn start(
         return Running {
             views: Vec::new(),
             events,
+            checks: Vec::new(),
         };
     }
     let affordable = affordable_connections(64 * bound.len());
@@ -114,12 +117,14 @@ pub(crate) fn start(
         max_in_all
     };
     let mut views = Vec::with_capacity(bound.len());
+    let mut checks = Vec::with_capacity(bound.len());
     for Bound { spec, listener } in bound {
         let (ready_tx, ready_rx) = watch::channel(Err("not checked yet".to_string()));
         let (demand_tx, demand_rx) = watch::channel(false);
         let (events_tx, mut events_rx) = mpsc::channel(1024);
         let (stats_tx, stats_rx) = watch::channel(RelayStats::default());
         let check = Arc::new(Notify::new());
+        checks.push(check.clone());
         let upstream_words = match &spec.readiness {
             ProxyReadiness::Probe(ready) if ready.to_string() == spec.address.to_string() => {
                 spec.address.to_string()
@@ -199,7 +204,11 @@ pub(crate) fn start(
             }
         });
     }
-    Running { views, events }
+    Running {
+        views,
+        events,
+        checks,
+    }
 }
 
 /// The supervisor's state of service `name`, as readiness: `Ok` while it is

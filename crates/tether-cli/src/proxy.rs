@@ -206,6 +206,7 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
         pipes: args.pipes,
         in_all: None,
     };
+    let check_now = check.clone();
     let wiring = Wiring {
         ready: ready_rx,
         check,
@@ -225,6 +226,20 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
     } else {
         say(format!(
             "proxy {bound} -> {upstream} (ready when {ready} is)"
+        ));
+    }
+    // Resumed, stalled, the network changed: look at the upstream now.
+    let netmon = crate::netmon::start();
+    if let Some(netmon) = &netmon {
+        let check = check_now.clone();
+        tasks.spawn(crate::netmon::each(
+            netmon.subscribe(),
+            stop.clone(),
+            move |event| {
+                if crate::netmon::revalidates(event) {
+                    check.notify_one();
+                }
+            },
         ));
     }
     tasks.spawn(serve(listener, address, config, wiring, stop.clone()));

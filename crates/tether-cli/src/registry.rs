@@ -387,10 +387,27 @@ pub(crate) fn ls(args: LsArgs) -> ExitCode {
             }
         };
         let mut signals = Signals::new();
+        // After a sleep, a stall or a network change, look again: the file
+        // watcher's inotify queue may have overflowed, etcd's stream died.
+        let netmon = crate::netmon::start();
+        let mut system = netmon.as_ref().map(tether_netmon::Netmon::subscribe);
         loop {
             let event = tokio::select! {
                 event = watch.next() => event,
                 _ = signals.next() => return exit::READY,
+                seen = async {
+                    match &mut system {
+                        Some(events) => events.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match seen {
+                        Ok(e) if !crate::netmon::revalidates(&e) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => system = None,
+                        _ => watch.rescan(),
+                    }
+                    continue;
+                }
             };
             let (kind, instance) = match event {
                 Ok(WatchEvent::Added(i)) => ("added", i),

@@ -240,6 +240,30 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
         )
     });
     crate::registrations::start(registry, &handle, &tasks, done.clone());
+    // Resumes, stalls and network changes: said as `system` events (to the
+    // terminal, --json, the status server's stream and the hooks), and the
+    // proxies' upstreams are looked at now.
+    let netmon = crate::netmon::start();
+    if let Some(netmon) = &netmon {
+        let sender = handle.event_sender();
+        let checks = proxies.checks.clone();
+        tasks.spawn(crate::netmon::each(
+            netmon.subscribe(),
+            done.clone(),
+            move |event| {
+                let (kind, detail) = crate::netmon::describe(event);
+                let _ = sender.send(Event::now(EventKind::System {
+                    kind: kind.to_string(),
+                    detail,
+                }));
+                if crate::netmon::revalidates(event) {
+                    for check in &checks {
+                        check.notify_one();
+                    }
+                }
+            },
+        ));
+    }
     let listen = if args.no_status {
         None
     } else {

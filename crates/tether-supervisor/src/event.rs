@@ -141,6 +141,10 @@ pub enum EventKind {
     /// The whole stack: `up` once every service started (or failed), `down`
     /// once every process is gone.
     Stack { state: String },
+    /// Something happened to the machine (tether-netmon): `resumed`,
+    /// `clock_stepped`, `stalled`, `network_settling`, `network_changed`,
+    /// `network_settled`; `detail` in words.
+    System { kind: String, detail: String },
     /// A service's registration changed state.
     Registration {
         service: String,
@@ -222,6 +226,7 @@ impl Event {
                 Some(service)
             }
             EventKind::HookDropped { .. }
+            | EventKind::System { .. }
             | EventKind::HookCommandsDropped { .. }
             | EventKind::HookExited { .. }
             | EventKind::Stack { .. } => None,
@@ -240,6 +245,7 @@ impl Event {
             EventKind::HookCommand { .. } => "hook_command",
             EventKind::Stack { .. } => "stack",
             EventKind::Registration { .. } => "registration",
+            EventKind::System { .. } => "system",
         }
     }
 
@@ -333,6 +339,7 @@ impl fmt::Display for Event {
                 Ok(())
             }
             EventKind::Stack { state } => write!(f, "stack is {state}"),
+            EventKind::System { detail, .. } => f.write_str(detail),
             EventKind::Registration {
                 service,
                 state,

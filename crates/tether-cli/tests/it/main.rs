@@ -8,6 +8,7 @@
 mod example;
 mod faults;
 mod mcp;
+mod netmon;
 mod proxy;
 mod registrations;
 mod registry;
