@@ -86,6 +86,9 @@ pub(crate) struct Running {
     pub(crate) events: broadcast::Sender<(String, RelayEvent)>,
     /// Notified, each has its upstream looked at now.
     pub(crate) checks: Vec<Arc<Notify>>,
+    /// The addresses that left the machine: relayed connections on them
+    /// are reset.
+    pub(crate) gone: watch::Sender<Vec<std::net::IpAddr>>,
 }
 
 /// Starts serving every bound proxy on `tasks`, until `stop`. Call it
@@ -100,11 +103,13 @@ pub(crate) fn start(
 ) -> Running {
     let in_all = Arc::new(AtomicUsize::new(0));
     let (events, _) = broadcast::channel(1024);
+    let (gone, _) = watch::channel(Vec::new());
     if bound.is_empty() {
         return Running {
             views: Vec::new(),
             events,
             checks: Vec::new(),
+            gone,
         };
     }
     let affordable = affordable_connections(64 * bound.len());
@@ -182,6 +187,7 @@ pub(crate) fn start(
             in_all: Some((in_all.clone(), max_in_all)),
         };
         let wiring = Wiring {
+            gone: Some(gone.subscribe()),
             ready: ready_rx,
             check,
             demand: demand_tx,
@@ -208,6 +214,7 @@ pub(crate) fn start(
         views,
         events,
         checks,
+        gone,
     }
 }
 

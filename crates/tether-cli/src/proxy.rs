@@ -207,7 +207,9 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
         in_all: None,
     };
     let check_now = check.clone();
+    let (gone_tx, gone) = watch::channel(Vec::new());
     let wiring = Wiring {
+        gone: Some(gone),
         ready: ready_rx,
         check,
         demand: demand_tx,
@@ -228,7 +230,8 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
             "proxy {bound} -> {upstream} (ready when {ready} is)"
         ));
     }
-    // Resumed, stalled, the network changed: look at the upstream now.
+    // Resumed, stalled, the network changed: look at the upstream now;
+    // connections on an address that left the machine are reset.
     let netmon = crate::netmon::start();
     if let Some(netmon) = &netmon {
         let check = check_now.clone();
@@ -236,6 +239,10 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
             netmon.subscribe(),
             stop.clone(),
             move |event| {
+                let gone = event.addresses_gone();
+                if !gone.is_empty() {
+                    let _ = gone_tx.send(gone);
+                }
                 if crate::netmon::revalidates(event) {
                     check.notify_one();
                 }

@@ -242,15 +242,21 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
     crate::registrations::start(registry, &handle, &tasks, done.clone());
     // Resumes, stalls and network changes: said as `system` events (to the
     // terminal, --json, the status server's stream and the hooks), and the
-    // proxies' upstreams are looked at now.
+    // proxies' upstreams are looked at now, and their connections on an
+    // address that left the machine are reset.
     let netmon = crate::netmon::start();
     if let Some(netmon) = &netmon {
         let sender = handle.event_sender();
         let checks = proxies.checks.clone();
+        let gone = proxies.gone.clone();
         tasks.spawn(crate::netmon::each(
             netmon.subscribe(),
             done.clone(),
             move |event| {
+                let addresses = event.addresses_gone();
+                if !addresses.is_empty() {
+                    let _ = gone.send(addresses);
+                }
                 let (kind, detail) = crate::netmon::describe(event);
                 let _ = sender.send(Event::now(EventKind::System {
                     kind: kind.to_string(),

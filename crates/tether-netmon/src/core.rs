@@ -108,6 +108,25 @@ pub enum Event {
     NetworkSettled,
 }
 
+impl Event {
+    /// The IP addresses a [`Event::NetworkChanged`] says left the machine:
+    /// connections bound to one of them are dead.
+    pub fn addresses_gone(&self) -> Vec<std::net::IpAddr> {
+        let Event::NetworkChanged { removed, .. } = self else {
+            return Vec::new();
+        };
+        removed
+            .iter()
+            .filter_map(|line| {
+                let mut words = line.split(' ');
+                (words.next() == Some("addr")).then_some(())?;
+                let ip = words.nth(1)?.split('/').next()?;
+                ip.parse().ok()
+            })
+            .collect()
+    }
+}
+
 /// The decision core.
 #[derive(Debug)]
 pub struct Monitor {
@@ -437,6 +456,26 @@ mod tests {
             }]
         );
         assert!(!m.settling());
+    }
+
+    #[test]
+    fn the_addresses_gone_are_read_from_a_change() {
+        let event = Event::NetworkChanged {
+            added: vec!["addr eth0 192.0.2.8/24".into()],
+            removed: vec![
+                "addr eth0 192.0.2.7/24".into(),
+                "addr wg0 fd00::2/64".into(),
+                "route default via 192.0.2.1 dev eth0".into(),
+            ],
+        };
+        assert_eq!(
+            event.addresses_gone(),
+            vec![
+                "192.0.2.7".parse::<std::net::IpAddr>().unwrap(),
+                "fd00::2".parse().unwrap()
+            ]
+        );
+        assert!(Event::NetworkSettled.addresses_gone().is_empty());
     }
 
     #[test]

@@ -50,3 +50,118 @@ probe_interval = "200ms"
         .any(|l| l.contains(r#""to":"unready""#));
     assert!(!flapped, "a pause is not a failure: {:?}", stack.seen);
 }
+
+/// A network namespace of the test's own, removed when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("t{tag}{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add (root and iproute2 are needed)");
+        Netns(name)
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let ok = std::process::Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip {args:?}");
+    }
+
+    /// A command run inside, its stdout read by line.
+    fn spawn(
+        &self,
+        program: &str,
+        args: &[&str],
+    ) -> (
+        tokio::process::Child,
+        tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    ) {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &self.0, program])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, lines)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+async fn line_with(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    text: &str,
+) -> String {
+    tether_test::within(&format!("a line with {text:?}"), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the process ended");
+            if line.contains(text) {
+                return line;
+            }
+        }
+    })
+    .await
+}
+
+/// The address a relayed connection uses leaves the machine: `tether
+/// proxy` resets the connection at once, rather than leaving both sides
+/// to wait for a path that is gone.
+#[tokio::test]
+async fn a_proxy_resets_a_connection_whose_address_left() {
+    let netns = Netns::new("px");
+    netns.ip(&["link", "set", "lo", "up"]);
+    netns.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
+    netns.ip(&["addr", "add", "10.78.0.1/24", "dev", "va"]);
+    netns.ip(&["addr", "add", "10.78.0.2/24", "dev", "vb"]);
+    netns.ip(&["link", "set", "va", "up"]);
+    netns.ip(&["link", "set", "vb", "up"]);
+    let py = crate::stack::python();
+    // An upstream that takes the connection and then says nothing.
+    let (_server, mut server_out) = netns.spawn(
+        &py,
+        &["-c", "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('10.78.0.2',9400))\ns.listen()\nprint('listening',flush=True)\nc,_=s.accept()\nprint('accepted',flush=True)\ntime.sleep(120)"],
+    );
+    line_with(&mut server_out, "listening").await;
+    let tether = env!("CARGO_BIN_EXE_tether");
+    let (_proxy, mut said) = netns.spawn(
+        tether,
+        &[
+            "proxy",
+            "--json",
+            "tcp://127.0.0.1:9401",
+            "tcp://10.78.0.2:9400",
+        ],
+    );
+    line_with(&mut said, "proxy").await;
+    // Let the monitor take its first snapshot before the change.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_client, mut client_out) = netns.spawn(
+        &py,
+        &["-c", "import socket\nc=socket.create_connection(('127.0.0.1',9401))\nc.sendall(b'x')\nprint('connected',flush=True)\ntry:\n    d=c.recv(1)\n    print('ended',d,flush=True)\nexcept ConnectionResetError:\n    print('reset',flush=True)"],
+    );
+    line_with(&mut client_out, "connected").await;
+    line_with(&mut server_out, "accepted").await;
+    line_with(&mut said, "relayed").await;
+    netns.ip(&["addr", "del", "10.78.0.2/24", "dev", "vb"]);
+    let ended = line_with(&mut client_out, "e").await;
+    assert!(ended == "reset" || ended.starts_with("ended"), "{ended}");
+    let closed = line_with(&mut said, "address.gone").await;
+    assert!(closed.contains("closed"), "{closed}");
+}

@@ -109,13 +109,15 @@ impl RelayEvent {
     }
 }
 
-/// `done`, `client.reset`, `upstream.reset`, `idle.timeout`.
+/// `done`, `client.reset`, `upstream.reset`, `idle.timeout`,
+/// `address.gone`.
 pub fn ending_name(ending: Ending) -> &'static str {
     match ending {
         Ending::Done => "done",
         Ending::ClientReset => "client.reset",
         Ending::UpstreamReset => "upstream.reset",
         Ending::Idle => "idle.timeout",
+        Ending::AddressGone => "address.gone",
     }
 }
 
@@ -130,6 +132,9 @@ pub struct Wiring {
     pub demand: watch::Sender<bool>,
     pub events: mpsc::Sender<RelayEvent>,
     pub stats: watch::Sender<RelayStats>,
+    /// The addresses that left the machine at its last network change
+    /// (tether-netmon): relayed connections on one of them are reset.
+    pub gone: Option<watch::Receiver<Vec<std::net::IpAddr>>>,
 }
 
 /// Serves clients on `listener`, relaying them to `upstream` (the address
@@ -152,6 +157,7 @@ pub async fn serve(
         demand,
         events,
         stats,
+        gone,
     } = wiring;
     let pipes = Arc::new(Pipes::new(config.pipes));
     let mut gate = Gate::new(config.gate.clone(), Jitter::new(), Instant::now());
@@ -255,9 +261,12 @@ pub async fn serve(
                             emit(RelayEvent::Relayed { client: id, held }, &mut dropped_events);
                             let pipes = pipes.clone();
                             let idle = config.idle_timeout;
+                            let locals: Vec<std::net::IpAddr> =
+                                [client.local_ip(), upstream.local_ip()].into_iter().flatten().collect();
+                            let vanished = address_gone(gone.clone(), locals);
                             relays.spawn(async move {
                                 let began = Instant::now();
-                                let moved = pipe::relay(&client, &upstream, &pipes, idle).await;
+                                let moved = pipe::relay_until(&client, &upstream, &pipes, idle, vanished).await;
                                 (id, moved, began.elapsed())
                             });
                     },
@@ -339,6 +348,27 @@ pub async fn serve(
     relays.shutdown().await;
     connecting.shutdown().await;
     leaving.shutdown().await;
+}
+
+/// Resolves when one of `locals` is among the addresses `gone` reports;
+/// never without a monitor.
+async fn address_gone(
+    gone: Option<watch::Receiver<Vec<std::net::IpAddr>>>,
+    locals: Vec<std::net::IpAddr>,
+) {
+    let Some(mut gone) = gone.filter(|_| !locals.is_empty()) else {
+        return std::future::pending().await;
+    };
+    while gone.changed().await.is_ok() {
+        if gone
+            .borrow_and_update()
+            .iter()
+            .any(|ip| locals.contains(ip))
+        {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// A client waiting for the upstream.

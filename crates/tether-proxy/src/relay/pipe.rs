@@ -37,6 +37,16 @@ pub enum Conn {
     Unix(UnixStream),
 }
 
+impl Conn {
+    /// The connection's own IP address (TCP only).
+    pub fn local_ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Conn::Tcp(s) => s.local_addr().ok().map(|a| a.ip()),
+            Conn::Unix(_) => None,
+        }
+    }
+}
+
 impl From<tether_probe::dial::Stream> for Conn {
     fn from(stream: tether_probe::dial::Stream) -> Conn {
         match stream {
@@ -57,6 +67,9 @@ pub enum Ending {
     UpstreamReset,
     /// Nothing moved for the idle timeout.
     Idle,
+    /// A local address of the connection left the machine (the network
+    /// changed): both sides are reset, so neither waits for a dead path.
+    AddressGone,
 }
 
 /// What a relayed connection moved.
@@ -209,6 +222,18 @@ impl Conn {
 /// Not cancel-safe in effect: a dropped relay closes both sides wherever it
 /// was.
 pub async fn relay(client: &Conn, upstream: &Conn, pipes: &Pipes, idle: Duration) -> Moved {
+    relay_until(client, upstream, pipes, idle, std::future::pending()).await
+}
+
+/// [`relay`], ended with [`Ending::AddressGone`] when `gone` resolves.
+pub async fn relay_until(
+    client: &Conn,
+    upstream: &Conn,
+    pipes: &Pipes,
+    idle: Duration,
+    gone: impl std::future::Future<Output = ()>,
+) -> Moved {
+    tokio::pin!(gone);
     let began = Instant::now();
     let last = AtomicU64::new(0);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -233,6 +258,7 @@ pub async fn relay(client: &Conn, upstream: &Conn, pipes: &Pipes, idle: Duration
                 Err(Broke::Reader) => break Ending::UpstreamReset,
                 Err(Broke::Writer) => break Ending::ClientReset,
             },
+            () = &mut gone => break Ending::AddressGone,
             () = tokio::time::sleep_until(quiet_until) => {
                 let now_quiet = began + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
                 if Instant::now() >= now_quiet {
@@ -249,6 +275,10 @@ pub async fn relay(client: &Conn, upstream: &Conn, pipes: &Pipes, idle: Duration
         // once, not by a timeout.
         Ending::ClientReset => upstream.reset_on_close(),
         Ending::UpstreamReset => client.reset_on_close(),
+        Ending::AddressGone => {
+            client.reset_on_close();
+            upstream.reset_on_close();
+        }
         Ending::Idle | Ending::Done => {}
     }
     Moved {
