@@ -336,9 +336,12 @@ pub(crate) fn run(args: McpArgs) -> ExitCode {
         Err(code) => return ExitCode::from(code),
     };
     let result = runtime.block_on(async {
-        if let Some((spec, tx)) = follower {
-            tokio::spawn(crate::registry::follow_urls(spec, tx));
-        }
+        // Ends with the session.
+        let _follower = follower.map(|(spec, tx)| {
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                crate::registry::follow_urls(spec, tx),
+            ))
+        });
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {

@@ -125,38 +125,10 @@ async fn a_stopped_process_reports_a_stall_not_a_sleep() {
     assert!((2.0..=30.0).contains(&secs), "{line}");
 }
 
-/// A network namespace of the test's own, removed when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("tnm{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip netns add (root and iproute2 are needed)");
-        Netns(name)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.0.as_str()];
-        all.extend(args);
-        let ok = Command::new("ip").args(&all).status().unwrap();
-        assert!(ok.success(), "ip {all:?}");
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn address_and_link_changes_are_reported_once_they_settle() {
-    let netns = Netns::new();
-    let monitor = Monitor::start(&["ip", "netns", "exec", &netns.0]);
+    let netns = tether_test::netns::Netns::new("nm");
+    let monitor = Monitor::start(&["ip", "netns", "exec", netns.name()]);
     netns.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
     netns.ip(&["addr", "add", "10.77.0.1/24", "dev", "va"]);
     netns.ip(&["link", "set", "va", "up"]);

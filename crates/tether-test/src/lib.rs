@@ -21,6 +21,7 @@
 
 pub mod etcd;
 pub mod http;
+pub mod netns;
 pub mod peers;
 pub mod procs;
 pub mod tcp;

@@ -6,6 +6,8 @@
 use serde_json::Value;
 use tether_test::peers::free_port;
 
+use tether_test::netns::Netns;
+
 use crate::stack::Stack;
 
 #[tokio::test]
@@ -51,58 +53,26 @@ probe_interval = "200ms"
     assert!(!flapped, "a pause is not a failure: {:?}", stack.seen);
 }
 
-/// A network namespace of the test's own, removed when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("t{tag}{}", std::process::id());
-        let ok = std::process::Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip netns add (root and iproute2 are needed)");
-        Netns(name)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let ok = std::process::Command::new("ip")
-            .args(["-n", &self.0])
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip {args:?}");
-    }
-
-    /// A command run inside, its stdout read by line.
-    fn spawn(
-        &self,
-        program: &str,
-        args: &[&str],
-    ) -> (
-        tokio::process::Child,
-        tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    ) {
-        use tokio::io::AsyncBufReadExt as _;
-        let mut child = tokio::process::Command::new("ip")
-            .args(["netns", "exec", &self.0, program])
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        (child, lines)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
+/// A command run inside `netns`, its stdout read by line.
+fn spawn_in(
+    netns: &Netns,
+    program: &str,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut command = tokio::process::Command::from(netns.command(program));
+    let mut child = command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
 }
 
 async fn line_with(
@@ -134,13 +104,18 @@ async fn a_proxy_resets_a_connection_whose_address_left() {
     netns.ip(&["link", "set", "vb", "up"]);
     let py = crate::stack::python();
     // An upstream that takes the connection and then says nothing.
-    let (_server, mut server_out) = netns.spawn(
+    let (_server, mut server_out) = spawn_in(
+        &netns,
         &py,
-        &["-c", "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('10.78.0.2',9400))\ns.listen()\nprint('listening',flush=True)\nc,_=s.accept()\nprint('accepted',flush=True)\ntime.sleep(120)"],
+        &[
+            "-c",
+            "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('10.78.0.2',9400))\ns.listen()\nprint('listening',flush=True)\nc,_=s.accept()\nprint('accepted',flush=True)\ntime.sleep(120)",
+        ],
     );
     line_with(&mut server_out, "listening").await;
     let tether = env!("CARGO_BIN_EXE_tether");
-    let (_proxy, mut said) = netns.spawn(
+    let (_proxy, mut said) = spawn_in(
+        &netns,
         tether,
         &[
             "proxy",
@@ -152,9 +127,13 @@ async fn a_proxy_resets_a_connection_whose_address_left() {
     line_with(&mut said, "proxy").await;
     // Let the monitor take its first snapshot before the change.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (_client, mut client_out) = netns.spawn(
+    let (_client, mut client_out) = spawn_in(
+        &netns,
         &py,
-        &["-c", "import socket\nc=socket.create_connection(('127.0.0.1',9401))\nc.sendall(b'x')\nprint('connected',flush=True)\ntry:\n    d=c.recv(1)\n    print('ended',d,flush=True)\nexcept ConnectionResetError:\n    print('reset',flush=True)"],
+        &[
+            "-c",
+            "import socket\nc=socket.create_connection(('127.0.0.1',9401))\nc.sendall(b'x')\nprint('connected',flush=True)\ntry:\n    d=c.recv(1)\n    print('ended',d,flush=True)\nexcept ConnectionResetError:\n    print('reset',flush=True)",
+        ],
     );
     line_with(&mut client_out, "connected").await;
     line_with(&mut server_out, "accepted").await;

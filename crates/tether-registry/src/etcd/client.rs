@@ -172,6 +172,66 @@ fn unreachable(failure: &tether_resilience::Failure) -> CallError {
     }
 }
 
+/// The largest message read from a stream.
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// The JSON objects of a streamed answer (a watch), one at a time.
+pub(crate) struct Messages {
+    response: Response,
+    what: String,
+    buffer: Vec<u8>,
+    ready: std::collections::VecDeque<Value>,
+}
+
+impl Messages {
+    pub(crate) fn new((response, what): (Response, String)) -> Messages {
+        Messages {
+            response,
+            what,
+            buffer: Vec::new(),
+            ready: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next message, or why there is none: the stream ended or
+    /// failed, sent what is not JSON, or a message over 16 MiB.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: what was read stays buffered here.
+    pub(crate) async fn next(&mut self) -> Result<Value, String> {
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                return Ok(message);
+            }
+            let chunk = match self.response.next_chunk(&self.what).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return Err(format!("{}: the stream ended", self.what)),
+                Err(f) => return Err(f.to_string()),
+            };
+            self.buffer.extend_from_slice(&chunk);
+            let mut used = 0;
+            let mut parsed =
+                serde_json::Deserializer::from_slice(&self.buffer).into_iter::<Value>();
+            loop {
+                match parsed.next() {
+                    Some(Ok(message)) => {
+                        used = parsed.byte_offset();
+                        self.ready.push_back(message);
+                    }
+                    Some(Err(e)) if e.is_eof() => break,
+                    Some(Err(e)) => return Err(format!("{}: not etcd's JSON: {e}", self.what)),
+                    None => break,
+                }
+            }
+            self.buffer.drain(..used);
+            if self.buffer.len() > MAX_MESSAGE {
+                return Err(format!("{}: a message over {MAX_MESSAGE} bytes", self.what));
+            }
+        }
+    }
+}
+
 /// `HOST:PORT` of an endpoint URL.
 pub(crate) fn endpoint_name(url: &Url) -> String {
     match (url.host_str(), url.port()) {

@@ -60,8 +60,6 @@ const RELIST_EVERY: Duration = Duration::from_secs(30);
 const CALL_BUDGET: Duration = Duration::from_secs(2);
 /// The events a watcher buffers for a reader that is slow.
 const WATCH_QUEUE: usize = 1024;
-/// The largest message read from a watch stream.
-const MAX_MESSAGE: usize = 16 << 20;
 
 /// A registry in etcd.
 #[derive(Debug, Clone)]
@@ -551,43 +549,32 @@ async fn watch_own(shared: Arc<Shared>, key: String, after: Option<i64>) -> Cana
         create["start_revision"] = json!((revision + 1).to_string());
     }
     let body = json!({ "create_request": create });
-    let Ok((mut response, what)) = shared.client.stream("/v3/watch", &body, CALL_BUDGET).await
-    else {
+    let Ok(opened) = shared.client.stream("/v3/watch", &body, CALL_BUDGET).await else {
         return Canary::Ended;
     };
-    let mut buffer: Vec<u8> = Vec::new();
+    let mut messages = client::Messages::new(opened);
     loop {
-        let Ok(Some(chunk)) = response.next_chunk(&what).await else {
+        let Ok(message) = messages.next().await else {
             return Canary::Ended;
         };
-        buffer.extend_from_slice(&chunk);
-        let mut used = 0;
-        let mut messages = serde_json::Deserializer::from_slice(&buffer).into_iter::<Value>();
-        while let Some(Ok(message)) = messages.next() {
-            used = messages.byte_offset();
-            if client::server_error(&message).is_some() {
-                return Canary::Ended;
-            }
-            if message.pointer("/result/canceled").and_then(Value::as_bool) == Some(true) {
-                let compacted = message.pointer("/result/compact_revision").and_then(int);
-                return if compacted.is_some_and(|r| r > 0) {
-                    Canary::Compacted
-                } else {
-                    Canary::Ended
-                };
-            }
-            let events = message.pointer("/result/events").and_then(Value::as_array);
-            if events
-                .into_iter()
-                .flatten()
-                .any(|e| e.get("type").and_then(Value::as_str) == Some("DELETE"))
-            {
-                return Canary::Deleted;
-            }
-        }
-        buffer.drain(..used);
-        if buffer.len() > MAX_MESSAGE {
+        if client::server_error(&message).is_some() {
             return Canary::Ended;
+        }
+        if message.pointer("/result/canceled").and_then(Value::as_bool) == Some(true) {
+            let compacted = message.pointer("/result/compact_revision").and_then(int);
+            return if compacted.is_some_and(|r| r > 0) {
+                Canary::Compacted
+            } else {
+                Canary::Ended
+            };
+        }
+        let events = message.pointer("/result/events").and_then(Value::as_array);
+        if events
+            .into_iter()
+            .flatten()
+            .any(|e| e.get("type").and_then(Value::as_str) == Some("DELETE"))
+        {
+            return Canary::Deleted;
         }
     }
 }
@@ -683,45 +670,23 @@ async fn stream(
         opened = shared.client.stream("/v3/watch", &body, CALL_BUDGET) => opened,
         () = relist.notified() => return None,
     };
-    let (mut response, what) = match opened {
-        Ok(r) => r,
+    let mut messages = match opened {
+        Ok(opened) => client::Messages::new(opened),
         Err(e) => return Some(Ended::Failed(e.to_string())),
     };
-    let mut buffer: Vec<u8> = Vec::new();
     loop {
         let next = tokio::select! {
-            next = response.next_chunk(&what) => next,
+            next = messages.next() => next,
             () = tokio::time::sleep_until(until) => return None,
             () = relist.notified() => return None,
         };
-        let chunk = match next {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => return Some(Ended::Failed(format!("{what}: the stream ended"))),
-            Err(f) => return Some(Ended::Failed(f.to_string())),
-        };
-        buffer.extend_from_slice(&chunk);
-        let mut used = 0;
-        let mut messages = serde_json::Deserializer::from_slice(&buffer).into_iter::<Value>();
-        loop {
-            match messages.next() {
-                Some(Ok(message)) => {
-                    used = messages.byte_offset();
-                    if let Some(ended) = apply(shared, view, &message, tx).await {
-                        return Some(ended);
-                    }
+        match next {
+            Ok(message) => {
+                if let Some(ended) = apply(shared, view, &message, tx).await {
+                    return Some(ended);
                 }
-                Some(Err(e)) if e.is_eof() => break,
-                Some(Err(e)) => {
-                    return Some(Ended::Failed(format!("{what}: not etcd's JSON: {e}")));
-                }
-                None => break,
             }
-        }
-        buffer.drain(..used);
-        if buffer.len() > MAX_MESSAGE {
-            return Some(Ended::Failed(format!(
-                "{what}: a message over {MAX_MESSAGE} bytes"
-            )));
+            Err(why) => return Some(Ended::Failed(why)),
         }
     }
 }
