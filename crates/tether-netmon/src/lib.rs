@@ -97,12 +97,16 @@ async fn run(
             _ = ticks.tick() => publish(monitor.handle(Input::Tick(sources::clocks()))),
             ready = clock.readable() => {
                 let Ok(mut guard) = ready else { return };
-                match guard.get_inner().cancelled() {
+                let cancelled = guard.get_inner().cancelled();
+                guard.clear_ready();
+                match cancelled {
                     Ok(true) => publish(monitor.handle(Input::ClockChanged(sources::clocks()))),
                     Ok(false) => {}
-                    Err(e) => tracing::warn!("netmon: the clock watch failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!("netmon: the clock watch failed: {e}");
+                        tokio::time::sleep(tick).await;
+                    }
                 }
-                guard.clear_ready();
             }
             ready = async {
                 match &hints {
@@ -111,12 +115,17 @@ async fn run(
                 }
             } => {
                 let Ok(mut guard) = ready else { return };
-                match guard.get_inner().drain() {
+                let drained = guard.get_inner().drain();
+                guard.clear_ready();
+                match drained {
                     Ok(0) => {}
                     Ok(_) => publish(monitor.handle(Input::NetworkHint(sources::clocks()))),
-                    Err(e) => tracing::warn!("netmon: reading network changes failed: {e}"),
+                    Err(e) => {
+                        // Paced: a socket that keeps failing cannot spin.
+                        tracing::warn!("netmon: reading network changes failed: {e}");
+                        tokio::time::sleep(tick).await;
+                    }
                 }
-                guard.clear_ready();
             }
             () = async {
                 match deadline {

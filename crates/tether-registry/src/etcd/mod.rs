@@ -58,6 +58,8 @@ const MAX_RECORD: usize = 64 << 10;
 const RELIST_EVERY: Duration = Duration::from_secs(30);
 /// The budget of one call.
 const CALL_BUDGET: Duration = Duration::from_secs(2);
+/// The least time between two watches of a registrant's own record.
+const CANARY_PACE: Duration = Duration::from_secs(1);
 /// The events a watcher buffers for a reader that is slow.
 const WATCH_QUEUE: usize = 1024;
 
@@ -448,6 +450,10 @@ async fn keep(
     // The revision of the last put: the watch starts after it, so a delete
     // between the put and the watch is seen too.
     let mut put_at: Option<i64> = None;
+    // When the last watch began: one that ends at once (a gateway that
+    // refuses streams) is not a sign of anything, and is not begun again
+    // within CANARY_PACE, so it cannot make renewals run hot.
+    let mut canary_began: Option<tokio::time::Instant> = None;
     loop {
         let step = keeper.step(boottime());
         lease.store(keeper.lease().unwrap_or(0), Ordering::SeqCst);
@@ -461,7 +467,11 @@ async fn keep(
             changed
         });
         let budget = CALL_BUDGET.min(shared.ttl / 3);
-        if canary.is_none() && keeper.registered_now() {
+        if canary.is_none()
+            && keeper.registered_now()
+            && canary_began.is_none_or(|at| at.elapsed() >= CANARY_PACE)
+        {
+            canary_began = Some(tokio::time::Instant::now());
             canary = Some(Box::pin(watch_own(shared.clone(), key.clone(), put_at)));
         }
         match step {
@@ -472,9 +482,11 @@ async fn keep(
                         () = sleep => {}
                         seen = watching => {
                             canary = None;
+                            let lived = canary_began.map_or(Duration::ZERO, |at| at.elapsed());
                             match seen {
                                 Canary::Deleted => keeper.deleted(boottime()),
-                                Canary::Ended => keeper.poke(boottime()),
+                                Canary::Ended if lived >= CANARY_PACE => keeper.poke(boottime()),
+                                Canary::Ended => {}
                                 // Watched again from now.
                                 Canary::Compacted => put_at = None,
                             }
