@@ -30,7 +30,7 @@ pub trait Check: Send + 'static {
 }
 
 /// How a wait is bounded and paced.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct WaitPolicy {
     /// The one deadline for every target, attempts and pauses included.
     pub timeout: Duration,
@@ -42,6 +42,10 @@ pub struct WaitPolicy {
     pub attempt_timeout: Option<Duration>,
     /// Wait until the targets are *not* ready.
     pub invert: bool,
+    /// Notified (`notify_waiters`), every target's pauses start over and
+    /// it is tried at once: the machine woke, stalled, or its network
+    /// changed, so old failures say little.
+    pub restart: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// The pacing of one target: pauses between attempts, and attempt timeouts.
@@ -122,6 +126,23 @@ pub enum TargetOutcome {
 
 // === impl WaitPolicy ===
 
+impl PartialEq for WaitPolicy {
+    /// The same pacing, and the same restart signal (not merely an equal
+    /// one).
+    fn eq(&self, other: &WaitPolicy) -> bool {
+        self.timeout == other.timeout
+            && self.first_interval == other.first_interval
+            && self.max_interval == other.max_interval
+            && self.attempt_timeout == other.attempt_timeout
+            && self.invert == other.invert
+            && match (&self.restart, &other.restart) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
 impl WaitPolicy {
     /// A policy with tether's defaults and this overall timeout.
     pub fn new(timeout: Duration) -> WaitPolicy {
@@ -131,6 +152,7 @@ impl WaitPolicy {
             max_interval: None,
             attempt_timeout: None,
             invert: false,
+            restart: None,
         }
     }
 
@@ -217,6 +239,7 @@ pub async fn wait_all<C: Check>(
             invert: policy.invert,
             cancel: cancel.clone(),
             events: events.clone(),
+            restart: policy.restart.clone(),
         };
         let handle = set.spawn(run.drive(check, pacing));
         index_of.insert(handle.id(), index);
@@ -283,11 +306,13 @@ struct Run {
     invert: bool,
     cancel: CancellationToken,
     events: mpsc::Sender<WaitEvent>,
+    restart: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Run {
     async fn drive<C: Check>(self, mut check: C, pacing: Pacing) -> TargetReport {
         let mut interval: ExponentialBackoff = pacing.interval.start(Jitter::new());
+        let pacing_timeouts = pacing.timeouts.clone();
         let mut timeouts = pacing.timeouts;
         let mut attempts = 0u32;
         let mut last: Option<Result<Ready, Failure>> = None;
@@ -363,9 +388,19 @@ impl Run {
             let Some(pause) = next_in else {
                 return self.gave_up(GaveUp::Timeout, attempts, last).await;
             };
+            let restart = async {
+                match &self.restart {
+                    Some(restart) => restart.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return self.gave_up(GaveUp::Cancelled, attempts, last).await,
+                () = restart => {
+                    interval.reset();
+                    timeouts = pacing_timeouts.clone();
+                }
                 () = tokio::time::sleep(pause) => {}
             }
         }
@@ -504,6 +539,32 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_tries_every_target_at_once_with_its_pauses_reset() {
+        let (script, seen) = Script::new(vec![(Duration::ZERO, refused())]);
+        let restart = Arc::new(tokio::sync::Notify::new());
+        let mut policy = WaitPolicy::new(ms(60_000));
+        policy.restart = Some(restart.clone());
+        let waiting =
+            tokio::spawn(async move { run(vec![(script, pacing(5, 10_000, 1000))], policy).await });
+        // Pauses have grown to seconds after 20 s of refusals.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let before = seen.lock().unwrap().len();
+        let woke = Instant::now();
+        restart.notify_waiters();
+        tokio::time::sleep(ms(1)).await;
+        let after: Vec<Instant> = seen.lock().unwrap()[before..]
+            .iter()
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(after.first(), Some(&woke), "tried at once: {after:?}");
+        // And the pauses start over from the first interval.
+        tokio::time::sleep(ms(20)).await;
+        let again = seen.lock().unwrap().len() - before;
+        assert!(again >= 3, "short pauses again: {again} attempts in 20 ms");
+        waiting.abort();
     }
 
     #[tokio::test(start_paused = true)]
