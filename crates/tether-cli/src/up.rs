@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -244,9 +245,11 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
     // terminal, --json, the status server's stream and the hooks), and the
     // proxies' upstreams are looked at now, and their connections on an
     // address that left the machine are reset.
+    let system_counts: SystemCounts = Arc::default();
     let netmon = crate::netmon::start();
     if let Some(netmon) = &netmon {
         let sender = handle.event_sender();
+        let counts = system_counts.clone();
         let checks = proxies.checks.clone();
         let gone = proxies.gone.clone();
         tasks.spawn(crate::netmon::each(
@@ -258,6 +261,11 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
                     let _ = gone.send(addresses);
                 }
                 let (kind, detail) = crate::netmon::describe(event);
+                *counts
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(kind.to_string())
+                    .or_insert(0) += 1;
                 let _ = sender.send(Event::now(EventKind::System {
                     kind: kind.to_string(),
                     detail,
@@ -280,7 +288,13 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
             Ok(listener) => {
                 // Port 0 picks one: say the one picked.
                 let bound = listener.local_addr().unwrap_or(addr);
-                let (snapshots, events) = bridge(&handle, &proxies, &tasks, done.clone());
+                let (snapshots, events) = bridge(
+                    &handle,
+                    &proxies,
+                    system_counts.clone(),
+                    &tasks,
+                    done.clone(),
+                );
                 let options = tether_status::ServeOptions {
                     max_connections: status_connections(services),
                     ..tether_status::ServeOptions::default()
@@ -407,6 +421,7 @@ async fn on_signals(
 fn bridge(
     handle: &Handle,
     proxies: &crate::proxies::Running,
+    system: SystemCounts,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> (watch::Receiver<Snapshot>, broadcast::Sender<StatusEvent>) {
@@ -415,7 +430,7 @@ fn bridge(
     let mut incoming = handle.events();
     let mut proxy_events = proxies.events.subscribe();
     let views = proxies.views.clone();
-    let (snapshots, rx) = watch::channel(snapshot(handle, &views));
+    let (snapshots, rx) = watch::channel(snapshot(handle, &views, &system));
     let (events, _) = broadcast::channel(1024);
     let handle = handle.clone();
     let out = events.clone();
@@ -468,7 +483,7 @@ fn bridge(
             if now_too {
                 dirty = false;
                 window = Some(tokio::time::Instant::now() + PROXY_PACE);
-                snapshots.send_replace(snapshot(&handle, &views));
+                snapshots.send_replace(snapshot(&handle, &views, &system));
             }
         }
     });
@@ -482,12 +497,20 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-fn snapshot(handle: &Handle, proxies: &[crate::proxies::View]) -> Snapshot {
+/// The machine's events since the stack started, by kind, for the status
+/// server.
+type SystemCounts = Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
+
+fn snapshot(handle: &Handle, proxies: &[crate::proxies::View], system: &SystemCounts) -> Snapshot {
     Snapshot {
         stack: handle.stack().to_string(),
         started_at_unix_ms: handle.started_ms(),
         services: handle.views().iter().map(status_of).collect(),
         proxies: crate::proxies::statuses(proxies),
+        system_events: system
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone(),
     }
 }
 

@@ -81,6 +81,23 @@ impl Display for Metrics<'_> {
             }
         }
 
+        if !self.snapshot.system_events.is_empty() {
+            family(
+                f,
+                "tether_system_events_total",
+                "counter",
+                "Resumes from sleep, clock steps, stalls and network changes seen since the stack \
+                 started, by kind.",
+            )?;
+            for (kind, n) in &self.snapshot.system_events {
+                writeln!(
+                    f,
+                    "tether_system_events_total{{kind=\"{}\"}} {n}",
+                    LabelValue(kind)
+                )?;
+            }
+        }
+
         family(
             f,
             "tether_service_restarts_total",
@@ -434,6 +451,7 @@ mod tests {
             started_at_unix_ms: 9_000,
             services: vec![stopped, ahead],
             proxies: Vec::new(),
+            system_events: Default::default(),
         };
         let text = Metrics {
             snapshot: &snapshot,

@@ -29,6 +29,10 @@ pub struct Snapshot {
     /// Every proxy of the stack (`[proxies.NAME]`), in file order.
     #[serde(default)]
     pub proxies: Vec<ProxyStatus>,
+    /// What happened to the machine since the stack started, by kind
+    /// (`resumed`, `stalled`, `network_changed`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub system_events: BTreeMap<String, u64>,
 }
 
 /// One proxy of the stack: where it listens, where it relays, and its
@@ -424,6 +428,7 @@ mod tests {
             started_at_unix_ms: 0,
             services,
             proxies: Vec::new(),
+            system_events: BTreeMap::new(),
         }
         .health()
         .status
@@ -462,6 +467,7 @@ mod tests {
             started_at_unix_ms: 0,
             services: vec![job, service("api", State::Ready)],
             proxies: Vec::new(),
+            system_events: BTreeMap::new(),
         };
         let health = snapshot.health();
         assert_eq!(health.status, OverallStatus::Ok);
@@ -490,6 +496,7 @@ mod tests {
                 service("alpha", State::Pending),
             ],
             proxies: Vec::new(),
+            system_events: BTreeMap::new(),
         };
         let json = serde_json::to_string(&snapshot.health()).unwrap();
         assert!(

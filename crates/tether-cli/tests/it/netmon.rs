@@ -24,7 +24,8 @@ probe_interval = "200ms"
         py = crate::stack::python(),
         svc = tether_test::peers::peer_script("http_service.py").display(),
     ));
-    stack.up(&["--json"]);
+    let status = free_port();
+    stack.up(&["--json", "--status", &format!("127.0.0.1:{status}")]);
     stack.until(r#""to":"ready""#).await;
     rustix::process::kill_process(stack.pid(), rustix::process::Signal::STOP).unwrap();
     // The fault itself: four seconds without running.
@@ -39,6 +40,22 @@ probe_interval = "200ms"
             .unwrap()
             .contains("tether did not run for"),
         "{event}"
+    );
+    // Counted in the status server's metrics.
+    let metrics = tether_test::within("the metrics", async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", status))
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).await.unwrap();
+        all
+    })
+    .await;
+    assert!(
+        metrics.contains("tether_system_events_total{kind=\"stalled\"} 1"),
+        "{metrics}"
     );
     // Probes went on after it; the service never left ready.
     let ps = stack.ps().await;

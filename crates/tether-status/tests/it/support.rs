@@ -169,5 +169,6 @@ pub(crate) fn stack(services: Vec<ServiceStatus>) -> Snapshot {
         started_at_unix_ms: now_unix_ms() - 3_600_000,
         services,
         proxies: Vec::new(),
+        system_events: Default::default(),
     }
 }
