@@ -133,6 +133,13 @@ async fn a_killed_tether_up_leaves_no_record() {
         .unwrap();
     // The record's lock went with tether's last descriptor: at once.
     assert!(listed(&stack, &[]).await.is_empty());
+    // The next `up` ends what the killed one left (its cgroup), and
+    // registers anew.
+    stack.up(&["--json"]);
+    registration(&mut stack, "registered").await;
+    assert_eq!(listed(&stack, &[]).await.len(), 1);
+    assert_eq!(stack.tether(&["down"]).await.code(), 0);
+    stack.exited().await;
 }
 
 /// etcd is not there when the stack comes up, then comes; later it is
