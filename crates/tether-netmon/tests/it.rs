@@ -57,7 +57,8 @@ impl Monitor {
             .spawn()
             .unwrap();
         let out: ChildStdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
+        // Bounded: the reader thread waits when the test falls behind.
+        let (tx, lines) = mpsc::sync_channel(1024);
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {

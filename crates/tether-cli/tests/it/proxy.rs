@@ -853,10 +853,11 @@ async fn a_ready_upstream_sees_no_connection_but_the_clients() {
     // the check is a plain connect, none is made.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded: more than a handful of connections is a failure anyway.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::channel(64);
     let counting = tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
-            let _ = seen_tx.send(s);
+            let _ = seen_tx.send(s).await;
         }
     });
     let mut proxy = Proxy::start(port, &[]).await;
