@@ -378,7 +378,20 @@ async fn kill_during_a_call(kind: Kind) {
 async fn frozen_server(kind: Kind) {
     let mut peer = Peer::new(kind);
     peer.start();
-    let mut client = client_for(&peer, &["--idle-timeout", "2s", "--ping-interval", "0"]);
+    // The 2 s idle timeout is for the frozen call; the handshake (a server
+    // that npx starts, slow on a loaded machine) and the warm-up call get
+    // their own, so only the freeze can time out.
+    let mut client = client_for(
+        &peer,
+        &[
+            "--idle-timeout",
+            "2s",
+            "--ping-interval",
+            "0",
+            "--timeout",
+            "initialize=60s",
+        ],
+    );
     client.init().await;
     client.echo(&peer, "warm").await;
     peer.signal(&client, Signal::STOP);
