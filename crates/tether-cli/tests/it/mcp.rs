@@ -1225,3 +1225,30 @@ async fn a_registry_upstream_follows_the_server_to_another_port() {
     let log = client.exit().await;
     assert!(log.contains("registry:tools"), "{log}");
 }
+
+/// `tether mcp` itself stopped (SIGSTOP, as a laptop lid or a debugger
+/// does) while its server restarts: once it runs again, it knows it
+/// stalled, looks at the upstream at once, and the next call is answered
+/// by the new server.
+#[tokio::test]
+async fn a_stalled_tether_mcp_finds_its_restarted_server_at_once() {
+    let mut peer = Peer::new(Kind::PythonHttp);
+    peer.start();
+    let mut client = client_for(&peer, &[]);
+    client.init().await;
+    client.echo(&peer, "before").await;
+    let tether = procs::children(client.pid())
+        .into_iter()
+        .next()
+        .expect("tether runs");
+    let tether = Pid::from_raw(tether).unwrap();
+    kill_process(tether, Signal::STOP).unwrap();
+    peer.restart(&client).await;
+    // The fault itself: four seconds without running.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    kill_process(tether, Signal::CONT).unwrap();
+    client.log_with("looking at the upstream again").await;
+    client.echo(&peer, "after").await;
+    let log = client.exit().await;
+    assert!(log.contains("Stalled"), "{log}");
+}

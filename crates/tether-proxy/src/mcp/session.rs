@@ -241,6 +241,10 @@ pub struct Session {
     demand: ExponentialBackoff,
     last_failure: Option<Failure>,
     last_traffic: Instant,
+    /// A revalidation ping is out (after a resume, a stall, a network
+    /// change): new requests wait for its answer, so none is sent on a link
+    /// that may be dead.
+    revalidating: bool,
     client_closed: bool,
     /// Client batches with requests still unanswered.
     batches: HashMap<u64, Batch>,
@@ -300,6 +304,7 @@ impl Session {
             demand,
             last_failure: None,
             last_traffic: now,
+            revalidating: false,
             client_closed: false,
             batches: HashMap::new(),
             next_batch: 0,
@@ -474,7 +479,9 @@ impl Session {
             },
         );
         if self.is_ready() {
-            self.send_pending(seq);
+            if !self.revalidating {
+                self.send_pending(seq);
+            }
         } else {
             self.hurry(now);
         }
@@ -702,6 +709,9 @@ impl Session {
             Outstanding::Replay => self.replay_answered(&message, now),
             Outstanding::Ping { .. } => {
                 // Any answer, even -32601 "method not found", says alive.
+                if std::mem::take(&mut self.revalidating) {
+                    self.send_waiting();
+                }
             }
             Outstanding::Reapply => {
                 if let Some(error) = message.get("error") {
@@ -963,6 +973,7 @@ impl Session {
                         deadline: now + self.config.ping_timeout,
                     });
                     self.last_traffic = now;
+                    self.revalidating = true;
                     self.emit_upstream(jsonrpc::request(id, "ping", json!({})));
                 }
             }
@@ -1134,6 +1145,15 @@ impl Session {
     fn become_ready(&mut self) {
         self.link = Link::Ready;
         self.demand.reset();
+        self.revalidating = false;
+        self.send_waiting();
+        while let Some(note) = self.notes.pop_front() {
+            self.emit_upstream(note);
+        }
+    }
+
+    /// Sends every request that waits for the link, in arrival order.
+    fn send_waiting(&mut self) {
         let waiting: Vec<u64> = self
             .pending
             .iter()
@@ -1142,9 +1162,6 @@ impl Session {
             .collect();
         for seq in waiting {
             self.send_pending(seq);
-        }
-        while let Some(note) = self.notes.pop_front() {
-            self.emit_upstream(note);
         }
     }
 
@@ -1753,6 +1770,21 @@ mod tests {
         // A second event while the ping is out sends no other.
         h.session.on_revalidate(t);
         assert!(upstream_messages(&h.session.take_actions()).is_empty());
+        // A call meanwhile waits for the ping's answer: the link may be dead.
+        assert!(upstream_messages(&h.client(call(5, "echo"))).is_empty());
+        let sent = upstream_messages(
+            &h.upstream(json!({"jsonrpc": "2.0", "id": ping[0]["id"], "result": {}})),
+        );
+        assert_eq!(
+            sent[0]["method"], "tools/call",
+            "sent once the link answered"
+        );
+        h.upstream(json!({"jsonrpc": "2.0", "id": sent[0]["id"], "result": {"content": []}}));
+        // Revalidated again (idle now), and this time the ping goes
+        // unanswered.
+        h.session.on_revalidate(t);
+        let ping = upstream_messages(&h.session.take_actions());
+        assert_eq!(ping[0]["method"], "ping");
         // Unanswered within the ping timeout: the link is lost.
         h.at(Duration::from_secs(10));
         assert!(h.tick().contains(&Action::Disconnect));
