@@ -100,7 +100,7 @@ impl RunDir {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(LockError::Held(self.lock_holder()));
+                return Err(LockError::Held(self.live_holder()));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(LockError::Io(path, e)),
         }
@@ -112,6 +112,23 @@ impl RunDir {
             return Err(LockError::Io(path, e));
         }
         Ok(StackLock { _file: file })
+    }
+
+    /// The holder's pid, for a refusal: it writes it just after taking the
+    /// lock, so right then the file may be empty or still name the holder
+    /// before it (dead). Read again, briefly (a bounded number of yields),
+    /// until it names a live process.
+    fn live_holder(&self) -> Option<u32> {
+        for _ in 0..10_000 {
+            if let Some(pid) = self.lock_holder()
+                && rustix::process::Pid::from_raw(pid as i32)
+                    .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+            {
+                return Some(pid);
+            }
+            std::thread::yield_now();
+        }
+        self.lock_holder()
     }
 
     /// The pid the lock's holder wrote (it writes it just after taking the
