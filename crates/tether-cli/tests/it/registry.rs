@@ -11,7 +11,7 @@ use tether_test::within;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::ChildStdout;
 
-use crate::support::{run, tether};
+use crate::support::{run, run_env, tether};
 
 /// A private registry directory for one test, or a prefix in an etcd.
 struct Reg {
@@ -418,20 +418,6 @@ async fn with_etcd_a_command_that_ends_at_once_leaves_no_record() {
 
 // --- registry:NAME as a target ---
 
-async fn run_with(env: (&str, &str), args: &[&str]) -> crate::support::Run {
-    let out = within(
-        &format!("tether {args:?}"),
-        tether().env(env.0, env.1).args(args).output(),
-    )
-    .await
-    .unwrap();
-    crate::support::Run {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// A registered instance that stays until dropped.
 fn registered(url: &str, name: &str, endpoint: &str) -> tokio::process::Child {
     tether()
@@ -455,7 +441,7 @@ fn registered(url: &str, name: &str, endpoint: &str) -> tokio::process::Child {
 async fn wait_for_registry_name_until_an_instance_is_registered() {
     let reg = Reg::new();
     let env = ("TETHER_REGISTRY", reg.url.as_str());
-    let r = run_with(env, &["wait", "registry:web", "-t", "300ms"]).await;
+    let r = run_env(&[env], &["wait", "registry:web", "-t", "300ms"]).await;
     assert_eq!(r.code(), 124, "nothing there: {r:?}");
     assert!(
         r.stderr
@@ -465,8 +451,8 @@ async fn wait_for_registry_name_until_an_instance_is_registered() {
     );
     let url = reg.url.clone();
     let waiting = tokio::spawn(async move {
-        run_with(
-            ("TETHER_REGISTRY", &url),
+        run_env(
+            &[("TETHER_REGISTRY", &url)],
             &["wait", "registry:web", "-t", "30s"],
         )
         .await
@@ -484,7 +470,11 @@ async fn wait_for_registry_name_until_an_instance_is_registered() {
     instance.kill().await.unwrap();
     watcher.kill().await.unwrap();
 
-    let bad = run_with(("TETHER_REGISTRY", "consul://x"), &["wait", "registry:web"]).await;
+    let bad = run_env(
+        &[("TETHER_REGISTRY", "consul://x")],
+        &["wait", "registry:web"],
+    )
+    .await;
     assert_eq!(bad.code(), 2, "{bad:?}");
     assert!(
         bad.stderr
@@ -499,17 +489,17 @@ async fn wait_for_registry_name_in_etcd() {
     let etcd = tether_test::etcd::Etcd::start().await;
     let reg = Reg::etcd(etcd.url("waits", 5));
     let env = ("TETHER_REGISTRY", reg.url.as_str());
-    let r = run_with(env, &["wait", "registry:api", "-t", "300ms"]).await;
+    let r = run_env(&[env], &["wait", "registry:api", "-t", "300ms"]).await;
     assert_eq!(r.code(), 124, "{r:?}");
     let (mut watcher, mut changes) = reg.watch();
     let mut instance = registered(&reg.url, "api", "http://127.0.0.1:1");
     next_change(&mut changes).await;
-    let r = run_with(env, &["wait", "registry:api", "-t", "10s"]).await;
+    let r = run_env(&[env], &["wait", "registry:api", "-t", "10s"]).await;
     assert_eq!(r.code(), 0, "{r:?}");
     instance.kill().await.unwrap();
     watcher.kill().await.unwrap();
     drop(etcd);
-    let r = run_with(env, &["wait", "registry:api", "-t", "300ms"]).await;
+    let r = run_env(&[env], &["wait", "registry:api", "-t", "300ms"]).await;
     assert_eq!(r.code(), 124, "{r:?}");
     assert!(
         r.stderr.contains("connection refused"),

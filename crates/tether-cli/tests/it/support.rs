@@ -37,7 +37,14 @@ impl Run {
 }
 
 pub(crate) async fn run(args: &[&str]) -> Run {
-    let out = within(&format!("tether {args:?}"), tether().args(args).output())
+    run_env(&[], args).await
+}
+
+/// [`run`], with these variables set for tether.
+pub(crate) async fn run_env(env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut command = tether();
+    command.envs(env.iter().copied()).args(args);
+    let out = within(&format!("tether {args:?}"), command.output())
         .await
         .unwrap();
     Run {

@@ -166,18 +166,21 @@ impl EtcdRegistry {
 
     /// The registry's URL, as messages name it.
     pub fn describe(&self) -> String {
-        let hosts: Vec<String> = self
-            .shared
+        format!(
+            "etcd://{}/{}",
+            self.hosts().join(","),
+            self.shared.prefix.trim_end_matches('/')
+        )
+    }
+
+    /// The endpoints, `HOST:PORT` each, in the order they are tried.
+    pub fn hosts(&self) -> Vec<String> {
+        self.shared
             .client
             .endpoints()
             .iter()
             .map(client::endpoint_name)
-            .collect();
-        format!(
-            "etcd://{}/{}",
-            hosts.join(","),
-            self.shared.prefix.trim_end_matches('/')
-        )
+            .collect()
     }
 
     /// The lease TTL of registrations.
@@ -783,14 +786,11 @@ mod tests {
             EtcdRegistry::parse("etcd://127.0.0.1:2379,10.0.0.2:22379/team/dev?ttl=5s").unwrap();
         assert_eq!(r.prefix(), "team/dev/");
         assert_eq!(r.ttl(), Duration::from_secs(5));
-        let hosts: Vec<String> = r
-            .shared
-            .client
-            .endpoints()
-            .iter()
-            .map(client::endpoint_name)
-            .collect();
-        assert_eq!(hosts, ["127.0.0.1:2379", "10.0.0.2:22379"]);
+        assert_eq!(r.hosts(), ["127.0.0.1:2379", "10.0.0.2:22379"]);
+        assert_eq!(
+            r.describe(),
+            "etcd://127.0.0.1:2379,10.0.0.2:22379/team/dev"
+        );
 
         let r = EtcdRegistry::parse("etcd://etcd.internal").unwrap();
         assert_eq!(r.prefix(), "tether/");
