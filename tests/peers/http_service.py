@@ -1,12 +1,14 @@
 """A small HTTP service for tether's supervisor tests and example stack.
 
     python http_service.py --port 8081 [--delay 0.5] [--notify] [--status TEXT]
-                           [--crash-after SECONDS] [--hang-health]
+                           [--crash-after SECONDS] [--hold FILE]
 
 --delay sleeps before listening (a slow start). --notify sends READY=1 (and
 STATUS=) to $NOTIFY_SOCKET once listening, as a systemd service would.
 --crash-after exits with status 1 after that long. GET /health answers 200
-"ok"; every other path 404.
+"ok"; every other path 404. With --hold FILE, a /health request that finds
+FILE renames it to FILE.held and never answers (one request is held per
+FILE made), so a test knows a probe is in flight.
 """
 
 import argparse
@@ -27,7 +29,17 @@ def notify(message: str) -> None:
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    hold = None
+
     def do_GET(self):
+        if self.path == "/health" and self.hold:
+            try:
+                os.rename(self.hold, self.hold + ".held")
+            except FileNotFoundError:
+                pass
+            else:
+                while True:
+                    time.sleep(3600)
         if self.path == "/health":
             body = b"ok"
             self.send_response(200)
@@ -49,7 +61,9 @@ def main() -> None:
     p.add_argument("--notify", action="store_true")
     p.add_argument("--status", default="")
     p.add_argument("--crash-after", type=float, default=0.0)
+    p.add_argument("--hold", default=None)
     args = p.parse_args()
+    Handler.hold = args.hold
 
     print(f"starting on port {args.port} (delay {args.delay}s)", flush=True)
     time.sleep(args.delay)

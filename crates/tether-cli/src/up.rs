@@ -242,9 +242,11 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
     });
     crate::registrations::start(registry, &handle, &tasks, done.clone());
     // Resumes, stalls and network changes: said as `system` events (to the
-    // terminal, --json, the status server's stream and the hooks), and the
-    // proxies' upstreams are looked at now, and their connections on an
-    // address that left the machine are reset.
+    // terminal, --json, the status server's stream and the hooks); the
+    // services' probes run now (one that timed out across the change is not
+    // counted, and failures wait while the network settles); the proxies'
+    // upstreams are looked at now, and their connections on an address that
+    // left the machine are reset.
     let system_counts: SystemCounts = Arc::default();
     let netmon = crate::netmon::start();
     if let Some(netmon) = &netmon {
@@ -252,6 +254,7 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
         let counts = system_counts.clone();
         let checks = proxies.checks.clone();
         let gone = proxies.gone.clone();
+        let probes = handle.clone();
         tasks.spawn(crate::netmon::each(
             netmon.subscribe(),
             done.clone(),
@@ -270,7 +273,14 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
                     kind: kind.to_string(),
                     detail,
                 }));
+                match event {
+                    tether_netmon::Event::NetworkSettling => probes.set_settling(true),
+                    tether_netmon::Event::NetworkChanged { .. }
+                    | tether_netmon::Event::NetworkSettled => probes.set_settling(false),
+                    _ => {}
+                }
                 if crate::netmon::revalidates(event) {
+                    probes.revalidate();
                     for check in &checks {
                         check.notify_one();
                     }
@@ -571,6 +581,7 @@ fn status_of(view: &ServiceView) -> ServiceStatus {
         status.probe.buckets = view.probe.buckets.clone();
     }
     status.probe.failures = view.probe.failures.clone();
+    status.probe.held = view.probe.held.clone();
     status.registration = view
         .registration
         .as_ref()

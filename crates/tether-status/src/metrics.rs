@@ -184,6 +184,26 @@ impl Display for Metrics<'_> {
             }
         }
 
+        if services.iter().any(|s| !s.probe.held.is_empty()) {
+            family(
+                f,
+                "tether_probe_held_total",
+                "counter",
+                "Failed probes not counted toward fall, by why: stall (timed out across a stall \
+                 or sleep) or network_settling.",
+            )?;
+            for s in services {
+                for (why, count) in &s.probe.held {
+                    writeln!(
+                        f,
+                        "tether_probe_held_total{{{},why=\"{}\"}} {count}",
+                        service(s),
+                        LabelValue(why)
+                    )?;
+                }
+            }
+        }
+
         let proxies = &self.snapshot.proxies;
         if !proxies.is_empty() {
             family(

@@ -162,6 +162,10 @@ pub struct ProbeStats {
     pub buckets: Vec<(f64, u64)>,
     /// Failed probes by their dotted cause: `connect.refused` -> 12.
     pub failures: BTreeMap<String, u64>,
+    /// Of those, the ones not counted toward `fall` (they timed out across
+    /// a stall, or the network was settling), by why: `stall` -> 1.
+    #[serde(default)]
+    pub held: BTreeMap<String, u64>,
 }
 
 /// One thing that happened in the stack, streamed by `/api/events`.
@@ -372,6 +376,7 @@ impl Default for ProbeStats {
             sum_seconds: 0.0,
             buckets: PROBE_BUCKETS.iter().map(|&le| (le, 0)).collect(),
             failures: BTreeMap::new(),
+            held: BTreeMap::new(),
         }
     }
 }

@@ -73,6 +73,9 @@ pub struct ProbeStats {
     pub buckets: Vec<(f64, u64)>,
     /// Failed probes by cause (`connect.refused`: 12).
     pub failures: BTreeMap<String, u64>,
+    /// Of those, the ones not counted toward `fall`, by why (`stall`,
+    /// `network_settling`).
+    pub held: BTreeMap<String, u64>,
 }
 
 /// One thing that happened.
@@ -145,6 +148,17 @@ pub enum EventKind {
     /// `clock_stepped`, `stalled`, `network_settling`, `network_changed`,
     /// `network_settled`; `detail` in words.
     System { kind: String, detail: String },
+    /// A probe failed but was not counted toward `fall`: `why` is `stall`
+    /// (it timed out across a stall or a sleep; it runs again at once) or
+    /// `network_settling` (judged once the network settles).
+    ProbeHeld {
+        service: String,
+        /// `readiness` or `liveness`.
+        probe: String,
+        why: String,
+        cause: String,
+        detail: String,
+    },
     /// A service's registration changed state.
     Registration {
         service: String,
@@ -222,9 +236,9 @@ impl Event {
             EventKind::State { service, .. }
             | EventKind::Exit { service, .. }
             | EventKind::Restarting { service, .. } => Some(service),
-            EventKind::HookCommand { service, .. } | EventKind::Registration { service, .. } => {
-                Some(service)
-            }
+            EventKind::HookCommand { service, .. }
+            | EventKind::Registration { service, .. }
+            | EventKind::ProbeHeld { service, .. } => Some(service),
             EventKind::HookDropped { .. }
             | EventKind::System { .. }
             | EventKind::HookCommandsDropped { .. }
@@ -246,6 +260,7 @@ impl Event {
             EventKind::Stack { .. } => "stack",
             EventKind::Registration { .. } => "registration",
             EventKind::System { .. } => "system",
+            EventKind::ProbeHeld { .. } => "probe_held",
         }
     }
 
@@ -340,6 +355,20 @@ impl fmt::Display for Event {
             }
             EventKind::Stack { state } => write!(f, "stack is {state}"),
             EventKind::System { detail, .. } => f.write_str(detail),
+            EventKind::ProbeHeld {
+                service,
+                probe,
+                why,
+                detail,
+                ..
+            } => {
+                let when = if why == "stall" {
+                    "timed out across a stall; not counted, it runs again now"
+                } else {
+                    "failed while the network is changing; not counted until it settles"
+                };
+                write!(f, "{service} {probe} probe {when} ({detail})")
+            }
             EventKind::Registration {
                 service,
                 state,

@@ -27,6 +27,8 @@ pub struct Handle {
     /// Registrations, set from outside the supervisor (by `tether up`'s
     /// registrar), shown in the views.
     pub(crate) registrations: Arc<watch::Sender<BTreeMap<String, Registration>>>,
+    /// What the machine's events say to the probes.
+    pub(crate) system: Arc<watch::Sender<crate::probes::System>>,
 }
 
 /// What can be asked of a stack.
@@ -106,6 +108,24 @@ impl Handle {
                 registry: registration.registry,
             }));
         }
+    }
+
+    /// The machine resumed, stalled or its network changed (tether-netmon):
+    /// every probe runs now, and one that timed out across the change is
+    /// not counted.
+    pub fn revalidate(&self) {
+        self.system.send_modify(|s| s.revalidations += 1);
+    }
+
+    /// While the network is settling, failed probes are held (not counted,
+    /// and said as `probe_held` events); once it settled, each probe runs
+    /// again at once.
+    pub fn set_settling(&self, settling: bool) {
+        self.system.send_if_modified(|s| {
+            let changed = s.settling != settling;
+            s.settling = settling;
+            changed
+        });
     }
 
     /// Follows every event.

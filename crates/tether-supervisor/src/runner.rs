@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use crate::config::{Condition, Dependency, Readiness, RestartPolicy, ServiceConfig};
 use crate::event::{EventKind, ServiceView, exit_fields};
 use crate::notify::Notice;
+use crate::probes::Held;
 use crate::state::State;
 
 /// After SIGKILL, how long to wait for the processes to go before saying
@@ -78,6 +79,15 @@ pub(crate) enum Command {
 pub(crate) enum ProbeKind {
     Readiness,
     Liveness,
+}
+
+impl ProbeKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ProbeKind::Readiness => "readiness",
+            ProbeKind::Liveness => "liveness",
+        }
+    }
 }
 
 /// A dependency as its view shows it.
@@ -125,6 +135,14 @@ pub(crate) enum Input<'a> {
         outcome: Result<(), Failure>,
         /// The change of health this result caused.
         transition: Option<Health>,
+    },
+    /// A probe failed but is not counted (it timed out across a stall, or
+    /// the network is settling).
+    ProbeHeld {
+        kind: ProbeKind,
+        took: Duration,
+        failure: Failure,
+        held: Held,
     },
     Notice(Notice),
     /// Time passed; a deadline may have come.
@@ -365,6 +383,12 @@ impl Runner {
                 outcome,
                 transition,
             } => self.probe(now, kind, took, outcome, transition),
+            Input::ProbeHeld {
+                kind,
+                took,
+                failure,
+                held,
+            } => self.probe_held(kind, took, &failure, held),
             Input::Notice(notice) => self.notice(now, notice),
         }
     }
@@ -614,6 +638,27 @@ impl Runner {
             }
             _ => {}
         }
+    }
+
+    fn probe_held(&mut self, kind: ProbeKind, took: Duration, failure: &Failure, held: Held) {
+        if !matches!(self.phase, Phase::Running(_)) {
+            return;
+        }
+        let cause = failure.cause.to_string();
+        let why = match held {
+            Held::Stall => "stall",
+            Held::Settling => "network_settling",
+        };
+        self.view.probe.observe(took, Some(&cause));
+        *self.view.probe.held.entry(why.to_string()).or_insert(0) += 1;
+        self.dirty = true;
+        self.actions.push(Action::Emit(EventKind::ProbeHeld {
+            service: self.config.name.clone(),
+            probe: kind.name().to_string(),
+            why: why.to_string(),
+            cause,
+            detail: failure.detail.clone(),
+        }));
     }
 
     fn notice(&mut self, now: Now, notice: Notice) {

@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) touched: watch::Sender<u64>,
     /// Where the stack's file lives: the default working directory.
     pub(crate) base_dir: PathBuf,
+    /// What the machine's events say to the probes.
+    pub(crate) system: watch::Receiver<probes::System>,
 }
 
 /// How many lines of output go with an exit.
@@ -199,12 +201,20 @@ impl Service {
                 }
                 Some(((lifetime, kind), report)) = self.reports_rx.recv() => {
                     if lifetime == self.lifetime {
-                        self.step(Input::Probe {
-                            kind,
-                            took: report.took,
-                            outcome: report.outcome.map(|_| ()),
-                            transition: report.transition.map(|t| t.to),
-                        });
+                        match (report.held, report.outcome) {
+                            (Some(held), Err(failure)) => self.step(Input::ProbeHeld {
+                                kind,
+                                took: report.took,
+                                failure,
+                                held,
+                            }),
+                            (_, outcome) => self.step(Input::Probe {
+                                kind,
+                                took: report.took,
+                                outcome: outcome.map(|_| ()),
+                                transition: report.transition.map(|t| t.to),
+                            }),
+                        }
                     }
                 }
                 notices = recv_notices(self.notify.as_ref()) => {
@@ -421,6 +431,7 @@ impl Service {
             start,
             (self.lifetime, kind),
             self.reports_tx.clone(),
+            self.shared.system.clone(),
             stop,
         ));
     }

@@ -58,6 +58,7 @@ pub fn launch(
     let tasks = TaskTracker::new();
     let (changed, _) = watch::channel(0u64);
     let (touched, touched_rx) = watch::channel(0u64);
+    let (system, system_rx) = watch::channel(crate::probes::System::default());
     let shared = Shared {
         events: events.clone(),
         output: output.clone(),
@@ -66,6 +67,7 @@ pub fn launch(
         changed,
         touched,
         base_dir: options.base_dir,
+        system: system_rx,
     };
     let now = unix_ms(SystemTime::now());
 
@@ -135,6 +137,7 @@ pub fn launch(
         stack: config.name.clone(),
         started_ms: now,
         registrations: Arc::new(watch::channel(std::collections::BTreeMap::new()).0),
+        system: Arc::new(system),
     };
     for (hook, events) in config.hooks.iter().zip(hook_events) {
         let scope = scope_for(&options.cgroup, "TETHER_HOOK", &hook.name, "hook");

@@ -42,17 +42,7 @@ probe_interval = "200ms"
         "{event}"
     );
     // Counted in the status server's metrics.
-    let metrics = tether_test::within("the metrics", async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", status))
-            .await
-            .unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
-        let mut all = String::new();
-        s.read_to_string(&mut all).await.unwrap();
-        all
-    })
-    .await;
+    let metrics = metrics(status).await;
     assert!(
         metrics.contains("tether_system_events_total{kind=\"stalled\"} 1"),
         "{metrics}"
@@ -68,6 +58,166 @@ probe_interval = "200ms"
         .chain(&rest)
         .any(|l| l.contains(r#""to":"unready""#));
     assert!(!flapped, "a pause is not a failure: {:?}", stack.seen);
+}
+
+/// The whole machine stalls while a probe waits for its answer (tether and
+/// the service both stopped, as in a VM pause): when they run again, the
+/// probe's timeout has long passed, but only because nothing ran. With
+/// `fall = 1` that one timeout would make the service unready; it is held
+/// instead (a `probe_held` event), asked again at once, and the service
+/// stays ready.
+#[tokio::test]
+async fn a_probe_that_timed_out_across_a_stall_is_not_counted() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold");
+    let mut stack = Stack::new(&format!(
+        r#"
+name = "h{port}"
+[services.db]
+command = ["{py}", "{svc}", "--port", "{port}", "--hold", "{hold}"]
+ready = {{ target = "http://127.0.0.1:{port}/health", interval = "200ms", timeout = "3s", fall = 1 }}
+"#,
+        py = crate::stack::python(),
+        svc = tether_test::peers::peer_script("http_service.py").display(),
+        hold = hold.display(),
+    ));
+    let status = free_port();
+    stack.up(&["--json", "--status", &format!("127.0.0.1:{status}")]);
+    stack.until(r#""to":"ready""#).await;
+    let db = stack.ps().await["services"][0]["pid"].as_u64().unwrap() as i32;
+    let db = rustix::process::Pid::from_raw(db).unwrap();
+    // The next probe is held by the service: it is in flight.
+    std::fs::write(&hold, "").unwrap();
+    let held = dir.path().join("hold.held");
+    tether_test::within("a probe in flight", async {
+        while !held.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    use rustix::process::{Signal, kill_process};
+    kill_process(stack.pid(), Signal::STOP).unwrap();
+    kill_process(db, Signal::STOP).unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    kill_process(stack.pid(), Signal::CONT).unwrap();
+    let line = stack.until(r#""event":"probe_held""#).await;
+    kill_process(db, Signal::CONT).unwrap();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["service"], "db", "{event}");
+    assert_eq!(event["why"], "stall", "{event}");
+    assert_eq!(event["probe"], "readiness", "{event}");
+    // Asked again at once and answered: the probe stats show the success
+    // after the held one, and the service never left ready.
+    let ps = stack.ps().await;
+    assert_eq!(ps["services"][0]["state"], "ready", "{ps}");
+    let metrics = metrics(status).await;
+    assert!(
+        metrics.contains(r#"tether_probe_held_total{service="db",why="stall"} 1"#),
+        "{metrics}"
+    );
+    stack.tether(&["down"]).await;
+    let (_, rest) = stack.exited().await;
+    let flapped = stack
+        .seen
+        .iter()
+        .chain(&rest)
+        .any(|l| l.contains(r#""to":"unready""#));
+    assert!(!flapped, "a stall is not a failure: {:?}", stack.seen);
+}
+
+/// An address that flaps faster than the network settles: while the
+/// network monitor says it is settling, failed probes are held
+/// (`probe_held`, `network_settling`) instead of flapping the service, and
+/// once the address is back for good the service is still ready.
+#[tokio::test]
+async fn health_holds_while_the_network_flaps() {
+    let netns = Netns::new("fl");
+    netns.ip(&["link", "set", "lo", "up"]);
+    netns.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
+    netns.ip(&["link", "set", "va", "up"]);
+    netns.ip(&["link", "set", "vb", "up"]);
+    netns.ip(&["addr", "add", "10.79.0.2/24", "dev", "vb"]);
+    let port = free_port();
+    let mut stack = Stack::new(&format!(
+        r#"
+name = "f{port}"
+[services.db]
+command = ["{py}", "-c", "import http.server as h; s = h.ThreadingHTTPServer(('0.0.0.0', {port}), h.SimpleHTTPRequestHandler); s.serve_forever()"]
+ready = {{ target = "tcp://10.79.0.2:{port}", interval = "100ms", fall = 2 }}
+"#,
+        py = crate::stack::python(),
+    ));
+    stack.in_netns(netns.name());
+    stack.up(&["--json"]);
+    stack.until(r#""to":"ready""#).await;
+    // Rounds of flapping, each well inside the monitor's 250 ms debounce
+    // between changes (so one burst), until a failure was held; at most 5.
+    let mut held = None;
+    for _ in 0..5 {
+        let flapping = {
+            let name = netns.name().to_string();
+            tokio::spawn(async move {
+                let ip = |args: &'static [&'static str]| {
+                    let mut command = tokio::process::Command::new("ip");
+                    command.args(["-n", &name]).args(args);
+                    async move {
+                        let ok = command.status().await.unwrap();
+                        assert!(ok.success(), "ip {args:?}");
+                    }
+                };
+                for _ in 0..6 {
+                    ip(&["addr", "del", "10.79.0.2/24", "dev", "vb"]).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                    ip(&["addr", "add", "10.79.0.2/24", "dev", "vb"]).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                }
+            })
+        };
+        flapping.await.unwrap();
+        // The burst is judged (settled, the address being back).
+        loop {
+            let line = stack.until(r#""event":"system""#).await;
+            if line.contains("network_settled") || line.contains("network_changed") {
+                break;
+            }
+        }
+        if let Some(line) = stack
+            .seen
+            .iter()
+            .find(|l| l.contains(r#""event":"probe_held""#))
+        {
+            held = Some(line.clone());
+            break;
+        }
+    }
+    let held: Value = serde_json::from_str(&held.expect("a failure held in 5 rounds")).unwrap();
+    assert_eq!(held["why"], "network_settling", "{held}");
+    let ps = stack.ps().await;
+    assert_eq!(ps["services"][0]["state"], "ready", "{ps}");
+    stack.tether(&["down"]).await;
+    let (_, rest) = stack.exited().await;
+    let flapped = stack
+        .seen
+        .iter()
+        .chain(&rest)
+        .any(|l| l.contains(r#""to":"unready""#));
+    assert!(!flapped, "churn is not a failure: {:?}", stack.seen);
+}
+
+/// The status server's `/metrics` on `port`.
+async fn metrics(port: u16) -> String {
+    tether_test::within("the metrics", async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).await.unwrap();
+        all
+    })
+    .await
 }
 
 /// A command run inside `netns`, its stdout read by line.

@@ -17,6 +17,9 @@ pub(crate) struct Stack {
     pub(crate) seen: Vec<String>,
     /// Set for every command, after tether's own test settings.
     pub(crate) env: Vec<(String, String)>,
+    /// The network namespace every command runs in (`ip netns exec`,
+    /// which execs: the pid is tether's).
+    pub(crate) netns: Option<String>,
 }
 
 impl Stack {
@@ -30,7 +33,13 @@ impl Stack {
             out: None,
             seen: Vec::new(),
             env: Vec::new(),
+            netns: None,
         }
+    }
+
+    /// Runs every command from now on inside the network namespace `name`.
+    pub(crate) fn in_netns(&mut self, name: &str) {
+        self.netns = Some(name.to_string());
     }
 
     /// Sets `key=value` for every command from now on.
@@ -44,7 +53,14 @@ impl Stack {
     }
 
     pub(crate) fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+        let mut cmd = match &self.netns {
+            Some(name) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", name, env!("CARGO_BIN_EXE_tether")]);
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_tether")),
+        };
         cmd.args(args)
             .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
             .env("NO_COLOR", "1")

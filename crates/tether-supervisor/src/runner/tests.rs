@@ -669,3 +669,45 @@ fn exits_after_stable_runs_never_add_up_to_a_crash_loop() {
     t.exit(1, 0);
     assert_eq!(t.state(), State::Failed);
 }
+
+/// A held probe failure is said, counted in the probe stats, and changes
+/// nothing else.
+#[test]
+fn a_held_probe_failure_is_said_and_changes_nothing() {
+    let mut s = service();
+    s.ready = Readiness::Probe(Box::new(probe()));
+    let mut t = T::new(s);
+    t.start(1);
+    t.on(Input::Probe {
+        kind: ProbeKind::Readiness,
+        took: Duration::from_millis(1),
+        outcome: Ok(()),
+        transition: Some(Health::Healthy),
+    });
+    assert_eq!(t.state(), State::Ready);
+    t.events.clear();
+    let actions = t.on(Input::ProbeHeld {
+        kind: ProbeKind::Readiness,
+        took: Duration::from_secs(9),
+        failure: refused(),
+        held: crate::probes::Held::Stall,
+    });
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(t.state(), State::Ready);
+    assert_eq!(t.reason(), "");
+    assert_eq!(t.r.view().probe.failures["connect.refused"], 1);
+    match &t.events[..] {
+        [
+            EventKind::ProbeHeld {
+                service,
+                probe,
+                why,
+                ..
+            },
+        ] => {
+            assert_eq!((service.as_str(), probe.as_str()), ("svc", "readiness"));
+            assert_eq!(why, "stall");
+        }
+        other => panic!("{other:?}"),
+    }
+}
