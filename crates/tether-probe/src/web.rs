@@ -47,6 +47,9 @@ pub struct Connection {
     /// holder drops it.
     conn: Arc<AbortOnDropHandle<()>>,
     host: HeaderValue,
+    /// This end's address (a connection bound to an address that left the
+    /// machine is dead).
+    local: Option<std::net::SocketAddr>,
 }
 
 /// A byte stream to a server: plain TCP or TLS over TCP.
@@ -81,7 +84,7 @@ pub async fn send(
 ///
 /// Cancel-safe: dropping the future closes what it opened.
 pub async fn connect(url: &Url, insecure: bool, attempt: Attempt) -> Result<Connection, Failure> {
-    let io = open(url, insecure, attempt).await?;
+    let (io, local) = open_from(url, insecure, attempt).await?;
     let what = format!("connect to {}", display_url(url));
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
@@ -94,6 +97,7 @@ pub async fn connect(url: &Url, insecure: bool, attempt: Attempt) -> Result<Conn
         sender,
         conn,
         host: host_header(url),
+        local,
     })
 }
 
@@ -104,6 +108,19 @@ pub async fn connect(url: &Url, insecure: bool, attempt: Attempt) -> Result<Conn
 ///
 /// Cancel-safe: dropping the future closes what it opened.
 pub async fn open(url: &Url, insecure: bool, attempt: Attempt) -> Result<Box<dyn Io>, Failure> {
+    Ok(open_from(url, insecure, attempt).await?.0)
+}
+
+/// [`open`], and the local address the stream is bound to.
+///
+/// # Cancel safety
+///
+/// Cancel-safe, as [`open`].
+pub async fn open_from(
+    url: &Url,
+    insecure: bool,
+    attempt: Attempt,
+) -> Result<(Box<dyn Io>, Option<std::net::SocketAddr>), Failure> {
     let host = match url.host() {
         Some(url::Host::Domain(d)) => Host::Name(d.to_string()),
         Some(url::Host::Ipv4(ip)) => Host::Ip(ip.into()),
@@ -120,6 +137,7 @@ pub async fn open(url: &Url, insecure: bool, attempt: Attempt) -> Result<Box<dyn
         .port_or_known_default()
         .unwrap_or(if url.scheme() == "wss" { 443 } else { 80 });
     let stream = tcp::connect(&host, port, attempt).await?;
+    let local = stream.local_addr().ok();
     let io: Box<dyn Io> = if matches!(url.scheme(), "https" | "wss") {
         let what = format!("TLS handshake with {host}:{port}");
         let config = tls::client_config(insecure)?;
@@ -142,7 +160,7 @@ pub async fn open(url: &Url, insecure: bool, attempt: Attempt) -> Result<Box<dyn
     } else {
         Box::new(stream)
     };
-    Ok(io)
+    Ok((io, local))
 }
 
 /// A request that failed, and whether it certainly never left this process
@@ -163,6 +181,11 @@ impl Connection {
     /// Whether the peer closed the connection (or it failed).
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
+    }
+
+    /// The address this end of the connection is bound to.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local
     }
 
     /// Sends one request for `url` (whose origin this connection is open

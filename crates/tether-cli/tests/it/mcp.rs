@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 use serde_json::{Value, json};
+use tether_test::netns::Netns;
 use tether_test::{peers, procs, within};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -184,8 +185,17 @@ impl Client {
 
     /// With variables for tether (`TETHER_REGISTRY`).
     fn start_env(args: &[String], env: &[(&str, &str)]) -> Client {
+        Client::spawn(Command::new(peers::python()), args, env)
+    }
+
+    /// Inside a network namespace (`ip netns exec`).
+    fn start_in(netns: &Netns, args: &[String]) -> Client {
+        Client::spawn(netns.command(peers::python()).into(), args, &[])
+    }
+
+    fn spawn(mut python: Command, args: &[String], env: &[(&str, &str)]) -> Client {
         let log = tempfile::NamedTempFile::new().unwrap();
-        let mut child = Command::new(peers::python())
+        let mut child = python
             .arg(peers::peer_script("mcp_client.py"))
             .arg("--stderr")
             .arg(log.path())
@@ -1249,6 +1259,133 @@ async fn a_stalled_tether_mcp_finds_its_restarted_server_at_once() {
     kill_process(tether, Signal::CONT).unwrap();
     client.log_with("looking at the upstream again").await;
     client.echo(&peer, "after").await;
+    let log = client.exit().await;
+    assert!(log.contains("Stalled"), "{log}");
+}
+
+/// The Python SDK's server on `host:port`, run by `command` (inside a
+/// network namespace, or not), with more of its arguments.
+fn python_server(mut command: Command, host: &str, port: u16, extra: &[&str]) -> Child {
+    command
+        .arg(peers::peer_script("mcp_server.py"))
+        .args(["--host", host, "--port", &port.to_string()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The client and its server in two network namespaces joined by a veth
+/// pair. The client's end goes down and up while idle: tether looks at
+/// the upstream on the change, and a ping that finds no route while the
+/// link is down does not drop the session. Then it goes down for a second
+/// while a call waits: the call is answered on its connection (TCP lives
+/// through a link that flapped), and so is the next one.
+#[tokio::test]
+async fn a_call_waits_through_a_link_that_goes_down_and_up() {
+    let client_ns = Netns::new("mc");
+    let server_ns = Netns::new("ms");
+    for ns in [&client_ns, &server_ns] {
+        ns.ip(&["link", "set", "lo", "up"]);
+    }
+    client_ns.ip(&[
+        "link",
+        "add",
+        "va",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vb",
+        "netns",
+        server_ns.name(),
+    ]);
+    client_ns.ip(&["addr", "add", "10.81.0.1/24", "dev", "va"]);
+    client_ns.ip(&["link", "set", "va", "up"]);
+    server_ns.ip(&["addr", "add", "10.81.0.2/24", "dev", "vb"]);
+    server_ns.ip(&["link", "set", "vb", "up"]);
+    let port = peers::free_port();
+    let _server = python_server(
+        server_ns.command(peers::python()).into(),
+        "10.81.0.2",
+        port,
+        &[],
+    );
+    let mut client = Client::start_in(&client_ns, &[format!("http://10.81.0.2:{port}/mcp")]);
+    client.init().await;
+    client
+        .run(json!({"op": "call", "tool": "echo", "args": {"message": "before"}}))
+        .await;
+    // Idle: the change's revalidation ping finds no route, and the session
+    // is kept.
+    client_ns.ip(&["link", "set", "va", "down"]);
+    client.log_with("a ping found no route").await;
+    client_ns.ip(&["link", "set", "va", "up"]);
+    let idle = client
+        .run(json!({"op": "call", "tool": "echo", "args": {"message": "idle"}}))
+        .await;
+    assert_eq!(idle["ok"], true, "{idle}\n{}", client.tether_log());
+    // A call in flight.
+    let call = client
+        .send(json!({"op": "call", "tool": "slow", "args": {"seconds": 3}, "progress": true, "timeout": 120}))
+        .await;
+    let started = client.next_for(&call).await;
+    assert_eq!(started["event"], "progress", "{started}");
+    client_ns.ip(&["link", "set", "va", "down"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client_ns.ip(&["link", "set", "va", "up"]);
+    let result = loop {
+        let value = client.next_for(&call).await;
+        if value.get("event").is_none() {
+            break value;
+        }
+    };
+    assert_eq!(result["ok"], true, "{result}\n{}", client.tether_log());
+    assert_eq!(
+        result["result"]["content"][0]["text"], "slept 3.0",
+        "{result}"
+    );
+    let after = client
+        .run(json!({"op": "call", "tool": "echo", "args": {"message": "after"}}))
+        .await;
+    assert_eq!(after["ok"], true, "{after}\n{}", client.tether_log());
+    let log = client.exit().await;
+    assert!(!log.contains("lost the upstream"), "{log}");
+}
+
+/// `tether mcp` stopped for longer than its server keeps an idle session:
+/// the server ended the session meanwhile. Once tether runs again, the
+/// next call is answered (on a new session, by a fresh connection: none
+/// pooled from before the stall is reused).
+#[tokio::test]
+async fn a_call_after_a_stall_past_the_session_lifetime_is_answered() {
+    let port = peers::free_port();
+    let _server = python_server(
+        Command::new(peers::python()),
+        "127.0.0.1",
+        port,
+        &["--session-idle-timeout", "1"],
+    );
+    let mut client = Client::start(&[format!("http://127.0.0.1:{port}/mcp")]);
+    client.init().await;
+    let echo = |m: &str| json!({"op": "call", "tool": "echo", "args": {"message": m}});
+    let before = client.run(echo("before")).await;
+    assert_eq!(before["ok"], true, "{before}");
+    let tether = procs::children(client.pid())
+        .into_iter()
+        .next()
+        .expect("tether runs");
+    let tether = Pid::from_raw(tether).unwrap();
+    kill_process(tether, Signal::STOP).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    kill_process(tether, Signal::CONT).unwrap();
+    client.log_with("looking at the upstream again").await;
+    let after = client.run(echo("after")).await;
+    assert_eq!(after["ok"], true, "{after}\n{}", client.tether_log());
+    assert_eq!(after["result"]["content"][0]["text"], "after", "{after}");
     let log = client.exit().await;
     assert!(log.contains("Stalled"), "{log}");
 }

@@ -285,11 +285,21 @@ where
                 | tether_netmon::Event::Stalled { .. }
                 | tether_netmon::Event::NetworkChanged { .. })) => {
                     info!("{event:?}: looking at the upstream again");
+                    // First the connection (no pooled connection is reused
+                    // blindly, one on a gone address is given up), then the
+                    // session core (whose ping then goes on a fresh one).
+                    if let Some(link) = &link {
+                        link.revalidate(event.addresses_gone());
+                    }
                     session.on_revalidate(Instant::now());
                 }
                 Ok(_) => {}
-                // Missed some: revalidate, which covers whatever they were.
+                // Missed some: revalidate, which covers whatever they were
+                // (except the addresses gone: streams are reopened anyway).
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Some(link) = &link {
+                        link.revalidate(Vec::new());
+                    }
                     session.on_revalidate(Instant::now());
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => system = None,

@@ -636,6 +636,16 @@ impl Session {
                 }
             }
             Some(Outstanding::Replay) => self.lost(failure, now),
+            // No route to the server: the network is down for now (a link
+            // that went down, mid-change), which says nothing of the
+            // session, and connections already open may well live through
+            // it. The session is kept; the requests a revalidation held go.
+            Some(Outstanding::Ping { .. }) if failure.cause == Cause::ConnectUnreachable => {
+                info!(upstream = %self.config.upstream, "a ping found no route; keeping the session: {}", failure.detail);
+                if std::mem::take(&mut self.revalidating) {
+                    self.send_waiting();
+                }
+            }
             Some(Outstanding::Ping { .. } | Outstanding::Reapply) | None => {
                 if breaks {
                     self.lost(failure, now);
@@ -1797,6 +1807,48 @@ mod tests {
             actions.iter().any(|a| matches!(a, Action::Connect { .. })),
             "{actions:?}"
         );
+    }
+
+    /// A revalidation in the middle of a network change: the ping finds
+    /// no route. That is the network, not the session: nothing is dropped,
+    /// and the call the ping held goes.
+    #[test]
+    fn a_revalidation_ping_with_no_route_keeps_the_session() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.at(Duration::from_secs(5));
+        let t = h.t;
+        h.session.on_revalidate(t);
+        let ping = upstream_messages(&h.session.take_actions());
+        assert_eq!(ping[0]["method"], "ping");
+        assert!(upstream_messages(&h.client(call(2, "echo"))).is_empty());
+        let generation = h.session.generation();
+        h.session.on_request_failed(
+            generation,
+            ping[0]["id"].as_u64().unwrap(),
+            Failure::new(Phase::Connect, Cause::ConnectUnreachable, "no route"),
+            t,
+        );
+        let actions = h.session.take_actions();
+        assert!(!actions.contains(&Action::Disconnect), "{actions:?}");
+        let sent = upstream_messages(&actions);
+        assert_eq!(sent[0]["method"], "tools/call", "the held call goes");
+        let answered = client_messages(
+            &h.upstream(json!({"jsonrpc": "2.0", "id": sent[0]["id"], "result": {"content": []}})),
+        );
+        assert_eq!(answered[0]["id"], 2);
+        // Any other failure of the ping still breaks the link.
+        h.at(Duration::from_secs(1));
+        let t = h.t;
+        h.session.on_revalidate(t);
+        let ping = upstream_messages(&h.session.take_actions());
+        h.session.on_request_failed(
+            generation,
+            ping[0]["id"].as_u64().unwrap(),
+            Failure::new(Phase::Connect, Cause::ConnectRefused, "refused"),
+            t,
+        );
+        assert!(h.session.take_actions().contains(&Action::Disconnect));
     }
 
     #[test]

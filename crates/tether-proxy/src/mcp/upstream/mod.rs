@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ::http::HeaderValue;
 use serde_json::Value;
-use tether_resilience::Failure;
+use tether_resilience::{Cause, Failure, Phase};
 use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::task::JoinHandle;
 use url::Url;
@@ -132,10 +132,33 @@ pub fn members(value: Value) -> Vec<Value> {
     }
 }
 
+/// The failure of a connection whose local address is among `gone` (it
+/// left the machine: nothing will come on it again), if it is.
+pub(crate) fn address_gone(
+    local: Option<std::net::SocketAddr>,
+    gone: &[std::net::IpAddr],
+    what: &str,
+) -> Option<Failure> {
+    let local = local?;
+    gone.contains(&local.ip()).then(|| {
+        Failure::new(
+            Phase::Stream,
+            Cause::ResetMidStream,
+            format!("{what}: its local address {} left the machine", local.ip()),
+        )
+    })
+}
+
 /// What the driver sends a connection.
 #[derive(Debug)]
 pub enum Outbound {
     Message(Value),
+    /// The machine resumed, stalled, or its network changed (`gone`: the
+    /// addresses that left it): connections opened before are not reused
+    /// blindly, and one bound to a gone address is given up at once.
+    Revalidate {
+        gone: Vec<std::net::IpAddr>,
+    },
     /// End the connection cleanly: end the session (DELETE), close the
     /// child's stdin and stop it.
     Close,
@@ -166,6 +189,15 @@ impl Link {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(Outbound::Message(message))) => Err(message),
             Err(_) => Ok(()),
+        }
+    }
+
+    /// Tells the connection the ground moved ([`Outbound::Revalidate`]).
+    /// A full queue means traffic flows, which checks the connection
+    /// anyway: then it is not told.
+    pub fn revalidate(&self, gone: Vec<std::net::IpAddr>) {
+        if self.tx.try_send(Outbound::Revalidate { gone }).is_err() {
+            tracing::debug!("the connection's queue is full; not revalidated");
         }
     }
 

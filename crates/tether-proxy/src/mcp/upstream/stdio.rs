@@ -160,6 +160,8 @@ async fn run(
                         let _ = tx.try_send(line);
                     }
                 }
+                // A child's pipes do not depend on the network.
+                Some(Outbound::Revalidate { .. }) => {}
                 Some(Outbound::Close) | None => {
                     // MCP's stdio shutdown: close stdin, wait, then signal.
                     drop(write_tx.take());

@@ -58,7 +58,7 @@ impl Ws {
     pub async fn connect(&self, events: Events) -> Result<Link, Failure> {
         let attempt = Attempt::new(self.timeout);
         let what = format!("WebSocket handshake with {}", self.url);
-        let io = web::open(&self.url, self.insecure, attempt).await?;
+        let (io, local) = web::open_from(&self.url, self.insecure, attempt).await?;
         let mut request = self.url.as_str().into_client_request().map_err(|e| {
             Failure::new(Phase::Send, Cause::ProtocolMismatch, format!("{what}: {e}"))
         })?;
@@ -78,7 +78,10 @@ impl Ws {
         let (socket, _) = attempt.phase(Phase::FirstByte, &what, handshake).await?;
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let name = self.url.to_string();
-        Ok(Link::new(tx, tokio::spawn(run(socket, rx, events, name))))
+        Ok(Link::new(
+            tx,
+            tokio::spawn(run(socket, rx, events, name, local)),
+        ))
     }
 }
 
@@ -115,6 +118,7 @@ async fn run<S>(
     mut rx: mpsc::Receiver<Outbound>,
     events: Events,
     name: String,
+    local: Option<std::net::SocketAddr>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -136,6 +140,13 @@ async fn run<S>(
                     // Room was checked, and only this loop sends; a writer
                     // that ended reports it below.
                     let _ = write_tx.try_send(Message::text(message.to_string()));
+                }
+                // Otherwise the session core's revalidation ping checks it.
+                Some(Outbound::Revalidate { gone }) => {
+                    if let Some(failure) = super::address_gone(local, &gone, &format!("the WebSocket to {name}")) {
+                        events.lost(failure).await;
+                        return;
+                    }
                 }
                 Some(Outbound::Close) | None => {
                     drop(write_tx);

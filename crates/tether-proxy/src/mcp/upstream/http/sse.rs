@@ -183,6 +183,9 @@ async fn run(
                         events.clone(),
                     ));
                 }
+                // The session core's revalidation ping is answered on the
+                // event stream: a dead stream is found by its timeout.
+                Some(Outbound::Revalidate { .. }) => {}
                 // Dropping the stream ends the session.
                 Some(Outbound::Close) | None => return,
             },

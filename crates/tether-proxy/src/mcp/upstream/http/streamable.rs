@@ -49,6 +49,7 @@ pub(super) fn link(http: &Http, warm: Option<Connection>, events: Events) -> Lin
         stream_idle: http.stream_idle,
         events,
         pool: Mutex::new(warm.into_iter().collect()),
+        ground: tokio::sync::watch::Sender::new(Vec::new()),
         session: Mutex::new(None),
         version: Mutex::new(None),
     });
@@ -67,6 +68,13 @@ struct Shared {
     stream_idle: Duration,
     events: Events,
     pool: Mutex<Vec<Connection>>,
+    /// Sent on every revalidation, with the addresses that left the
+    /// machine: a stream on a gone address breaks (the GET stream reopens,
+    /// an answer stream is resumed if it can be). Streams on addresses
+    /// still here are left alone: a link that flapped does not break TCP,
+    /// and the session's revalidation ping tells whether the server is
+    /// there.
+    ground: tokio::sync::watch::Sender<Vec<std::net::IpAddr>>,
     session: Mutex<Option<HeaderValue>>,
     version: Mutex<Option<HeaderValue>>,
 }
@@ -104,6 +112,12 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outbound>) {
             out = rx.recv(), if !full => match out {
                 Some(Outbound::Message(message)) => {
                     posts.spawn(post(shared.clone(), message));
+                }
+                // Idle connections opened before are not reused blindly:
+                // the next request opens a new one.
+                Some(Outbound::Revalidate { gone }) => {
+                    lock(&shared.pool).clear();
+                    shared.ground.send_replace(gone);
                 }
                 Some(Outbound::Close) | None => {
                     posts.abort_all();
@@ -369,9 +383,21 @@ async fn answer_stream(
     let mut parser = SseParser::new(shared.limits.max_message);
     let mut conn = Some(conn);
     let mut resumes = 0;
+    let mut ground = shared.ground.subscribe();
     loop {
+        let local = conn.as_ref().and_then(Connection::local_addr);
         let ended = loop {
-            match response.next_chunk(what).await {
+            let next = tokio::select! {
+                next = response.next_chunk(what) => next,
+                Ok(()) = ground.changed() => {
+                    let gone = ground.borrow_and_update().clone();
+                    match super::super::address_gone(local, &gone, what) {
+                        Some(failure) => break Err(failure),
+                        None => continue,
+                    }
+                }
+            };
+            match next {
                 Ok(Some(chunk)) => match parser.push(&chunk) {
                     Ok(events) => {
                         // An initialize answer fixes the version header.
@@ -473,8 +499,7 @@ async fn get_stream(shared: Arc<Shared>) {
             headers.insert(LAST_EVENT_ID, value);
         }
         let sent_session = headers.contains_key(SESSION);
-        let (_conn, mut response) = match shared.request(Method::GET, &headers, Bytes::new()).await
-        {
+        let (conn, mut response) = match shared.request(Method::GET, &headers, Bytes::new()).await {
             Ok(sent) => sent,
             Err(failure) => {
                 if lost::breaks_link(&failure) {
@@ -497,8 +522,20 @@ async fn get_stream(shared: Arc<Shared>) {
             return;
         }
         let opened = tokio::time::Instant::now();
+        let mut ground = shared.ground.subscribe();
         let outcome = loop {
-            match tokio::time::timeout(shared.stream_idle, response.next_chunk(&what)).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(shared.stream_idle, response.next_chunk(&what)) => next,
+                Ok(()) = ground.changed() => {
+                    let gone = ground.borrow_and_update().clone();
+                    if super::super::address_gone(conn.local_addr(), &gone, &what).is_some() {
+                        debug!("{what}: its local address left the machine; reopening it");
+                        break Ok(());
+                    }
+                    continue;
+                }
+            };
+            match next {
                 Err(_) => {
                     debug!("{what}: silent for {:?}; reopening it", shared.stream_idle);
                     break Ok(());
