@@ -1278,16 +1278,13 @@ fn python_server(mut command: Command, host: &str, port: u16, extra: &[&str]) ->
         .unwrap()
 }
 
-/// The client and its server in two network namespaces joined by a veth
-/// pair. The client's end goes down and up while idle: tether looks at
-/// the upstream on the change, and a ping that finds no route while the
-/// link is down does not drop the session. Then it goes down for a second
-/// while a call waits: the call is answered on its connection (TCP lives
-/// through a link that flapped), and so is the next one.
-#[tokio::test]
-async fn a_call_waits_through_a_link_that_goes_down_and_up() {
-    let client_ns = Netns::new("mc");
-    let server_ns = Netns::new("ms");
+/// A client namespace and a server namespace joined by a veth pair (`va`
+/// with 10.N.0.1 on the client's side, `vb` with 10.N.0.2 on the
+/// server's), the Python SDK's server in one and the client with `tether
+/// mcp` in the other.
+fn across_a_veth(tag: &str, n: u8) -> (Netns, Netns, Child, Client) {
+    let client_ns = Netns::new(&format!("{tag}c"));
+    let server_ns = Netns::new(&format!("{tag}s"));
     for ns in [&client_ns, &server_ns] {
         ns.ip(&["link", "set", "lo", "up"]);
     }
@@ -1303,18 +1300,70 @@ async fn a_call_waits_through_a_link_that_goes_down_and_up() {
         "netns",
         server_ns.name(),
     ]);
-    client_ns.ip(&["addr", "add", "10.81.0.1/24", "dev", "va"]);
+    client_ns.ip(&["addr", "add", &format!("10.{n}.0.1/24"), "dev", "va"]);
     client_ns.ip(&["link", "set", "va", "up"]);
-    server_ns.ip(&["addr", "add", "10.81.0.2/24", "dev", "vb"]);
+    server_ns.ip(&["addr", "add", &format!("10.{n}.0.2/24"), "dev", "vb"]);
     server_ns.ip(&["link", "set", "vb", "up"]);
     let port = peers::free_port();
-    let _server = python_server(
-        server_ns.command(peers::python()).into(),
-        "10.81.0.2",
-        port,
-        &[],
+    let host = format!("10.{n}.0.2");
+    let server = python_server(server_ns.command(peers::python()).into(), &host, port, &[]);
+    let client = Client::start_in(&client_ns, &[format!("http://{host}:{port}/mcp")]);
+    (client_ns, server_ns, server, client)
+}
+
+/// The client's address changes while a call waits (a DHCP renewal, a
+/// VPN): the call's answer can never come back to the old address. tether
+/// gives the call up at once, with an error that names the address,
+/// rather than leaving it to hang until a timeout; the next call goes from
+/// the new address and is answered.
+#[tokio::test]
+async fn a_call_whose_address_left_fails_at_once_and_the_next_is_answered() {
+    let (client_ns, _server_ns, _server, mut client) = across_a_veth("g", 82);
+    client.init().await;
+    let call = client
+        .send(json!({"op": "call", "tool": "slow", "args": {"seconds": 60}, "progress": true, "timeout": 120}))
+        .await;
+    let started = client.next_for(&call).await;
+    assert_eq!(started["event"], "progress", "{started}");
+    // The new address first, kept when the old one goes (without
+    // promote_secondaries, deleting a primary address deletes the rest).
+    let ok = client_ns
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.conf.va.promote_secondaries=1"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    client_ns.ip(&["addr", "add", "10.82.0.3/24", "dev", "va"]);
+    client_ns.ip(&["addr", "del", "10.82.0.1/24", "dev", "va"]);
+    let result = loop {
+        let value = client.next_for(&call).await;
+        if value.get("event").is_none() {
+            break value;
+        }
+    };
+    assert_eq!(result["ok"], false, "{result}");
+    let message = result["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("local address 10.82.0.1 left the machine"),
+        "{result}\n{}",
+        client.tether_log()
     );
-    let mut client = Client::start_in(&client_ns, &[format!("http://10.81.0.2:{port}/mcp")]);
+    let after = client
+        .run(json!({"op": "call", "tool": "echo", "args": {"message": "after"}}))
+        .await;
+    assert_eq!(after["ok"], true, "{after}\n{}", client.tether_log());
+    client.exit().await;
+}
+
+/// The client and its server in two network namespaces joined by a veth
+/// pair. The client's end goes down and up while idle: tether looks at
+/// the upstream on the change, and a ping that finds no route while the
+/// link is down does not drop the session. Then it goes down for a second
+/// while a call waits: the call is answered on its connection (TCP lives
+/// through a link that flapped), and so is the next one.
+#[tokio::test]
+async fn a_call_waits_through_a_link_that_goes_down_and_up() {
+    let (client_ns, _server_ns, _server, mut client) = across_a_veth("w", 81);
     client.init().await;
     client
         .run(json!({"op": "call", "tool": "echo", "args": {"message": "before"}}))
