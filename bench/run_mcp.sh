@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# tether mcp beside mcp-proxy, supergateway and mcp-remote (bench/mcp_proxies.py).
+# tether mcp beside mcp-proxy, supergateway and mcp-remote (bench/mcp_proxies.py),
+# or, with --resume, the first call after a long stall (bench/mcp_resume.py;
+# arguments after -- go to it).
 # Installs the peers, pinned, into .tools/bench-venv and .tools/bench-npm
 # (idempotently), builds tether in release mode, then runs the benchmark.
 #
-#   bench/run_mcp.sh [--quick] [--no-build]
+#   bench/run_mcp.sh [--quick] [--no-build] [--resume [-- --stall 60 --rounds 3]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools=.tools
 build=1
+bench=bench/mcp_proxies.py
 args=()
-for arg in "$@"; do
-    case "$arg" in
+while [ $# -gt 0 ]; do
+    case "$1" in
         --no-build) build=0 ;;
         --quick) args+=(--quick) ;;
-        *) echo "run_mcp.sh: unknown argument $arg" >&2; exit 64 ;;
+        --resume) bench=bench/mcp_resume.py ;;
+        --) shift; args+=("$@"); break ;;
+        *) echo "run_mcp.sh: unknown argument $1" >&2; exit 64 ;;
     esac
+    shift
 done
 
 [ -x "$tools/venv/bin/python" ] || { echo "run_mcp.sh: run ./scripts/test once first (it installs the MCP SDK and server-everything)" >&2; exit 1; }
@@ -36,4 +42,4 @@ fi
 if [ "$build" = 1 ]; then
     cargo build --release -p tether-cli
 fi
-exec timeout 1800 "$tools/venv/bin/python" bench/mcp_proxies.py "${args[@]}"
+exec timeout 1800 "$tools/venv/bin/python" "$bench" "${args[@]}"

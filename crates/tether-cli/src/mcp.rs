@@ -358,7 +358,7 @@ pub(crate) fn run(args: McpArgs) -> ExitCode {
             tokio::io::stdin(),
             tokio::io::stdout(),
             shutdown,
-            netmon.as_ref().map(tether_netmon::Netmon::subscribe),
+            netmon.as_ref().map(|n| (n.subscribe(), n.pulse())),
         )
         .await
     });

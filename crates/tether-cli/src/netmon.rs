@@ -71,6 +71,26 @@ pub(crate) fn describe(event: &Event) -> (&'static str, String) {
     }
 }
 
+/// Returns at the next event that revalidates (or when events were
+/// missed); never when there is no monitor, or once it ended.
+///
+/// # Cancel safety
+///
+/// Cancel-safe.
+pub(crate) async fn revalidation(events: &mut Option<broadcast::Receiver<Event>>) {
+    loop {
+        let Some(receiver) = events else {
+            return std::future::pending().await;
+        };
+        match receiver.recv().await {
+            Ok(event) if revalidates(&event) => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => *events = None,
+        }
+    }
+}
+
 /// Calls `on` with every event until `stop` or the monitor ends. Events
 /// missed by a slow reader count as one that revalidates.
 pub(crate) async fn each(

@@ -60,6 +60,7 @@ pub(crate) fn start(
     handle: &Handle,
     tasks: &TaskTracker,
     stop: CancellationToken,
+    netmon: Option<&tether_netmon::Netmon>,
 ) {
     let Some(Opened { spec, registry }) = opened else {
         return;
@@ -79,7 +80,8 @@ pub(crate) fn start(
             meta,
         };
         keeper.set("unregistered", Some("not ready yet".to_string()), None);
-        tasks.spawn(keeper.run(ready, stop.clone()));
+        let system = netmon.map(tether_netmon::Netmon::subscribe);
+        tasks.spawn(keeper.run(ready, stop.clone(), system));
     }
 }
 
@@ -94,7 +96,12 @@ struct Keeper {
 }
 
 impl Keeper {
-    async fn run(self, mut ready: watch::Receiver<Result<(), String>>, stop: CancellationToken) {
+    async fn run(
+        self,
+        mut ready: watch::Receiver<Result<(), String>>,
+        stop: CancellationToken,
+        mut system: Option<tokio::sync::broadcast::Receiver<tether_netmon::Event>>,
+    ) {
         loop {
             // Until the service is ready.
             loop {
@@ -153,6 +160,8 @@ impl Keeper {
                         Ok(()) => self.show(&states.borrow_and_update(), &id),
                         Err(_) => following = false,
                     },
+                    // A sleep may have outlived the lease: look now.
+                    () = crate::netmon::revalidation(&mut system) => lease.revalidate(),
                 }
             };
             // Gone from the registry before the service is.

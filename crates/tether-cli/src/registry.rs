@@ -258,6 +258,8 @@ pub(crate) fn register(args: RegisterArgs) -> ExitCode {
         states.mark_unchanged();
         // A file lease never changes: its sender is gone at once.
         let mut following = true;
+        let netmon = crate::netmon::start();
+        let mut system = netmon.as_ref().map(tether_netmon::Netmon::subscribe);
         let code = loop {
             tokio::select! {
                 exit = child.wait() => break finish(exit, &say),
@@ -269,6 +271,8 @@ pub(crate) fn register(args: RegisterArgs) -> ExitCode {
                     },
                     Err(_) => following = false,
                 },
+                // A sleep may have outlived the lease: look now.
+                () = crate::netmon::revalidation(&mut system) => lease.revalidate(),
             }
         };
         // The record goes with CMD, at once (an etcd lease is revoked).

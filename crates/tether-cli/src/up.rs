@@ -240,7 +240,6 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
             r.describe()
         )
     });
-    crate::registrations::start(registry, &handle, &tasks, done.clone());
     // Resumes, stalls and network changes: said as `system` events (to the
     // terminal, --json, the status server's stream and the hooks); the
     // services' probes run now (one that timed out across the change is not
@@ -249,6 +248,7 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
     // left the machine are reset.
     let system_counts: SystemCounts = Arc::default();
     let netmon = crate::netmon::start();
+    crate::registrations::start(registry, &handle, &tasks, done.clone(), netmon.as_ref());
     if let Some(netmon) = &netmon {
         let sender = handle.event_sender();
         let counts = system_counts.clone();

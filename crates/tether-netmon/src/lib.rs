@@ -29,7 +29,54 @@ pub use core::{Clocks, Config, Event, Input, Monitor, Snapshot};
 #[derive(Debug)]
 pub struct Netmon {
     events: broadcast::Sender<Event>,
+    pulse: Pulse,
     _task: AbortOnDropHandle<()>,
+}
+
+/// How recently the monitor's watchdog ticked, for a command to read
+/// before it acts on input. After a stall, the input and the late tick are
+/// ready together, and the input may well be handled first: the pulse
+/// says "stalled" before the monitor's `Stalled` event is out.
+#[derive(Debug, Clone)]
+pub struct Pulse {
+    /// `CLOCK_MONOTONIC` at the last tick, in milliseconds; the count of
+    /// ticks.
+    last_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    beats: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    late_after: std::time::Duration,
+}
+
+impl Pulse {
+    fn new(config: &Config) -> Pulse {
+        let pulse = Pulse {
+            last_ms: Default::default(),
+            beats: Default::default(),
+            late_after: config.tick + config.stall_after,
+        };
+        pulse.beat_now();
+        pulse
+    }
+
+    fn beat_now(&self) {
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(sources::clocks().monotonic.as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+        self.beats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the tick is overdue past the stall threshold: this process
+    /// did not run for a while (SIGSTOP, a frozen cgroup, a paused VM).
+    pub fn stalled(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = sources::clocks().monotonic.as_millis();
+        let last = u128::from(self.last_ms.load(Ordering::Relaxed));
+        now.saturating_sub(last) > self.late_after.as_millis()
+    }
+
+    /// The number of ticks so far: one stall is seen at one value.
+    pub fn beats(&self) -> u64 {
+        self.beats.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Netmon {
@@ -49,13 +96,20 @@ impl Netmon {
             }
         };
         let first = sources::snapshot().unwrap_or_default();
+        let pulse = Pulse::new(&config);
         let monitor = Monitor::new(config, sources::clocks(), first);
         let (events, _) = broadcast::channel(64);
-        let task = tokio::spawn(run(monitor, clock, hints, events.clone()));
+        let task = tokio::spawn(run(monitor, clock, hints, events.clone(), pulse.clone()));
         Ok(Netmon {
             events,
+            pulse,
             _task: AbortOnDropHandle::new(task),
         })
+    }
+
+    /// The watchdog's pulse ([`Pulse`]).
+    pub fn pulse(&self) -> Pulse {
+        self.pulse.clone()
     }
 
     /// Every event from now on.
@@ -78,6 +132,7 @@ async fn run(
     clock: AsyncFd<sources::ClockWatch>,
     hints: Option<AsyncFd<sources::Hints>>,
     events: broadcast::Sender<Event>,
+    pulse: Pulse,
 ) {
     let tick = monitor.config().tick;
     let mut ticks = tokio::time::interval(tick);
@@ -94,7 +149,10 @@ async fn run(
             tokio::time::Instant::now() + at.saturating_sub(now)
         });
         tokio::select! {
-            _ = ticks.tick() => publish(monitor.handle(Input::Tick(sources::clocks()))),
+            _ = ticks.tick() => {
+                publish(monitor.handle(Input::Tick(sources::clocks())));
+                pulse.beat_now();
+            }
             ready = clock.readable() => {
                 let Ok(mut guard) = ready else { return };
                 let cancelled = guard.get_inner().cancelled();

@@ -136,6 +136,11 @@ pub enum LeaseState {
 pub(crate) trait Hold: Send + Sync {
     /// Removes the record and waits until the backend has done so (bounded).
     fn close(self: Box<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// The machine resumed, stalled or its network changed: look at the
+    /// record now rather than at the next renewal. Nothing to do for a
+    /// backend whose records cannot expire.
+    fn revalidate(&self) {}
 }
 
 /// A registry of instances.
@@ -190,6 +195,14 @@ impl Lease {
     /// lease, which never changes, `changed()` returns an error at once.
     pub fn states(&self) -> tokio::sync::watch::Receiver<LeaseState> {
         self.state.clone()
+    }
+
+    /// The machine resumed, stalled or its network changed (tether-netmon):
+    /// the backend looks at the record now (etcd: renews at once, and
+    /// grants a new lease if the old one expired meanwhile) rather than at
+    /// its next renewal.
+    pub fn revalidate(&self) {
+        self.hold.revalidate();
     }
 
     /// Removes the record and waits until the backend has (at most about a

@@ -1438,3 +1438,36 @@ async fn a_call_after_a_stall_past_the_session_lifetime_is_answered() {
     let log = client.exit().await;
     assert!(log.contains("Stalled"), "{log}");
 }
+
+/// As above, but the call is made the moment tether runs again, with no
+/// wait for it to notice the stall: the call and the monitor's late tick
+/// are ready together, and the call must still not go out on the dead
+/// session (tether reads the monitor's pulse before each message). Found
+/// by the resume benchmark, which lost 2 calls in 3 this way; which of the
+/// two is handled first is up to the runtime, so without the pulse this
+/// test fails only sometimes.
+#[tokio::test]
+async fn a_call_at_the_moment_a_stalled_tether_mcp_resumes_is_answered() {
+    let mut peer = Peer::new(Kind::PythonHttp);
+    peer.start();
+    let mut client = client_for(&peer, &[]);
+    client.init().await;
+    client.echo(&peer, "before").await;
+    let tether = procs::children(client.pid())
+        .into_iter()
+        .next()
+        .expect("tether runs");
+    let tether = Pid::from_raw(tether).unwrap();
+    for round in 0..2 {
+        kill_process(tether, Signal::STOP).unwrap();
+        peer.restart(&client).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (call, text) = peer.echo(&format!("after{round}"));
+        let tag = client.send(call).await;
+        kill_process(tether, Signal::CONT).unwrap();
+        let result = client.next_for(&tag).await;
+        assert_eq!(result["ok"], true, "{result}\n{}", client.tether_log());
+        assert_eq!(result["result"]["content"][0]["text"], text, "{result}");
+    }
+    client.exit().await;
+}

@@ -157,7 +157,10 @@ where
 }
 
 /// [`serve`], revalidating the upstream ([`Session::on_revalidate`]) on
-/// every resume, stall and network change that `system` reports.
+/// every resume, stall and network change that `system` reports. Its
+/// pulse is read before each client message: after a stall, the message
+/// and the monitor's late tick are ready together, and the message must
+/// not go out on a session that died meanwhile before the revalidation.
 pub async fn serve_watching<R, W>(
     upstream: Upstream,
     config: SessionConfig,
@@ -165,12 +168,22 @@ pub async fn serve_watching<R, W>(
     input: R,
     output: W,
     shutdown: impl std::future::Future<Output = ()>,
-    mut system: Option<tokio::sync::broadcast::Receiver<tether_netmon::Event>>,
+    system: Option<(
+        tokio::sync::broadcast::Receiver<tether_netmon::Event>,
+        tether_netmon::Pulse,
+    )>,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let (mut system, pulse) = match system {
+        Some((events, pulse)) => (Some(events), Some(pulse)),
+        None => (None, None),
+    };
+    // The pulse's beat at the stall last acted on: one stall, one
+    // revalidation.
+    let mut stall_seen: Option<u64> = None;
     let upstream = Arc::new(upstream);
     // Backpressure: the reader waits for room, so the client's writes
     // fill its pipe.
@@ -304,7 +317,19 @@ where
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => system = None,
             },
-            input = in_rx.recv(), if closed_at.is_none() && client_room && upstream_room => match input {
+            input = in_rx.recv(), if closed_at.is_none() && client_room && upstream_room => {
+                if let Some(pulse) = &pulse
+                    && pulse.stalled()
+                    && stall_seen != Some(pulse.beats())
+                {
+                    stall_seen = Some(pulse.beats());
+                    info!("stalled (the monitor's tick is overdue): looking at the upstream again");
+                    if let Some(link) = &link {
+                        link.revalidate(Vec::new());
+                    }
+                    session.on_revalidate(Instant::now());
+                }
+                match input {
                 Some(Input::Message(Value::Array(batch))) => session.on_client_batch(batch, Instant::now()),
                 Some(Input::Message(message)) => session.on_client(message, Instant::now()),
                 Some(Input::Malformed(reason)) => {
@@ -327,7 +352,8 @@ where
                     session.on_client_closed();
                     closed_at = Some(Instant::now());
                 }
-            },
+                }
+            }
             Some(event) = up_rx.recv(), if client_room => {
                 let now = Instant::now();
                 match event.event {

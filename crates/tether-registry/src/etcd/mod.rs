@@ -290,13 +290,22 @@ impl Registry for EtcdRegistry {
             cause: "registering".to_string(),
         });
         let lease_id = Arc::new(AtomicI64::new(0));
-        let task = tokio::spawn(keep(self.shared.clone(), key, value, tx, lease_id.clone()));
+        let poke = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(keep(
+            self.shared.clone(),
+            key,
+            value,
+            tx,
+            lease_id.clone(),
+            poke.clone(),
+        ));
         // Held from here: if this future is dropped while it waits, the
         // keeper stops and its lease is revoked.
         let hold = EtcdHold {
             shared: self.shared.clone(),
             lease: lease_id,
             task: Some(task),
+            poke,
         };
         // The first attempt's outcome: the keeper publishes after each step.
         let _ = tokio::time::timeout(
@@ -361,6 +370,8 @@ struct EtcdHold {
     shared: Arc<Shared>,
     lease: Arc<AtomicI64>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Wakes the keeper to renew now ([`Hold::revalidate`]).
+    poke: Arc<tokio::sync::Notify>,
 }
 
 impl EtcdHold {
@@ -394,6 +405,10 @@ impl EtcdHold {
 }
 
 impl Hold for EtcdHold {
+    fn revalidate(&self) {
+        self.poke.notify_one();
+    }
+
     fn close(mut self: Box<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         let task = self.task.take();
         let shared = self.shared.clone();
@@ -409,6 +424,7 @@ impl Hold for EtcdHold {
                 shared,
                 lease,
                 task: None,
+                poke: Arc::default(),
             };
             if let Some(revoke) = hold.stop() {
                 revoke.await;
@@ -443,6 +459,7 @@ async fn keep(
     value: Vec<u8>,
     state: watch::Sender<LeaseState>,
     lease: Arc<AtomicI64>,
+    poke: Arc<tokio::sync::Notify>,
 ) {
     let mut keeper = Keeper::new(shared.ttl, Jitter::new());
     let (key, value) = (b64(key.as_bytes()), b64(&value));
@@ -483,6 +500,7 @@ async fn keep(
                 match &mut canary {
                     Some(watching) => tokio::select! {
                         () = sleep => {}
+                        () = poke.notified() => keeper.poke(boottime()),
                         seen = watching => {
                             canary = None;
                             let lived = canary_began.map_or(Duration::ZERO, |at| at.elapsed());
@@ -495,7 +513,10 @@ async fn keep(
                             }
                         }
                     },
-                    None => sleep.await,
+                    None => tokio::select! {
+                        () = sleep => {}
+                        () = poke.notified() => keeper.poke(boottime()),
+                    },
                 }
             }
             Step::Grant(ttl) => {
