@@ -150,8 +150,9 @@ async def run(args) -> dict:
             for proxy in stack:
                 before = set(children(os.getpid()))
                 params = StdioServerParameters(command=proxy.cmd[0], args=proxy.cmd[1:], env=dict(os.environ))
-                read, write = await exits.enter_async_context(
-                    stdio_client(params, errlog=open(os.devnull, "w")))
+                log = (open(f"{args.logs}/{proxy.name.split()[0]}.log", "w") if args.logs
+                       else open(os.devnull, "w"))
+                read, write = await exits.enter_async_context(stdio_client(params, errlog=log))
                 new = [p for p in children(os.getpid()) if p not in before]
                 # The proxy is the direct child the SDK started.
                 direct = [p for p in new if _ppid(p) == os.getpid()]
@@ -204,7 +205,11 @@ def main() -> int:
     ap.add_argument("--session-idle", type=float, default=20)
     ap.add_argument("--fault", choices=["restart", "expire"], default="restart")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--logs", help="a directory for each proxy's stderr (tether's at info)")
     args = ap.parse_args()
+    if args.logs:
+        os.makedirs(args.logs, exist_ok=True)
+        os.environ.setdefault("TETHER_LOG", "info")
     results = anyio.run(run, args)
     if args.json:
         print(json.dumps(results, indent=2))

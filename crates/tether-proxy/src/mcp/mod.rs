@@ -288,6 +288,10 @@ where
             (a, b) => a.or(b),
         };
         tokio::select! {
+            // The machine's events first: after a stall, an event and a
+            // client message are ready together, and the message must wait
+            // for the revalidation. Events are few (bounded, debounced).
+            biased;
             event = async {
                 match &mut system {
                     Some(events) => events.recv().await,

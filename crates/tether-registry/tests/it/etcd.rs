@@ -75,6 +75,29 @@ async fn unreachable_at_start_retries_and_registers_when_etcd_comes() {
     assert_eq!(listed, vec![lease.instance().clone()]);
 }
 
+/// A revalidation (the machine resumed, stalled, or its network changed)
+/// renews at once: with a TTL of an hour, the next renewal is 20 minutes
+/// away, so only the revalidation can find the frozen etcd within the
+/// wait.
+#[tokio::test]
+async fn a_revalidation_renews_the_lease_at_once() {
+    let etcd = Etcd::start().await;
+    let registry = EtcdRegistry::parse(&etcd.url("poke", 3600)).unwrap();
+    let lease = registry.register(crate::record("poke", 0)).await.unwrap();
+    assert_eq!(lease.state(), LeaseState::Registered);
+    etcd.stop();
+    lease.revalidate();
+    let seen = until_state(&lease, "retrying after the revalidation", |s| {
+        s.word() == "retrying"
+    })
+    .await;
+    assert_eq!(seen[0], LeaseState::Registered, "{seen:?}");
+    etcd.cont();
+    lease.revalidate();
+    until_state(&lease, "registered again", |s| *s == LeaseState::Registered).await;
+    lease.close().await;
+}
+
 /// etcd frozen for longer than the TTL: the lease is lost, said so, and
 /// granted again by itself once etcd answers; a watcher ends with the
 /// record present.
