@@ -973,17 +973,19 @@ impl Session {
                 self.link = Link::Down { retry_at: now };
                 self.on_tick(now);
             }
-            Link::Ready if !self.held && self.ping_due().is_some() => {
+            Link::Ready if !self.held && (self.ping_due().is_some() || self.only_pinging()) => {
                 let pinging = self
                     .by_upstream
                     .values()
                     .any(|o| matches!(o, Outstanding::Ping { .. }));
+                // A keepalive ping already out (one falls due during a
+                // long stall) is the revalidation: new calls wait for it.
+                self.revalidating = true;
                 if !pinging {
                     let id = self.upstream_id(Outstanding::Ping {
                         deadline: now + self.config.ping_timeout,
                     });
                     self.last_traffic = now;
-                    self.revalidating = true;
                     self.emit_upstream(jsonrpc::request(id, "ping", json!({})));
                 }
             }
@@ -1107,6 +1109,16 @@ impl Session {
             );
             self.settle(pending.batch, Some(answer));
         }
+    }
+
+    /// Idle but for a keepalive ping that is out.
+    fn only_pinging(&self) -> bool {
+        self.pending.is_empty()
+            && !self.by_upstream.is_empty()
+            && self
+                .by_upstream
+                .values()
+                .all(|o| matches!(o, Outstanding::Ping { .. }))
     }
 
     fn ping_due(&self) -> Option<Instant> {
@@ -1807,6 +1819,25 @@ mod tests {
             actions.iter().any(|a| matches!(a, Action::Connect { .. })),
             "{actions:?}"
         );
+    }
+
+    /// A stall longer than the ping interval: the keepalive ping is out
+    /// when the revalidation comes; new calls wait for its answer too.
+    #[test]
+    fn a_revalidation_during_a_keepalive_ping_holds_new_calls() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.at(Duration::from_secs(31));
+        let ping = upstream_messages(&h.tick());
+        assert_eq!(ping[0]["method"], "ping", "the keepalive");
+        let t = h.t;
+        h.session.on_revalidate(t);
+        assert!(upstream_messages(&h.session.take_actions()).is_empty());
+        assert!(upstream_messages(&h.client(call(3, "echo"))).is_empty());
+        let sent = upstream_messages(
+            &h.upstream(json!({"jsonrpc": "2.0", "id": ping[0]["id"], "result": {}})),
+        );
+        assert_eq!(sent[0]["method"], "tools/call");
     }
 
     /// A revalidation in the middle of a network change: the ping finds
