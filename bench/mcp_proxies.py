@@ -47,9 +47,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accepts(port: int) -> bool:
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.05):
+        with socket.create_connection((host, port), timeout=0.05):
             return True
     except OSError:
         return False

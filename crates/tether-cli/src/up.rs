@@ -201,12 +201,19 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
     let services = stack.services.len();
+    // Before the services start: a stall during their start is not counted
+    // against its deadline.
+    let netmon = crate::netmon::start();
     let options = LaunchOptions {
         rundir: rundir.clone(),
         base_dir,
         keep_lines: 1000,
         cgroup: claim.cgroup(),
         sockets,
+        stood_still: netmon.as_ref().map(|n| {
+            let pulse = n.pulse();
+            tether_supervisor::StoodStill::new(move || pulse.stood_still())
+        }),
     };
     let (handle, supervisor) = launch(stack, options, kill.clone());
     // Subscribe before the first await: the services start as soon as this
@@ -247,7 +254,6 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
     // upstreams are looked at now, and their connections on an address that
     // left the machine are reset.
     let system_counts: SystemCounts = Arc::default();
-    let netmon = crate::netmon::start();
     crate::registrations::start(registry, &handle, &tasks, done.clone(), netmon.as_ref());
     if let Some(netmon) = &netmon {
         let sender = handle.event_sender();

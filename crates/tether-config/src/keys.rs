@@ -213,7 +213,8 @@ pub static KEYS: &[Key] = &[
         ty: Type::Duration,
         default: DefaultValue::Value(r#""60s""#),
         example: r#""2m""#,
-        doc: "A start that is not ready this long after the spawn has failed.",
+        doc: "A start that is not ready this long after the spawn has failed. Time the machine \
+              stood still (a paused VM, tether stopped) is not counted; sleep is not either.",
     },
     Key {
         name: "restart_delay",

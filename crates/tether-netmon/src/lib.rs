@@ -34,48 +34,86 @@ pub struct Netmon {
 }
 
 /// How recently the monitor's watchdog ticked, for a command to read
-/// before it acts on input. After a stall, the input and the late tick are
-/// ready together, and the input may well be handled first: the pulse
-/// says "stalled" before the monitor's `Stalled` event is out.
+/// before it acts on input or on a deadline. After a stall, the input and
+/// the late tick are ready together, and the input may well be handled
+/// first: the pulse says "stalled" before the monitor's `Stalled` event is
+/// out, and [`Pulse::stood_still`] already counts the stall.
 #[derive(Debug, Clone)]
 pub struct Pulse {
-    /// `CLOCK_MONOTONIC` at the last tick, in milliseconds; the count of
-    /// ticks.
-    last_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    beats: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    beat: std::sync::Arc<std::sync::Mutex<Beat>>,
+    tick: std::time::Duration,
     late_after: std::time::Duration,
+}
+
+/// One lock for all three, so a reader never sees a stall counted twice
+/// (in the total and as still in progress) or not at all.
+#[derive(Debug, Default)]
+struct Beat {
+    /// `CLOCK_MONOTONIC` at the last tick.
+    last: std::time::Duration,
+    /// Ticks so far.
+    count: u64,
+    /// The stalls' total (their ticks' lateness).
+    stood_still: std::time::Duration,
 }
 
 impl Pulse {
     fn new(config: &Config) -> Pulse {
         let pulse = Pulse {
-            last_ms: Default::default(),
-            beats: Default::default(),
+            beat: Default::default(),
+            tick: config.tick,
             late_after: config.tick + config.stall_after,
         };
-        pulse.beat_now();
+        pulse.lock().last = sources::clocks().monotonic;
         pulse
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Beat> {
+        self.beat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long the tick at `now` is overdue past a stall, if it is.
+    fn overdue(&self, beat: &Beat, now: std::time::Duration) -> Option<std::time::Duration> {
+        let gap = now.saturating_sub(beat.last);
+        (gap > self.late_after).then(|| gap - self.tick)
+    }
+
     fn beat_now(&self) {
-        use std::sync::atomic::Ordering;
-        let now = u64::try_from(sources::clocks().monotonic.as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(now, Ordering::Relaxed);
-        self.beats.fetch_add(1, Ordering::Relaxed);
+        let now = sources::clocks().monotonic;
+        let mut beat = self.lock();
+        if let Some(late) = self.overdue(&beat, now) {
+            beat.stood_still += late;
+        }
+        beat.last = now;
+        beat.count += 1;
     }
 
     /// Whether the tick is overdue past the stall threshold: this process
     /// did not run for a while (SIGSTOP, a frozen cgroup, a paused VM).
     pub fn stalled(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        let now = sources::clocks().monotonic.as_millis();
-        let last = u128::from(self.last_ms.load(Ordering::Relaxed));
-        now.saturating_sub(last) > self.late_after.as_millis()
+        self.overdue(&self.lock(), sources::clocks().monotonic)
+            .is_some()
     }
 
     /// The number of ticks so far: one stall is seen at one value.
     pub fn beats(&self) -> u64 {
-        self.beats.load(std::sync::atomic::Ordering::Relaxed)
+        self.lock().count
+    }
+
+    /// How long this process stood still so far while `CLOCK_MONOTONIC`
+    /// (tokio's clock) went on: the total of every stall, the one in
+    /// progress included (a tick overdue now). It only grows. Sleep is not
+    /// in it: the monotonic clock stops during suspend, and so do the
+    /// deadlines that run on it. A deadline that was pending across a stall
+    /// is owed the growth of this value.
+    pub fn stood_still(&self) -> std::time::Duration {
+        let beat = self.lock();
+        beat.stood_still
+            + self
+                .overdue(&beat, sources::clocks().monotonic)
+                .unwrap_or_default()
     }
 }
 

@@ -26,9 +26,10 @@ fn monitor() {
     rt.block_on(async {
         let netmon = tether_netmon::Netmon::start(tether_netmon::Config::default()).unwrap();
         let mut events = netmon.subscribe();
+        let pulse = netmon.pulse();
         println!("ready");
         while let Ok(event) = events.recv().await {
-            println!("event {event:?}");
+            println!("event {event:?} stood still {:?}", pulse.stood_still());
         }
     });
 }
@@ -117,13 +118,19 @@ async fn a_stopped_process_reports_a_stall_not_a_sleep() {
     let seen = monitor.until("Stalled");
     assert!(!seen.iter().any(|l| l.contains("Resumed")), "{seen:?}");
     let line = seen.last().unwrap();
-    let secs: f64 = line
-        .split("stalled: ")
-        .nth(1)
-        .and_then(|s| s.trim_end_matches([' ', '}']).strip_suffix('s'))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
-    assert!((2.0..=30.0).contains(&secs), "{line}");
+    let secs = |after: &str, before: &str| -> f64 {
+        line.split(after)
+            .nth(1)
+            .and_then(|s| s.split(before).next())
+            .and_then(|s| s.trim().strip_suffix('s'))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    let stalled = secs("stalled: ", "}");
+    assert!((2.0..=30.0).contains(&stalled), "{line}");
+    // What deadlines are owed: the same stall, as the pulse counts it.
+    let stood_still = secs("stood still ", "\n");
+    assert!((stood_still - stalled).abs() < 0.5, "{line}");
 }
 
 #[test]

@@ -46,4 +46,4 @@ pub use output::{Line, LogFile, OutputHub, Stream};
 pub use rundir::{LockError, RunDir, StackLock};
 pub use sockets::{SocketError, StackSockets};
 pub use state::State;
-pub use supervisor::{LaunchOptions, launch};
+pub use supervisor::{LaunchOptions, StoodStill, launch};

@@ -145,6 +145,11 @@ pub(crate) enum Input<'a> {
         held: Held,
     },
     Notice(Notice),
+    /// The machine stood still this long (a stall: SIGSTOP, a paused VM, a
+    /// starved host) since the last input, while the monotonic clock went
+    /// on. The deadlines now pending were pending across it; they are moved
+    /// by as much, since nothing could run meanwhile, the service included.
+    StoodStill(Duration),
     /// Time passed; a deadline may have come.
     Tick,
     /// The supervisor is going away: kill everything now.
@@ -220,6 +225,8 @@ struct Run {
     started: Instant,
     ready: bool,
     start_deadline: Instant,
+    /// How much the start deadline was moved for stalls (said if it comes).
+    start_stood_still: Duration,
     /// With a watchdog: its period and when the next `WATCHDOG=1` is due.
     watchdog: Option<(Duration, Instant)>,
     last_probe_failure: Option<String>,
@@ -390,6 +397,7 @@ impl Runner {
                 held,
             } => self.probe_held(kind, took, &failure, held),
             Input::Notice(notice) => self.notice(now, notice),
+            Input::StoodStill(still) => self.stood_still(still),
         }
     }
 
@@ -473,6 +481,7 @@ impl Runner {
             started: now.at,
             ready: false,
             start_deadline: now.at + self.config.start_deadline,
+            start_stood_still: Duration::ZERO,
             watchdog: self.config.watchdog.map(|d| (d, now.at + d)),
             last_probe_failure: None,
             liveness_started: false,
@@ -687,6 +696,32 @@ impl Runner {
         }
     }
 
+    fn stood_still(&mut self, still: Duration) {
+        match &mut self.phase {
+            Phase::PreStart { deadline } => *deadline += still,
+            Phase::Running(run) => {
+                if !run.ready {
+                    run.start_deadline += still;
+                    run.start_stood_still += still;
+                }
+                if let Some((_, at)) = &mut run.watchdog {
+                    *at += still;
+                }
+            }
+            Phase::Stopping(stop) => {
+                for at in [&mut stop.kill_at, &mut stop.give_up_at]
+                    .into_iter()
+                    .flatten()
+                {
+                    *at += still;
+                }
+            }
+            // A pause before a restart is not a limit: it may end now.
+            Phase::Paused { .. } | Phase::Idle | Phase::Waiting | Phase::Spawning | Phase::Done => {
+            }
+        }
+    }
+
     fn tick(&mut self, now: Now) {
         match &mut self.phase {
             Phase::PreStart { deadline } if now.at >= *deadline => {
@@ -709,8 +744,16 @@ impl Runner {
                         .take()
                         .map(|f| format!(": {f}"))
                         .unwrap_or_default();
+                    let besides = if run.start_stood_still.is_zero() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (besides {} the machine stood still)",
+                            human_duration(run.start_stood_still)
+                        )
+                    };
                     let failure = format!(
-                        "not ready within {}{why}",
+                        "not ready within {}{besides}{why}",
                         human_duration(self.config.start_deadline)
                     );
                     self.fail(now, failure);

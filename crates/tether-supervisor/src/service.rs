@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) base_dir: PathBuf,
     /// What the machine's events say to the probes.
     pub(crate) system: watch::Receiver<probes::System>,
+    /// How long the machine stood still so far, if it is watched.
+    pub(crate) stood_still: Option<crate::StoodStill>,
 }
 
 /// How many lines of output go with an exit.
@@ -98,6 +100,8 @@ pub(crate) struct Service {
     heartbeat: watch::Sender<bool>,
     /// Its listening sockets (socket activation), for each main process.
     sockets: Arc<[BoundSocket]>,
+    /// [`Shared::stood_still`] when the runner last heard of it.
+    still_seen: std::time::Duration,
 }
 
 impl Service {
@@ -124,6 +128,11 @@ impl Service {
             shutdown.clone(),
         ));
         let (reports_tx, reports_rx) = mpsc::channel(16);
+        let still_seen = shared
+            .stood_still
+            .as_ref()
+            .map(crate::StoodStill::read)
+            .unwrap_or_default();
         Service {
             config,
             runner,
@@ -145,6 +154,7 @@ impl Service {
             log,
             heartbeat,
             sockets,
+            still_seen,
         }
     }
 
@@ -270,6 +280,19 @@ impl Service {
     /// Feeds one input and carries out what it leads to (a spawn's result
     /// is fed back at once).
     fn step(&mut self, input: Input<'_>) {
+        // A stall since the last input goes first: the input may be the
+        // deadline it made late.
+        if let Some(stood_still) = &self.shared.stood_still {
+            let still = stood_still.read();
+            if let Some(more) = still.checked_sub(self.still_seen).filter(|d| !d.is_zero()) {
+                self.still_seen = still;
+                tracing::debug!(
+                    "{}: deadlines moved by {more:?}: the machine stood still",
+                    self.config.name
+                );
+                self.runner.handle(now(), Input::StoodStill(more));
+            }
+        }
         self.runner.handle(now(), input);
         loop {
             let actions = self.runner.take_actions();

@@ -41,6 +41,31 @@ pub struct LaunchOptions {
     /// anything starts): each spawn of a service's main process gets its
     /// own, and they stay open until the supervisor's task ends.
     pub sockets: StackSockets,
+    /// How long the machine stood still so far (tether-netmon's
+    /// `Pulse::stood_still`): the deadlines of starts, stops and watchdogs
+    /// pending across a stall are moved by as much. `None`: not watched.
+    pub stood_still: Option<StoodStill>,
+}
+
+/// A reading of how long the machine stood still so far, while the
+/// monotonic clock went on; it only grows.
+#[derive(Clone)]
+pub struct StoodStill(Arc<dyn Fn() -> std::time::Duration + Send + Sync>);
+
+impl StoodStill {
+    pub fn new(read: impl Fn() -> std::time::Duration + Send + Sync + 'static) -> StoodStill {
+        StoodStill(Arc::new(read))
+    }
+
+    pub fn read(&self) -> std::time::Duration {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for StoodStill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StoodStill").field(&self.read()).finish()
+    }
 }
 
 /// Starts every service (each waiting for its dependencies) and returns a
@@ -68,6 +93,7 @@ pub fn launch(
         touched,
         base_dir: options.base_dir,
         system: system_rx,
+        stood_still: options.stood_still,
     };
     let now = unix_ms(SystemTime::now());
 

@@ -1439,6 +1439,50 @@ async fn a_call_after_a_stall_past_the_session_lifetime_is_answered() {
     assert!(log.contains("Stalled"), "{log}");
 }
 
+/// `tether mcp` stopped for longer than a call's idle timeout while the
+/// call runs: the server answered meanwhile, and the answer waits in the
+/// socket. Once tether runs again the answer is the client's: the time
+/// tether stood still is not counted against the call's timeout (without
+/// that, the timeout and the answer are ready together, and which one is
+/// handled first is up to the runtime).
+#[tokio::test]
+async fn a_call_in_flight_across_a_stall_longer_than_its_timeout_is_answered() {
+    let port = peers::free_port();
+    let _server = python_server(Command::new(peers::python()), "127.0.0.1", port, &[]);
+    let mut client = Client::start(&[
+        format!("http://127.0.0.1:{port}/mcp"),
+        "--idle-timeout".into(),
+        "2s".into(),
+    ]);
+    client.init().await;
+    let call = client
+        .send(json!({"op": "call", "tool": "slow", "args": {"seconds": 1}, "progress": true, "timeout": 60}))
+        .await;
+    let started = client.next_for(&call).await;
+    assert_eq!(started["event"], "progress", "{started}");
+    let tether = procs::children(client.pid())
+        .into_iter()
+        .next()
+        .expect("tether runs");
+    let tether = Pid::from_raw(tether).unwrap();
+    kill_process(tether, Signal::STOP).unwrap();
+    // The fault itself: tether does not run for 5 s, past the 2 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    kill_process(tether, Signal::CONT).unwrap();
+    let result = loop {
+        let value = client.next_for(&call).await;
+        if value.get("event").is_none() {
+            break value;
+        }
+    };
+    assert_eq!(result["ok"], true, "{result}\n{}", client.tether_log());
+    assert_eq!(
+        result["result"]["content"][0]["text"], "slept 1.0",
+        "{result}"
+    );
+    client.exit().await;
+}
+
 /// As above, but the call is made the moment tether runs again, with no
 /// wait for it to notice the stall: the call and the monitor's late tick
 /// are ready together, and the call must still not go out on the dead

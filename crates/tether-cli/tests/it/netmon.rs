@@ -126,6 +126,60 @@ ready = {{ target = "http://127.0.0.1:{port}/health", interval = "200ms", timeou
     assert!(!flapped, "a stall is not a failure: {:?}", stack.seen);
 }
 
+/// The whole machine stalls while a service starts (tether and the
+/// service both stopped, as in a VM pause) for longer than its start
+/// deadline: when they run again, the deadline is moved by the time
+/// nothing ran, rather than failing a start that had no chance to go on,
+/// and the service becomes ready in the time it had left.
+#[tokio::test]
+async fn a_stall_during_a_start_is_not_counted_against_its_deadline() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let mut stack = Stack::new(&format!(
+        r#"
+name = "d{port}"
+[services.db]
+command = ["{py}", "-c", """
+import os, socket, time
+while not os.path.exists({go:?}):
+    time.sleep(0.02)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', {port}))
+s.listen()
+while True:
+    s.accept()[0].close()
+"""]
+ready = {{ target = "tcp://127.0.0.1:{port}", interval = "100ms" }}
+start_deadline = "4s"
+"#,
+        py = crate::stack::python(),
+        go = go.display().to_string(),
+    ));
+    stack.up(&["--json"]);
+    stack.until(r#""to":"starting""#).await;
+    let db = stack.ps().await["services"][0]["pid"].as_u64().unwrap() as i32;
+    let db = rustix::process::Pid::from_raw(db).unwrap();
+    use rustix::process::{Signal, kill_process};
+    kill_process(stack.pid(), Signal::STOP).unwrap();
+    kill_process(db, Signal::STOP).unwrap();
+    // The fault itself: six seconds without running, past the deadline.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    kill_process(stack.pid(), Signal::CONT).unwrap();
+    kill_process(db, Signal::CONT).unwrap();
+    let line = stack.until(r#""event":"system""#).await;
+    assert!(line.contains(r#""kind":"stalled""#), "{line}");
+    let ps = stack.ps().await;
+    assert_eq!(ps["services"][0]["state"], "starting", "{ps}");
+    std::fs::write(&go, "").unwrap();
+    stack.until(r#""to":"ready""#).await;
+    stack.tether(&["down"]).await;
+    let (_, rest) = stack.exited().await;
+    let all = stack.all_output(&rest);
+    assert!(!all.contains("not ready within"), "{all}");
+}
+
 /// An address that flaps faster than the network settles: while the
 /// network monitor says it is settling, failed probes are held
 /// (`probe_held`, `network_settling`) instead of flapping the service, and

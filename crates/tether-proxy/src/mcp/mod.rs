@@ -184,6 +184,16 @@ where
     // The pulse's beat at the stall last acted on: one stall, one
     // revalidation.
     let mut stall_seen: Option<u64> = None;
+    // How long this process stood still, as last told to the session:
+    // before every input, the session hears of a stall since, so the
+    // deadlines pending across it are moved before anything else is done.
+    let mut still = Stillness {
+        seen: pulse
+            .as_ref()
+            .map(tether_netmon::Pulse::stood_still)
+            .unwrap_or_default(),
+        pulse: pulse.clone(),
+    };
     let upstream = Arc::new(upstream);
     // Backpressure: the reader waits for room, so the client's writes
     // fill its pipe.
@@ -215,6 +225,7 @@ where
     tokio::pin!(shutdown);
 
     loop {
+        still.catch_up(&mut session);
         let now = Instant::now();
         session.on_tick(now);
         for action in session.take_actions() {
@@ -297,7 +308,9 @@ where
                     Some(events) => events.recv().await,
                     None => std::future::pending().await,
                 }
-            } => match event {
+            } => {
+                still.catch_up(&mut session);
+                match event {
                 Ok(event @ (tether_netmon::Event::Resumed { .. }
                 | tether_netmon::Event::Stalled { .. }
                 | tether_netmon::Event::NetworkChanged { .. })) => {
@@ -320,8 +333,10 @@ where
                     session.on_revalidate(Instant::now());
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => system = None,
-            },
+                }
+            }
             input = in_rx.recv(), if closed_at.is_none() && client_room && upstream_room => {
+                still.catch_up(&mut session);
                 if let Some(pulse) = &pulse
                     && pulse.stalled()
                     && stall_seen != Some(pulse.beats())
@@ -359,6 +374,7 @@ where
                 }
             }
             Some(event) = up_rx.recv(), if client_room => {
+                still.catch_up(&mut session);
                 let now = Instant::now();
                 match event.event {
                     UpEvent::Messages(messages) => {
@@ -376,6 +392,7 @@ where
             () = room_in(&out_tx), if !to_client.lines.is_empty() => {}
             () = link_room(link.as_ref()), if !to_upstream.is_empty() => {}
             done = attempt(&mut connecting), if connecting.is_some() => {
+                still.catch_up(&mut session);
                 connecting = None;
                 let (generation, result) = done;
                 let now = Instant::now();
@@ -428,6 +445,26 @@ where
 }
 
 /// Resolves when the queue has room (or its receiver is gone).
+/// How long this process stood still so far, and how much of it the
+/// session has heard of.
+struct Stillness {
+    pulse: Option<tether_netmon::Pulse>,
+    seen: Duration,
+}
+
+impl Stillness {
+    /// Tells the session of a stall since the last call, if any.
+    fn catch_up(&mut self, session: &mut Session) {
+        let Some(pulse) = &self.pulse else { return };
+        let total = pulse.stood_still();
+        if let Some(more) = total.checked_sub(self.seen).filter(|d| !d.is_zero()) {
+            self.seen = total;
+            debug!("stood still for {more:?}: the pending deadlines are moved by as much");
+            session.on_stood_still(more);
+        }
+    }
+}
+
 async fn room_in<T>(tx: &mpsc::Sender<T>) {
     let _ = tx.reserve().await;
 }

@@ -933,6 +933,27 @@ impl Session {
 
     // --- time ---
 
+    /// This process stood still for `still` since the last input (a stall:
+    /// SIGSTOP, a paused VM; tether-netmon's pulse), while the monotonic
+    /// clock went on. The deadlines pending across it (calls', pings', a
+    /// replayed handshake's) are moved by as much: an answer that came
+    /// meanwhile waits in the socket, and must not lose to a timeout that
+    /// ran out only because nothing ran. A reconnect due is not moved.
+    pub fn on_stood_still(&mut self, still: Duration) {
+        for pending in self.pending.values_mut() {
+            pending.idle_deadline += still;
+            pending.total_deadline += still;
+        }
+        for outstanding in self.by_upstream.values_mut() {
+            if let Outstanding::Ping { deadline } = outstanding {
+                *deadline += still;
+            }
+        }
+        if let Link::Handshaking { deadline } = &mut self.link {
+            *deadline += still;
+        }
+    }
+
     /// Does what is due at `now`: connection attempts, timeouts, pings.
     pub fn on_tick(&mut self, now: Instant) {
         if let Link::Down { retry_at } = self.link
@@ -1724,6 +1745,33 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .contains("idle timeout")
+        );
+    }
+
+    /// tether stood still (SIGSTOP, a paused VM) for a minute while a call
+    /// waited, and its answer came meanwhile: it waits in the socket. The
+    /// call's deadline is moved by the stall, so the answer, read after
+    /// the tick, is the client's rather than a timeout's.
+    #[test]
+    fn a_stall_is_not_counted_against_a_calls_timeout() {
+        let mut h = Harness::new();
+        h.handshake();
+        let sent = upstream_messages(&h.client(call(1, "slow")));
+        h.at(Duration::from_secs(61));
+        h.session.on_stood_still(Duration::from_secs(60));
+        assert!(client_messages(&h.tick()).is_empty(), "1 s of the 10 s");
+        let answer = client_messages(
+            &h.upstream(json!({"jsonrpc": "2.0", "id": sent[0]["id"], "result": {"content": []}})),
+        );
+        assert_eq!(answer[0]["id"], 1);
+        assert!(answer[0].get("error").is_none(), "{}", answer[0]);
+        // Without a stall, a wait past the 10 s is a timeout.
+        h.client(call(2, "slow"));
+        h.at(Duration::from_secs(11));
+        let expired = client_messages(&h.tick());
+        assert_eq!(
+            expired[0]["error"]["data"]["tether"]["cause"],
+            "idle.timeout"
         );
     }
 

@@ -366,6 +366,71 @@ fn a_start_deadline_stops_the_service_and_restarts_it() {
     );
 }
 
+/// A stall of the whole machine (a paused VM) during a start: the start
+/// deadline is moved by the time nothing ran, and if it comes all the same,
+/// the reason says how much was not counted.
+#[test]
+fn a_stall_during_a_start_is_not_counted_against_its_deadline() {
+    let mut s = service();
+    s.ready = Readiness::Probe(Box::new(probe()));
+    s.start_deadline = Duration::from_secs(5);
+    let mut t = T::new(s);
+    t.start(1);
+    t.at += Duration::from_secs(64);
+    assert!(t.on(Input::StoodStill(Duration::from_secs(60))).is_empty());
+    assert!(
+        t.on(Input::Tick).is_empty(),
+        "64 s in, 60 of them stood still: 4 s of the 5 were used"
+    );
+    assert_eq!(t.state(), State::Starting);
+    assert_eq!(
+        t.after(Duration::from_secs(1)),
+        [Action::StopProbes, TERM, Action::WatchGone]
+    );
+    t.exit(0, 0);
+    t.on(Input::Gone);
+    assert!(
+        t.reason()
+            .starts_with("not ready within 5.0s (besides 1m00s the machine stood still)"),
+        "{}",
+        t.reason()
+    );
+}
+
+/// The watchdog's and a stop's deadlines are moved too; a pause before a
+/// restart is not (it may end as soon as it is over).
+#[test]
+fn a_stall_moves_the_watchdog_and_the_stop_but_not_a_pause() {
+    let mut s = service();
+    s.ready = Readiness::Notify;
+    s.watchdog = Some(Duration::from_secs(2));
+    let mut t = T::new(s);
+    t.start(1);
+    t.on(Input::Notice(Notice::Ready));
+    t.on(Input::Notice(Notice::Watchdog));
+    t.at += Duration::from_secs(31);
+    t.on(Input::StoodStill(Duration::from_secs(30)));
+    assert!(t.on(Input::Tick).is_empty(), "1 s of the 2 s was used");
+    t.on(Input::Notice(Notice::Watchdog));
+    // A stop: its grace is moved.
+    assert_eq!(
+        t.on(Input::Command(Command::Stop(1))),
+        [Action::StopProbes, TERM, Action::WatchGone]
+    );
+    let kill_at = t.r.deadline().unwrap();
+    t.on(Input::StoodStill(Duration::from_secs(30)));
+    assert_eq!(t.r.deadline(), Some(kill_at + Duration::from_secs(30)));
+    t.exit(0, 0);
+    t.on(Input::Gone);
+    // A pause before a restart.
+    t.on(Input::Command(Command::Start));
+    t.start(2);
+    t.exit(1, 0);
+    let pause = t.r.deadline().expect("a pause before the restart");
+    t.on(Input::StoodStill(Duration::from_secs(30)));
+    assert_eq!(t.r.deadline(), Some(pause));
+}
+
 #[test]
 fn readiness_hysteresis_and_liveness() {
     let mut s = service();

@@ -57,6 +57,7 @@ impl Stack {
             keep_lines: 100,
             cgroup: None,
             sockets,
+            stood_still: None,
         };
         let (handle, task) = launch(config, options, shutdown.clone());
         let events = handle.events();
