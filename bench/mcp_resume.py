@@ -60,8 +60,13 @@ NET = "10.231.0"  # the veth pair's /24, in namespaces of the benchmark's own
 
 def proxies(url: str) -> dict:
     """The proxies the issue names, beside tether."""
-    return {name: cmd for name, cmd in mcp_proxies.proxies(url).items()
-            if not name.startswith("mcp-proxy")}
+    found = {name: cmd for name, cmd in mcp_proxies.proxies(url).items()
+             if not name.startswith("mcp-proxy")}
+    for name, cmd in found.items():
+        # mcp-remote refuses plain HTTP to an address other than localhost.
+        if name.startswith("mcp-remote") and "//127.0.0.1:" not in url:
+            cmd.append("--allow-http")
+    return found
 
 
 class Net:
@@ -97,8 +102,8 @@ class Net:
         ip("-n", self.client, "link", "set", "va", "up" if up else "down")
 
     def wait_accepts(self, port: int, limit: float = 30) -> None:
-        """Until `port` accepts on the server's host, from where the
-        proxies are."""
+        """Until `port` accepts on the server's host (seen from the
+        server's side: the proxies' link may be down)."""
         if not self.client:
             deadline = time.monotonic() + limit
             while not mcp_proxies.accepts(port, self.host):
@@ -113,7 +118,7 @@ class Net:
                  f"        socket.create_connection(('{self.host}',{port}),timeout=0.05).close(); sys.exit(0)\n"
                  "    except OSError: time.sleep(0.01)\n"
                  "sys.exit(1)\n")
-        if subprocess.run(self.in_client([sys.executable, "-c", probe])).returncode != 0:
+        if subprocess.run(self.in_server([sys.executable, "-c", probe])).returncode != 0:
             raise RuntimeError(f"the server did not start in {limit:.0f} s")
 
     def close(self) -> None:

@@ -717,9 +717,11 @@ impl Session {
         match outstanding {
             Outstanding::Client(seq) => self.client_answer(seq, message, now),
             Outstanding::Replay => self.replay_answered(&message, now),
-            Outstanding::Ping { .. } => {
+            Outstanding::Ping { deadline } => {
                 // Any answer, even -32601 "method not found", says alive.
                 if std::mem::take(&mut self.revalidating) {
+                    let took = now.saturating_duration_since(deadline - self.config.ping_timeout);
+                    info!(upstream = %self.config.upstream, "revalidated: the session is alive (the ping was answered in {}); {} held requests go now", human_duration(took), self.pending.values().filter(|p| p.upstream_id.is_none()).count());
                     self.send_waiting();
                 }
             }
@@ -1268,7 +1270,13 @@ impl Session {
                 );
             }
         }
+        // The server answered that it forgot the session: it is there, and
+        // a new session is one request away, so after a connection that
+        // was stable the first attempt goes at once. One that forgets each
+        // new session at once is paced as usual.
+        let answered = failure.cause == Cause::SessionLost && self.reconnect.is_stable(now);
         let delay = self.reconnect.disconnected(now);
+        let delay = if answered { Duration::ZERO } else { delay };
         self.down(failure, delay, now);
     }
 
@@ -1746,6 +1754,39 @@ mod tests {
                 .unwrap()
                 .contains("idle timeout")
         );
+    }
+
+    /// The server answered that it forgot the session (it restarted):
+    /// after a stable connection, the new session is asked for at once,
+    /// not after the reconnect pacing (100 ms for a server on another
+    /// machine). A session forgotten right after it was made is paced.
+    #[test]
+    fn a_session_the_server_forgot_is_replaced_at_once_after_a_stable_link() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.at(Duration::from_secs(70));
+        let forgot = |h: &mut Harness| {
+            let sent = upstream_messages(&h.client(call(1, "echo")));
+            let generation = h.session.generation();
+            let t = h.t;
+            h.session.on_request_failed(
+                generation,
+                sent[0]["id"].as_u64().unwrap(),
+                Failure::new(Phase::FirstByte, Cause::SessionLost, "HTTP 404")
+                    .with_safety(Safety::NotSent),
+                t,
+            );
+            assert!(h.session.take_actions().contains(&Action::Disconnect));
+            h.session.next_wakeup().unwrap() - t
+        };
+        assert_eq!(forgot(&mut h), Duration::ZERO);
+        let restored = h.reconnect("2025-06-18");
+        let resent = upstream_messages(&restored);
+        let call = resent.iter().find(|m| m["method"] == "tools/call");
+        let id = call.expect("the call is sent again")["id"].clone();
+        h.upstream(json!({"jsonrpc": "2.0", "id": id, "result": {"content": []}}));
+        // Forgotten again at once: paced.
+        assert!(forgot(&mut h) > Duration::ZERO);
     }
 
     /// tether stood still (SIGSTOP, a paused VM) for a minute while a call
