@@ -262,12 +262,26 @@ impl Client {
     /// Runs an operation to its result.
     async fn run(&mut self, op: Value) -> Value {
         let tag = self.send(op).await;
+        self.result_of(&tag).await
+    }
+
+    /// The result of the operation sent as `tag` (past its progress events).
+    async fn result_of(&mut self, tag: &str) -> Value {
         loop {
-            let value = self.next_for(&tag).await;
+            let value = self.next_for(tag).await;
             if value.get("event").is_none() {
                 return value;
             }
         }
+    }
+
+    /// tether, the client's child.
+    fn tether_pid(&self) -> Pid {
+        let tether = procs::children(self.pid())
+            .into_iter()
+            .next()
+            .expect("tether runs");
+        Pid::from_raw(tether).unwrap()
     }
 
     async fn init(&mut self) -> Value {
@@ -1247,11 +1261,7 @@ async fn a_stalled_tether_mcp_finds_its_restarted_server_at_once() {
     let mut client = client_for(&peer, &[]);
     client.init().await;
     client.echo(&peer, "before").await;
-    let tether = procs::children(client.pid())
-        .into_iter()
-        .next()
-        .expect("tether runs");
-    let tether = Pid::from_raw(tether).unwrap();
+    let tether = client.tether_pid();
     kill_process(tether, Signal::STOP).unwrap();
     peer.restart(&client).await;
     // The fault itself: four seconds without running.
@@ -1335,12 +1345,7 @@ async fn a_call_whose_address_left_fails_at_once_and_the_next_is_answered() {
     assert!(ok.success());
     client_ns.ip(&["addr", "add", "10.82.0.3/24", "dev", "va"]);
     client_ns.ip(&["addr", "del", "10.82.0.1/24", "dev", "va"]);
-    let result = loop {
-        let value = client.next_for(&call).await;
-        if value.get("event").is_none() {
-            break value;
-        }
-    };
+    let result = client.result_of(&call).await;
     assert_eq!(result["ok"], false, "{result}");
     let message = result["error"]["message"].as_str().unwrap_or_default();
     assert!(
@@ -1386,12 +1391,7 @@ async fn a_call_waits_through_a_link_that_goes_down_and_up() {
     client_ns.ip(&["link", "set", "va", "down"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     client_ns.ip(&["link", "set", "va", "up"]);
-    let result = loop {
-        let value = client.next_for(&call).await;
-        if value.get("event").is_none() {
-            break value;
-        }
-    };
+    let result = client.result_of(&call).await;
     assert_eq!(result["ok"], true, "{result}\n{}", client.tether_log());
     assert_eq!(
         result["result"]["content"][0]["text"], "slept 3.0",
@@ -1423,11 +1423,7 @@ async fn a_call_after_a_stall_past_the_session_lifetime_is_answered() {
     let echo = |m: &str| json!({"op": "call", "tool": "echo", "args": {"message": m}});
     let before = client.run(echo("before")).await;
     assert_eq!(before["ok"], true, "{before}");
-    let tether = procs::children(client.pid())
-        .into_iter()
-        .next()
-        .expect("tether runs");
-    let tether = Pid::from_raw(tether).unwrap();
+    let tether = client.tether_pid();
     kill_process(tether, Signal::STOP).unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     kill_process(tether, Signal::CONT).unwrap();
@@ -1460,21 +1456,12 @@ async fn a_call_in_flight_across_a_stall_longer_than_its_timeout_is_answered() {
         .await;
     let started = client.next_for(&call).await;
     assert_eq!(started["event"], "progress", "{started}");
-    let tether = procs::children(client.pid())
-        .into_iter()
-        .next()
-        .expect("tether runs");
-    let tether = Pid::from_raw(tether).unwrap();
+    let tether = client.tether_pid();
     kill_process(tether, Signal::STOP).unwrap();
     // The fault itself: tether does not run for 5 s, past the 2 s.
     tokio::time::sleep(Duration::from_secs(5)).await;
     kill_process(tether, Signal::CONT).unwrap();
-    let result = loop {
-        let value = client.next_for(&call).await;
-        if value.get("event").is_none() {
-            break value;
-        }
-    };
+    let result = client.result_of(&call).await;
     assert_eq!(result["ok"], true, "{result}\n{}", client.tether_log());
     assert_eq!(
         result["result"]["content"][0]["text"], "slept 1.0",
@@ -1497,11 +1484,7 @@ async fn a_call_at_the_moment_a_stalled_tether_mcp_resumes_is_answered() {
     let mut client = client_for(&peer, &[]);
     client.init().await;
     client.echo(&peer, "before").await;
-    let tether = procs::children(client.pid())
-        .into_iter()
-        .next()
-        .expect("tether runs");
-    let tether = Pid::from_raw(tether).unwrap();
+    let tether = client.tether_pid();
     for round in 0..2 {
         kill_process(tether, Signal::STOP).unwrap();
         peer.restart(&client).await;
