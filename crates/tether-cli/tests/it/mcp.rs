@@ -1376,7 +1376,9 @@ async fn a_call_waits_through_a_link_that_goes_down_and_up() {
     // Idle: the change's revalidation ping finds no route, and the session
     // is kept.
     client_ns.ip(&["link", "set", "va", "down"]);
-    client.log_with("a ping found no route").await;
+    client
+        .log_with("no route to the upstream; keeping the session")
+        .await;
     client_ns.ip(&["link", "set", "va", "up"]);
     let idle = client
         .run(json!({"op": "call", "tool": "echo", "args": {"message": "idle"}}))
@@ -1403,6 +1405,42 @@ async fn a_call_waits_through_a_link_that_goes_down_and_up() {
     assert_eq!(after["ok"], true, "{after}\n{}", client.tether_log());
     let log = client.exit().await;
     assert!(!log.contains("lost the upstream"), "{log}");
+}
+
+/// A call made while the link is down (the client's end of the veth): it
+/// finds no route, and waits rather than failing, on the same session (the
+/// server's state for it is not thrown away for a network that blinked);
+/// once the link is back, it is answered, and so is the next one.
+#[tokio::test]
+async fn a_call_made_while_the_link_is_down_is_answered_once_it_is_back() {
+    let (client_ns, _server_ns, _server, mut client) = across_a_veth("o", 83);
+    client.init().await;
+    let echo =
+        |m: &str| json!({"op": "call", "tool": "echo", "args": {"message": m}, "timeout": 60});
+    let before = client.run(echo("before")).await;
+    assert_eq!(before["ok"], true, "{before}");
+    client_ns.ip(&["link", "set", "va", "down"]);
+    client
+        .log_with("no route to the upstream; keeping the session")
+        .await;
+    let call = client.send(echo("during")).await;
+    // The fault itself: a second with no route.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client_ns.ip(&["link", "set", "va", "up"]);
+    let during = client.result_of(&call).await;
+    assert_eq!(during["ok"], true, "{during}\n{}", client.tether_log());
+    assert_eq!(during["result"]["content"][0]["text"], "during", "{during}");
+    let after = client.run(echo("after")).await;
+    assert_eq!(after["ok"], true, "{after}\n{}", client.tether_log());
+    let log = client.exit().await;
+    assert!(
+        log.contains("no route to the upstream; keeping the session"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("lost the upstream"),
+        "the session was kept: {log}"
+    );
 }
 
 /// `tether mcp` stopped for longer than its server keeps an idle session:

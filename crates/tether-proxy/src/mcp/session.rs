@@ -245,6 +245,12 @@ pub struct Session {
     /// change): new requests wait for its answer, so none is sent on a link
     /// that may be dead.
     revalidating: bool,
+    /// No route to the server since then (a link down, mid-change): the
+    /// session is kept, requests wait, and a ping asks again at
+    /// `no_route_retry` (paced like reconnects while requests wait) or at
+    /// the next network change.
+    no_route_since: Option<Instant>,
+    no_route_retry: Option<Instant>,
     client_closed: bool,
     /// Client batches with requests still unanswered.
     batches: HashMap<u64, Batch>,
@@ -305,6 +311,8 @@ impl Session {
             last_failure: None,
             last_traffic: now,
             revalidating: false,
+            no_route_since: None,
+            no_route_retry: None,
             client_closed: false,
             batches: HashMap::new(),
             next_batch: 0,
@@ -611,6 +619,16 @@ impl Session {
         }
         let breaks = lost::breaks_link(&failure);
         match self.by_upstream.remove(&upstream_id) {
+            // No route to the server: the network is down for now (a link
+            // that went down, mid-change), which says nothing of the
+            // session. The request never left; it waits with the others.
+            Some(Outstanding::Client(seq)) if failure.cause == Cause::ConnectUnreachable => {
+                if let Some(pending) = self.pending.get_mut(&seq) {
+                    pending.safety = Safety::NotSent;
+                    pending.upstream_id = None;
+                }
+                self.no_route(failure, now);
+            }
             Some(Outstanding::Client(seq)) => {
                 if breaks {
                     // A request the server refused unseen may go again,
@@ -636,15 +654,10 @@ impl Session {
                 }
             }
             Some(Outstanding::Replay) => self.lost(failure, now),
-            // No route to the server: the network is down for now (a link
-            // that went down, mid-change), which says nothing of the
-            // session, and connections already open may well live through
-            // it. The session is kept; the requests a revalidation held go.
+            // The same for a ping; connections already open may well live
+            // through it.
             Some(Outstanding::Ping { .. }) if failure.cause == Cause::ConnectUnreachable => {
-                info!(upstream = %self.config.upstream, "a ping found no route; keeping the session: {}", failure.detail);
-                if std::mem::take(&mut self.revalidating) {
-                    self.send_waiting();
-                }
+                self.no_route(failure, now);
             }
             Some(Outstanding::Ping { .. } | Outstanding::Reapply) | None => {
                 if breaks {
@@ -714,6 +727,8 @@ impl Session {
             return;
         };
         self.reconnect.exchanged();
+        // Any answer says the route is back.
+        let no_route = self.no_route_since.take();
         match outstanding {
             Outstanding::Client(seq) => self.client_answer(seq, message, now),
             Outstanding::Replay => self.replay_answered(&message, now),
@@ -721,7 +736,12 @@ impl Session {
                 // Any answer, even -32601 "method not found", says alive.
                 if std::mem::take(&mut self.revalidating) {
                     let took = now.saturating_duration_since(deadline - self.config.ping_timeout);
-                    info!(upstream = %self.config.upstream, "revalidated: the session is alive (the ping was answered in {}); {} held requests go now", human_duration(took), self.pending.values().filter(|p| p.upstream_id.is_none()).count());
+                    let back = no_route
+                        .map(|since| {
+                            format!("; the route is back after {}", human_duration(now - since))
+                        })
+                        .unwrap_or_default();
+                    info!(upstream = %self.config.upstream, "revalidated: the session is alive (the ping was answered in {}){back}; {} held requests go now", human_duration(took), self.pending.values().filter(|p| p.upstream_id.is_none()).count());
                     self.send_waiting();
                 }
             }
@@ -869,7 +889,7 @@ impl Session {
                 ));
             }
         }
-        info!(upstream = %self.config.upstream, "session restored on the restarted upstream");
+        info!(upstream = %self.config.upstream, "session restored on a new upstream session (the client's initialize replayed)");
         self.become_ready();
     }
 
@@ -980,7 +1000,40 @@ impl Session {
             self.lost(failure, now);
         }
         self.expire(now);
+        if self.no_route_retry.is_some_and(|at| now >= at) && self.is_ready() {
+            self.no_route_retry = None;
+            self.ping(now);
+        }
         self.keepalive(now);
+    }
+
+    /// A request or a ping found no route to the server. The session is
+    /// kept. With requests waiting, new ones wait too, and a ping asks
+    /// again after the pacing; the requests' own deadlines bound the wait,
+    /// and they fail naming the cause.
+    fn no_route(&mut self, failure: Failure, now: Instant) {
+        let waiting = self
+            .pending
+            .values()
+            .filter(|p| p.upstream_id.is_none())
+            .count();
+        if self.no_route_since.is_none() {
+            self.no_route_since = Some(now);
+            info!(upstream = %self.config.upstream, "no route to the upstream; keeping the session, {waiting} requests wait: {}", failure.detail);
+        } else {
+            debug!(upstream = %self.config.upstream, "still no route: {}", failure.detail);
+        }
+        self.last_failure = Some(failure);
+        self.revalidating = waiting > 0;
+        self.no_route_retry = (waiting > 0).then(|| now + self.demand.next_delay());
+    }
+
+    fn ping(&mut self, now: Instant) {
+        let id = self.upstream_id(Outstanding::Ping {
+            deadline: now + self.config.ping_timeout,
+        });
+        self.last_traffic = now;
+        self.emit_upstream(jsonrpc::request(id, "ping", json!({})));
     }
 
     /// The machine resumed from sleep, this process was stalled, or the
@@ -996,6 +1049,12 @@ impl Session {
                 self.link = Link::Down { retry_at: now };
                 self.on_tick(now);
             }
+            Link::Ready if !self.held && self.no_route_retry.is_some() => {
+                // The network changed while requests wait for a route:
+                // ask now rather than at the paced retry.
+                self.no_route_retry = Some(now);
+                self.on_tick(now);
+            }
             Link::Ready if !self.held && (self.ping_due().is_some() || self.only_pinging()) => {
                 let pinging = self
                     .by_upstream
@@ -1005,11 +1064,7 @@ impl Session {
                 // long stall) is the revalidation: new calls wait for it.
                 self.revalidating = true;
                 if !pinging {
-                    let id = self.upstream_id(Outstanding::Ping {
-                        deadline: now + self.config.ping_timeout,
-                    });
-                    self.last_traffic = now;
-                    self.emit_upstream(jsonrpc::request(id, "ping", json!({})));
+                    self.ping(now);
                 }
             }
             _ => {}
@@ -1024,6 +1079,9 @@ impl Session {
             _ => None,
         };
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        if let Some(at) = self.no_route_retry {
+            earliest(at);
+        }
         for pending in self.pending.values() {
             earliest(pending.idle_deadline.min(pending.total_deadline));
         }
@@ -1177,11 +1235,7 @@ impl Session {
             return;
         }
         if self.ping_due().is_some_and(|due| now >= due) {
-            let id = self.upstream_id(Outstanding::Ping {
-                deadline: now + self.config.ping_timeout,
-            });
-            self.last_traffic = now;
-            self.emit_upstream(jsonrpc::request(id, "ping", json!({})));
+            self.ping(now);
         }
     }
 
@@ -1191,6 +1245,8 @@ impl Session {
         self.link = Link::Ready;
         self.demand.reset();
         self.revalidating = false;
+        self.no_route_since = None;
+        self.no_route_retry = None;
         self.send_waiting();
         while let Some(note) = self.notes.pop_front() {
             self.emit_upstream(note);
@@ -1242,6 +1298,8 @@ impl Session {
         }
         warn!(upstream = %self.config.upstream, cause = %failure.cause, "lost the upstream: {}", failure.detail);
         self.actions.push(Action::Disconnect);
+        self.no_route_since = None;
+        self.no_route_retry = None;
         self.by_upstream.clear();
         self.server_requests.clear();
         self.initialized = false;
@@ -1930,8 +1988,9 @@ mod tests {
     }
 
     /// A revalidation in the middle of a network change: the ping finds
-    /// no route. That is the network, not the session: nothing is dropped,
-    /// and the call the ping held goes.
+    /// no route. That is the network, not the session: nothing is dropped.
+    /// The call the ping held waits; the ping asks again after the pacing,
+    /// and once it is answered the call goes.
     #[test]
     fn a_revalidation_ping_with_no_route_keeps_the_session() {
         let mut h = Harness::new();
@@ -1943,15 +2002,33 @@ mod tests {
         assert_eq!(ping[0]["method"], "ping");
         assert!(upstream_messages(&h.client(call(2, "echo"))).is_empty());
         let generation = h.session.generation();
+        let no_route = || Failure::new(Phase::Connect, Cause::ConnectUnreachable, "no route");
+        h.session
+            .on_request_failed(generation, ping[0]["id"].as_u64().unwrap(), no_route(), t);
+        let actions = h.session.take_actions();
+        assert!(!actions.contains(&Action::Disconnect), "{actions:?}");
+        assert!(upstream_messages(&actions).is_empty(), "the call waits");
+        // Asked again after the pacing (at most 12 ms here): no route yet.
+        let retry = h.session.next_wakeup().unwrap();
+        assert!(retry - t <= Duration::from_millis(12));
+        h.t = retry;
+        let ping = upstream_messages(&h.tick());
+        assert_eq!(ping[0]["method"], "ping");
         h.session.on_request_failed(
             generation,
             ping[0]["id"].as_u64().unwrap(),
-            Failure::new(Phase::Connect, Cause::ConnectUnreachable, "no route"),
-            t,
+            no_route(),
+            retry,
         );
-        let actions = h.session.take_actions();
-        assert!(!actions.contains(&Action::Disconnect), "{actions:?}");
-        let sent = upstream_messages(&actions);
+        assert!(upstream_messages(&h.session.take_actions()).is_empty());
+        // The link is back (a network change): asked at once, answered.
+        let t = h.t;
+        h.session.on_revalidate(t);
+        let ping = upstream_messages(&h.session.take_actions());
+        assert_eq!(ping[0]["method"], "ping", "at once, not at the retry");
+        let sent = upstream_messages(
+            &h.upstream(json!({"jsonrpc": "2.0", "id": ping[0]["id"], "result": {}})),
+        );
         assert_eq!(sent[0]["method"], "tools/call", "the held call goes");
         let answered = client_messages(
             &h.upstream(json!({"jsonrpc": "2.0", "id": sent[0]["id"], "result": {"content": []}})),
@@ -1969,6 +2046,70 @@ mod tests {
             t,
         );
         assert!(h.session.take_actions().contains(&Action::Disconnect));
+    }
+
+    /// A call made while there is no route: it never left, so it waits
+    /// (the session is kept) and new calls wait with it. If the route does
+    /// not come back, each fails at its own timeout, naming the cause.
+    #[test]
+    fn a_call_with_no_route_waits_and_fails_at_its_timeout_naming_the_cause() {
+        let mut h = Harness::new();
+        h.handshake();
+        let sent = upstream_messages(&h.client(call(1, "echo")));
+        let generation = h.session.generation();
+        let t = h.t;
+        h.session.on_request_failed(
+            generation,
+            sent[0]["id"].as_u64().unwrap(),
+            Failure::new(
+                Phase::Connect,
+                Cause::ConnectUnreachable,
+                "network unreachable",
+            ),
+            t,
+        );
+        let actions = h.session.take_actions();
+        assert!(!actions.contains(&Action::Disconnect), "{actions:?}");
+        assert!(client_messages(&actions).is_empty(), "it waits");
+        assert!(
+            upstream_messages(&h.client(call(2, "echo"))).is_empty(),
+            "held"
+        );
+        // Every retry finds no route; the pacing is bounded, the wait by
+        // the 10 s idle timeout.
+        let mut pings = 0;
+        let answers = loop {
+            let at = h.session.next_wakeup().unwrap();
+            h.t = at;
+            let actions = h.tick();
+            let answers = client_messages(&actions);
+            if !answers.is_empty() {
+                break answers;
+            }
+            for ping in upstream_messages(&actions) {
+                assert_eq!(ping["method"], "ping");
+                pings += 1;
+                let at = h.t;
+                h.session.on_request_failed(
+                    generation,
+                    ping["id"].as_u64().unwrap(),
+                    Failure::new(
+                        Phase::Connect,
+                        Cause::ConnectUnreachable,
+                        "network unreachable",
+                    ),
+                    at,
+                );
+            }
+        };
+        assert!((500..=2100).contains(&pings), "{pings} pings in 10 s");
+        assert_eq!(answers[0]["id"], 1);
+        assert_eq!(
+            answers[0]["error"]["data"]["tether"]["cause"],
+            "connect.unreachable"
+        );
+        let message = answers[0]["error"]["message"].as_str().unwrap();
+        assert!(message.contains("network unreachable"), "{message}");
     }
 
     #[test]
