@@ -100,6 +100,7 @@ pub(crate) fn start(
     handle: &Handle,
     tasks: &TaskTracker,
     stop: CancellationToken,
+    pulse: Option<tether_netmon::Pulse>,
 ) -> Running {
     let in_all = Arc::new(AtomicUsize::new(0));
     let (events, _) = broadcast::channel(1024);
@@ -188,6 +189,7 @@ pub(crate) fn start(
         };
         let wiring = Wiring {
             gone: Some(gone.subscribe()),
+            pulse: pulse.clone(),
             ready: ready_rx,
             check,
             demand: demand_tx,

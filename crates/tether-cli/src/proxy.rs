@@ -208,8 +208,13 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
     };
     let check_now = check.clone();
     let (gone_tx, gone) = watch::channel(Vec::new());
+    // Resumed, stalled, the network changed: look at the upstream now;
+    // connections on an address that left the machine are reset; a stall
+    // is not counted against the clients waiting across it.
+    let netmon = crate::netmon::start();
     let wiring = Wiring {
         gone: Some(gone),
+        pulse: netmon.as_ref().map(tether_netmon::Netmon::pulse),
         ready: ready_rx,
         check,
         demand: demand_tx,
@@ -230,9 +235,6 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
             "proxy {bound} -> {upstream} (ready when {ready} is)"
         ));
     }
-    // Resumed, stalled, the network changed: look at the upstream now;
-    // connections on an address that left the machine are reset.
-    let netmon = crate::netmon::start();
     if let Some(netmon) = &netmon {
         let check = check_now.clone();
         tasks.spawn(crate::netmon::each(

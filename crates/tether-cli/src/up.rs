@@ -229,6 +229,7 @@ async fn up(args: UpArgs, loaded: tether_config::Loaded, printer: Printer) -> u8
         &handle,
         &tasks,
         done.clone(),
+        netmon.as_ref().map(tether_netmon::Netmon::pulse),
     );
     let proxy_events = proxies.events.subscribe();
     let registering = registry.as_ref().map(|r| {

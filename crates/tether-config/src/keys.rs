@@ -592,7 +592,8 @@ pub static KEYS: &[Key] = &[
         default: DefaultValue::Value(r#""30s""#),
         example: r#""10s""#,
         doc: "How long a client may wait for the upstream; then it is closed, and the cause \
-              logged and counted (`pending.timeout`).",
+              logged and counted (`pending.timeout`). Time the proxy stood still (a paused \
+              VM, tether stopped) is not counted.",
     },
     Key {
         name: "fail_fast_after",

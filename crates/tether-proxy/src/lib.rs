@@ -22,3 +22,4 @@
 
 pub mod mcp;
 pub mod relay;
+mod stillness;

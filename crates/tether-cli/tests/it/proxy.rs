@@ -220,6 +220,60 @@ async fn a_client_that_waits_past_the_pending_timeout_is_closed_with_the_cause()
     proxy.stop().await;
 }
 
+/// The proxy stands still (SIGSTOP, a paused VM) for longer than the
+/// pending timeout while a client waits for its upstream, which comes half
+/// a second after the proxy runs again. The client is relayed: the time the
+/// proxy stood still is not counted against its wait, so it had all but a
+/// moment of its 3 s left.
+#[tokio::test]
+async fn a_client_waiting_across_a_stall_longer_than_its_timeout_is_served() {
+    let port = free_port();
+    let mut echo = Echo::new(port);
+    let mut proxy = Proxy::start(port, &["--pending-timeout", "3s"]).await;
+    let stream = proxy.connect().await;
+    // Taken from the listener's backlog: the proxy holds it, and its wait
+    // began.
+    within("the proxy to accept", async {
+        while backlog(proxy.listen) != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let data = pattern(1000, 7);
+    let client = tokio::spawn(async move { round_trip(stream, &data).await == data });
+    let pid = rustix::process::Pid::from_raw(proxy.child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The fault itself: 5 s without running, past the 3 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    echo.start().await;
+    assert!(
+        within("the held client", client).await.unwrap(),
+        "bytes differ"
+    );
+    let relayed = proxy.until("relayed").await;
+    assert!(relayed["held_ms"].as_u64().is_some(), "{relayed}");
+    proxy.stop().await;
+}
+
+/// Connections in the accept backlog of the IPv4 listener on `port`
+/// (`/proc/net/tcp`: a listener's `rx_queue`).
+fn backlog(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let listening = *fields.get(3)? == "0A";
+            let rx = u64::from_str_radix(fields.get(4)?.rsplit(':').next()?, 16).ok()?;
+            (listening && local_port == port).then_some(rx)
+        })
+        .sum()
+}
+
 #[tokio::test]
 async fn over_a_limit_a_client_is_refused_at_once() {
     let port = free_port();

@@ -42,6 +42,8 @@ use limits::{
 use session::Action;
 use upstream::{Event, Events, Link, Scoped, UpEvent};
 
+use crate::stillness::Stillness;
+
 /// The server behind the endpoint.
 #[derive(Debug, Clone)]
 pub enum Upstream {
@@ -187,13 +189,7 @@ where
     // How long this process stood still, as last told to the session:
     // before every input, the session hears of a stall since, so the
     // deadlines pending across it are moved before anything else is done.
-    let mut still = Stillness {
-        seen: pulse
-            .as_ref()
-            .map(tether_netmon::Pulse::stood_still)
-            .unwrap_or_default(),
-        pulse: pulse.clone(),
-    };
+    let mut still = Stillness::new(pulse.clone());
     let upstream = Arc::new(upstream);
     // Backpressure: the reader waits for room, so the client's writes
     // fill its pipe.
@@ -225,7 +221,7 @@ where
     tokio::pin!(shutdown);
 
     loop {
-        still.catch_up(&mut session);
+        catch_up(&mut still, &mut session);
         let now = Instant::now();
         session.on_tick(now);
         for action in session.take_actions() {
@@ -309,7 +305,7 @@ where
                     None => std::future::pending().await,
                 }
             } => {
-                still.catch_up(&mut session);
+                catch_up(&mut still, &mut session);
                 match event {
                 Ok(event @ (tether_netmon::Event::Resumed { .. }
                 | tether_netmon::Event::Stalled { .. }
@@ -336,7 +332,7 @@ where
                 }
             }
             input = in_rx.recv(), if closed_at.is_none() && client_room && upstream_room => {
-                still.catch_up(&mut session);
+                catch_up(&mut still, &mut session);
                 if let Some(pulse) = &pulse
                     && pulse.stalled()
                     && stall_seen != Some(pulse.beats())
@@ -374,7 +370,7 @@ where
                 }
             }
             Some(event) = up_rx.recv(), if client_room => {
-                still.catch_up(&mut session);
+                catch_up(&mut still, &mut session);
                 let now = Instant::now();
                 match event.event {
                     UpEvent::Messages(messages) => {
@@ -392,7 +388,7 @@ where
             () = room_in(&out_tx), if !to_client.lines.is_empty() => {}
             () = link_room(link.as_ref()), if !to_upstream.is_empty() => {}
             done = attempt(&mut connecting), if connecting.is_some() => {
-                still.catch_up(&mut session);
+                catch_up(&mut still, &mut session);
                 connecting = None;
                 let (generation, result) = done;
                 let now = Instant::now();
@@ -444,27 +440,15 @@ where
     Ok(())
 }
 
-/// Resolves when the queue has room (or its receiver is gone).
-/// How long this process stood still so far, and how much of it the
-/// session has heard of.
-struct Stillness {
-    pulse: Option<tether_netmon::Pulse>,
-    seen: Duration,
-}
-
-impl Stillness {
-    /// Tells the session of a stall since the last call, if any.
-    fn catch_up(&mut self, session: &mut Session) {
-        let Some(pulse) = &self.pulse else { return };
-        let total = pulse.stood_still();
-        if let Some(more) = total.checked_sub(self.seen).filter(|d| !d.is_zero()) {
-            self.seen = total;
-            debug!("stood still for {more:?}: the pending deadlines are moved by as much");
-            session.on_stood_still(more);
-        }
+/// Tells the session of a stall since the last call, if any.
+fn catch_up(still: &mut Stillness, session: &mut Session) {
+    if let Some(more) = still.more() {
+        debug!("stood still for {more:?}: the pending deadlines are moved by as much");
+        session.on_stood_still(more);
     }
 }
 
+/// Resolves when the queue has room (or its receiver is gone).
 async fn room_in<T>(tx: &mpsc::Sender<T>) {
     let _ = tx.reserve().await;
 }

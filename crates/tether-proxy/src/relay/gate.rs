@@ -62,6 +62,11 @@ pub enum Input {
     ConnectFailed(ClientId, Failure),
     /// This client's connection ended (relayed, or closed while waiting).
     Closed(ClientId),
+    /// The proxy stood still this long since the last input (a stall:
+    /// SIGSTOP, a paused VM), while the monotonic clock went on: the
+    /// clients waiting meanwhile are owed that time, since nothing could
+    /// connect them.
+    StoodStill(Duration),
     /// Time passed.
     Tick,
 }
@@ -288,6 +293,11 @@ impl Gate {
                     self.relaying = self.relaying.saturating_sub(1);
                 }
             }
+            Input::StoodStill(still) => {
+                for (_, came) in &mut self.pending {
+                    *came += still;
+                }
+            }
             Input::Tick => {
                 self.expire(now);
                 if self.upstream == Upstream::Ready {
@@ -476,6 +486,29 @@ mod tests {
         );
         assert_eq!(t.gate.counters().refused["pending.timeout"], 1);
         assert_eq!(t.gate.deadline(), None);
+    }
+
+    /// The proxy stood still for a minute while a client waited (a paused
+    /// VM): the minute is not counted against the client's 30 s, and the
+    /// upstream that came meanwhile is connected to.
+    #[test]
+    fn a_stall_is_not_counted_against_a_waiting_client() {
+        let mut t = T::new(config());
+        t.on(Input::Upstream(Err("connection refused".into())));
+        t.on(Input::Arrived(1));
+        t.at += Duration::from_secs(70);
+        assert!(t.on(Input::StoodStill(Duration::from_secs(60))).is_empty());
+        assert!(t.on(Input::Tick).is_empty(), "10 s of the 30 s were used");
+        assert_eq!(t.on(Input::Upstream(Ok(()))), [Action::Connect(1)]);
+        // Without the stall, the same wait is a timeout.
+        t.on(Input::Connected(1));
+        t.on(Input::Upstream(Err("connection refused".into())));
+        t.on(Input::Arrived(2));
+        let actions = t.after(Duration::from_secs(70));
+        assert!(
+            matches!(&actions[..], [Action::Refuse(2, _)]),
+            "{actions:?}"
+        );
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub struct Wiring {
     /// The addresses that left the machine at its last network change
     /// (tether-netmon): relayed connections on one of them are reset.
     pub gone: Option<watch::Receiver<Vec<std::net::IpAddr>>>,
+    /// The network monitor's pulse: a stall is told to the gate before the
+    /// next input, so clients waiting across it are not timed out for it.
+    pub pulse: Option<tether_netmon::Pulse>,
 }
 
 /// Serves clients on `listener`, relaying them to `upstream` (the address
@@ -158,7 +161,9 @@ pub async fn serve(
         events,
         stats,
         gone,
+        pulse,
     } = wiring;
+    let mut still = crate::stillness::Stillness::new(pulse);
     let pipes = Arc::new(Pipes::new(config.pipes));
     let mut gate = Gate::new(config.gate.clone(), Jitter::new(), Instant::now());
     // Waiting clients, each watched for leaving (a reset) while it waits.
@@ -185,7 +190,7 @@ pub async fn serve(
     let mut accept_failures = 0u64;
     // Whatever readiness already says counts from the start.
     let first = ready.borrow_and_update().clone();
-    gate.handle(Instant::now(), Input::Upstream(first));
+    feed(&mut gate, &mut still, Input::Upstream(first));
     loop {
         // Said whenever the gate's view changes, whoever changed it: a
         // client's failed connect is often the first to find an upstream
@@ -237,14 +242,14 @@ pub async fn serve(
                     id
                 });
                 waiting.insert(id, Waiting { conn, came: Instant::now(), watch });
-                gate.handle(Instant::now(), Input::Arrived(id));
+                feed(&mut gate, &mut still, Input::Arrived(id));
             }
             changed = ready.changed() => {
                 if changed.is_err() {
                     break;
                 }
                 let now = ready.borrow_and_update().clone();
-                gate.handle(Instant::now(), Input::Upstream(now));
+                feed(&mut gate, &mut still, Input::Upstream(now));
             }
             Some(joined) = connecting.join_next(), if !connecting.is_empty() => {
                 let Ok((id, result)) = joined else { continue };
@@ -256,7 +261,7 @@ pub async fn serve(
                             watch.abort();
                             let upstream = Conn::from(stream);
                             keepalive(&upstream);
-                            gate.handle(Instant::now(), Input::Connected(id));
+                            feed(&mut gate, &mut still, Input::Connected(id));
                             let held = came.elapsed();
                             emit(RelayEvent::Relayed { client: id, held }, &mut dropped_events);
                             let pipes = pipes.clone();
@@ -270,7 +275,7 @@ pub async fn serve(
                                 (id, moved, began.elapsed())
                             });
                     },
-                    Err(failure) => gate.handle(Instant::now(), Input::ConnectFailed(id, failure)),
+                    Err(failure) => feed(&mut gate, &mut still, Input::ConnectFailed(id, failure)),
                 }
             }
             Some(joined) = leaving.join_next(), if !leaving.is_empty() => {
@@ -278,7 +283,7 @@ pub async fn serve(
                 let Ok(id) = joined else { continue };
                 let Some(gone) = waiting.remove(&id) else { continue };
                 release(&config.in_all);
-                gate.handle(Instant::now(), Input::Closed(id));
+                feed(&mut gate, &mut still, Input::Closed(id));
                 let moved = Moved { up: 0, down: 0, ending: Ending::ClientReset };
                 emit(RelayEvent::Closed { client: id, moved, took: gone.came.elapsed() }, &mut dropped_events);
             }
@@ -287,7 +292,7 @@ pub async fn serve(
                 bytes_up += moved.up;
                 bytes_down += moved.down;
                 release(&config.in_all);
-                gate.handle(Instant::now(), Input::Closed(id));
+                feed(&mut gate, &mut still, Input::Closed(id));
                 emit(RelayEvent::Closed { client: id, moved, took }, &mut dropped_events);
             }
             () = sleep_until(accept_paused) => accept_paused = None,
@@ -296,9 +301,9 @@ pub async fn serve(
                 // waking anyone: take them now, for whoever gives up.
                 let current = ready.borrow().clone();
                 if current.is_err() {
-                    gate.handle(Instant::now(), Input::Upstream(current));
+                    feed(&mut gate, &mut still, Input::Upstream(current));
                 }
-                gate.handle(Instant::now(), Input::Tick);
+                feed(&mut gate, &mut still, Input::Tick);
             }
         }
         for action in gate.take_actions() {
@@ -411,6 +416,15 @@ fn log_refusal(why: &Refusal) {
     if tether_resilience::milestone(n) {
         tracing::warn!("proxy: a client {why} ({n} not served so far)");
     }
+}
+
+/// One input to the gate, after a stall since the last one, if any.
+fn feed(gate: &mut Gate, still: &mut crate::stillness::Stillness, input: Input) {
+    if let Some(more) = still.more() {
+        tracing::debug!("proxy: stood still for {more:?}: waiting clients are owed as much");
+        gate.handle(Instant::now(), Input::StoodStill(more));
+    }
+    gate.handle(Instant::now(), input);
 }
 
 async fn sleep_until(at: Option<Instant>) {
