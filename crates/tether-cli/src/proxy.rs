@@ -237,10 +237,21 @@ async fn proxy(args: ProxyArgs, listen: Listen, upstream: Target, ready: Target,
     }
     if let Some(netmon) = &netmon {
         let check = check_now.clone();
+        let out = out.clone();
+        let (json, quiet) = (args.json, args.quiet);
         tasks.spawn(crate::netmon::each(
             netmon.subscribe(),
             stop.clone(),
             move |event| {
+                // Said, as `tether up` says it.
+                let (kind, detail) = crate::netmon::describe(event);
+                if json {
+                    let line =
+                        serde_json::json!({"event": "system", "kind": kind, "detail": detail});
+                    out.line(line.to_string());
+                } else if !quiet {
+                    out.line(format!("tether: {detail}"));
+                }
                 let gone = event.addresses_gone();
                 if !gone.is_empty() {
                     let _ = gone_tx.send(gone);

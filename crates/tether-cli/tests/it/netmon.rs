@@ -313,7 +313,7 @@ async fn line_with(
 
 /// The address a relayed connection uses leaves the machine: `tether
 /// proxy` resets the connection at once, rather than leaving both sides
-/// to wait for a path that is gone.
+/// to wait for a path that is gone, and says the change.
 #[tokio::test]
 async fn a_proxy_resets_a_connection_whose_address_left() {
     let netns = Netns::new("px");
@@ -362,6 +362,19 @@ async fn a_proxy_resets_a_connection_whose_address_left() {
     netns.ip(&["addr", "del", "10.78.0.2/24", "dev", "vb"]);
     let ended = line_with(&mut client_out, "e").await;
     assert!(ended == "reset" || ended.starts_with("ended"), "{ended}");
-    let closed = line_with(&mut said, "address.gone").await;
+    // Both said, in either order: the connection closed for the address,
+    // and the change itself (as `tether up` says it).
+    let (mut closed, mut changed) = (None, None);
+    while closed.is_none() || changed.is_none() {
+        let line = line_with(&mut said, "\"event\"").await;
+        if line.contains("address.gone") {
+            closed = Some(line);
+        } else if line.contains(r#""event":"system""#) && line.contains("network_changed") {
+            changed = Some(line);
+        }
+    }
+    let closed = closed.unwrap();
     assert!(closed.contains("closed"), "{closed}");
+    let changed = changed.unwrap();
+    assert!(changed.contains("10.78.0.2"), "{changed}");
 }
