@@ -111,6 +111,19 @@ impl Cgroup {
         Ok(text.lines().any(|l| l.trim() == "populated 1"))
     }
 
+    /// Whether it is frozen, by itself or by an ancestor (`cgroup.events`
+    /// says the effective state). A process made in a frozen cgroup stops
+    /// before it can `exec`, so whoever waits for the `exec` waits for the
+    /// thaw.
+    ///
+    /// # Errors
+    ///
+    /// When `cgroup.events` cannot be read (the cgroup was removed).
+    pub fn frozen(&self) -> io::Result<bool> {
+        let text = read_small(&self.path.join("cgroup.events"))?;
+        Ok(text.lines().any(|l| l.trim() == "frozen 1"))
+    }
+
     /// The pids in it and in every cgroup below it.
     pub fn pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();

@@ -103,6 +103,16 @@ impl Scope {
         self.inner.cgroup.as_ref()
     }
 
+    /// Whether its cgroup is frozen (by itself or an ancestor): a child
+    /// spawned now would stop before its `exec`, and the spawn would wait
+    /// for the thaw. `false` without a cgroup.
+    pub fn frozen(&self) -> bool {
+        self.inner
+            .cgroup
+            .as_ref()
+            .is_some_and(|c| c.frozen().unwrap_or(false))
+    }
+
     /// Spawns `command` into the scope: its own process group, the marker in
     /// its environment, the cgroup, and a parent-death signal, as
     /// [`crate::spawn`] does. Its stdout and stderr are piped and its stdin

@@ -112,6 +112,9 @@ pub(crate) enum Input<'a> {
     /// [`Action::Spawn`] or [`Action::RunPreStart`] failed; the words say
     /// why (`cannot start command 'x': not found (process.not_started)`).
     SpawnFailed(String),
+    /// The shell put [`Action::Spawn`] or [`Action::RunPreStart`] off; the
+    /// words say why (its cgroup is frozen). Its result comes later.
+    SpawnWaits(String),
     /// The pre-start command ended; `leftovers` processes it started still
     /// run.
     PreStartExited {
@@ -324,6 +327,13 @@ impl Runner {
         }
     }
 
+    /// Whether the runner waits for the result of [`Action::Spawn`] or
+    /// [`Action::RunPreStart`] (a spawn the shell put off still counts;
+    /// one whose start was given up on since does not).
+    pub(crate) fn awaits_spawn(&self) -> bool {
+        matches!(self.phase, Phase::Spawning | Phase::PreStart { .. })
+    }
+
     pub(crate) fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Done)
     }
@@ -340,6 +350,10 @@ impl Runner {
             }
             Input::Tick => self.tick(now),
             Input::Spawned { pid, start_ticks } => self.spawned(now, pid, start_ticks),
+            Input::SpawnWaits(words) => {
+                self.view.last_error = Some(words);
+                self.dirty = true;
+            }
             Input::SpawnFailed(words) => match self.phase {
                 Phase::Spawning | Phase::PreStart { .. } => {
                     let failure = if matches!(self.phase, Phase::PreStart { .. }) {

@@ -102,6 +102,11 @@ pub(crate) struct Service {
     sockets: Arc<[BoundSocket]>,
     /// [`Shared::stood_still`] when the runner last heard of it.
     still_seen: std::time::Duration,
+    /// A spawn that waits for the service's cgroup to thaw: a child made
+    /// in a frozen cgroup stops before its `exec`, and the spawn, which
+    /// waits for the `exec`, would hold this thread (and every service on
+    /// it) until the thaw.
+    deferred: Option<Action>,
 }
 
 impl Service {
@@ -155,6 +160,7 @@ impl Service {
             heartbeat,
             sockets,
             still_seen,
+            deferred: None,
         }
     }
 
@@ -232,6 +238,16 @@ impl Service {
                         self.step(Input::Notice(notice));
                     }
                 }
+                () = thawed(&self.scope), if self.deferred.is_some() => {
+                    if let Some(action) = self.deferred.take()
+                        && self.runner.awaits_spawn()
+                    {
+                        tracing::info!("{}: its cgroup is thawed; starting it", self.config.name);
+                        self.act(action);
+                        self.drain();
+                        self.publish();
+                    }
+                }
                 () = sleep_until(deadline) => self.step(Input::Tick),
             }
         }
@@ -294,6 +310,12 @@ impl Service {
             }
         }
         self.runner.handle(now(), input);
+        self.drain();
+        self.publish();
+    }
+
+    /// Carries out the runner's actions, and those they lead to.
+    fn drain(&mut self) {
         loop {
             let actions = self.runner.take_actions();
             if actions.is_empty() {
@@ -303,11 +325,17 @@ impl Service {
                 self.act(action);
             }
         }
-        self.publish();
     }
 
     fn act(&mut self, action: Action) {
         match action {
+            Action::RunPreStart | Action::Spawn if self.scope.frozen() => {
+                let words = "its cgroup is frozen; it starts once thawed";
+                tracing::warn!("{}: {words}", self.config.name);
+                self.deferred = Some(action);
+                self.runner
+                    .handle(now(), Input::SpawnWaits(words.to_string()));
+            }
             Action::RunPreStart => {
                 let argv = self.config.pre_start.clone().unwrap_or_default();
                 match self.spawn(&argv, None, false) {
@@ -504,6 +532,15 @@ fn now() -> Now {
     Now {
         at: Instant::now(),
         unix_ms: unix_ms(SystemTime::now()),
+    }
+}
+
+/// Resolves once `scope`'s cgroup is no longer frozen, looked at ten times a
+/// second: only while a spawn waits for it, which a frozen cgroup alone
+/// makes happen.
+async fn thawed(scope: &Scope) {
+    while scope.frozen() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

@@ -336,6 +336,97 @@ async fn quiet_prints_no_output_and_no_drop_notices() {
 
 // --- 3. nothing left behind ---
 
+/// The cgroup of process `pid`, in the unified hierarchy.
+fn cgroup_of(pid: i32) -> std::path::PathBuf {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a unified cgroup");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = mounts
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .expect("cgroup2 mounted");
+    std::path::Path::new(mount).join(path.trim_start_matches('/'))
+}
+
+/// Thaws a cgroup when dropped, so a failed test leaves nothing frozen.
+struct Frozen(std::path::PathBuf);
+
+impl Frozen {
+    async fn new(cgroup: std::path::PathBuf) -> Frozen {
+        std::fs::write(cgroup.join("cgroup.freeze"), "1").unwrap();
+        let events = cgroup.join("cgroup.events");
+        within("the cgroup to freeze", async {
+            while !std::fs::read_to_string(&events)
+                .unwrap()
+                .contains("frozen 1")
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        Frozen(cgroup)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+    }
+}
+
+/// The service's cgroup is frozen (a freezer, a paused container, by hand)
+/// when it must start again: a child made there stops before its `exec`,
+/// and a spawn that waits for the `exec` would hold tether (one thread)
+/// until the thaw. The start waits instead, and says why; tether answers
+/// meanwhile; once the cgroup is thawed, the service runs again.
+#[tokio::test]
+async fn a_service_whose_cgroup_is_frozen_starts_once_thawed_and_tether_goes_on() {
+    let port = free_port();
+    let mut stack = Stack::new(&format!(
+        "name = \"fr{port}\"\n[services.a]\ncommand = [\"sleep\", \"3600\"]\nrestart_delay = \"10ms\"\n"
+    ));
+    stack.up(&[]);
+    stack.until("a is ready").await;
+    let pid = stack.ps().await["services"][0]["pid"].as_i64().unwrap() as i32;
+    let frozen = Frozen::new(cgroup_of(pid)).await;
+    // SIGKILL ends even a frozen process; its restart comes while frozen.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    stack.until("a restarts in").await;
+    // tether answers, and says why the start waits (no process yet).
+    within("the start to wait", async {
+        loop {
+            let ps = stack.ps().await;
+            let a = &ps["services"][0];
+            if a["last_error"] == "its cgroup is frozen; it starts once thawed" {
+                assert!(a["pid"].is_null(), "{a}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    drop(frozen);
+    let started = stack.until("a is starting (pid").await;
+    assert!(!started.contains(&format!("pid {pid})")), "{started}");
+    stack.until("a is ready").await;
+    let down = stack.tether(&["down"]).await;
+    assert_eq!(down.code(), 0);
+    assert_eq!(stack.exited().await.0, 0);
+    let stderr = stack.stderr().await;
+    assert!(
+        stderr.contains("a: its cgroup is frozen; it starts once thawed"),
+        "{stderr}"
+    );
+}
+
 async fn leftovers_of_a_crashing_main_process(cgroups: bool) {
     let port = free_port();
     let m = marker();
