@@ -322,6 +322,9 @@ impl Run {
                 return self.gave_up(GaveUp::Timeout, attempts, last).await;
             };
             attempts += 1;
+            // Cut short by the deadline: a timeout then says nothing of
+            // the target.
+            let cut_short = timeout < timeouts.current();
             let began = Instant::now();
             // The probe honours its timeout; the margin only guards against a
             // probe that does not.
@@ -381,7 +384,14 @@ impl Run {
                     outcome: TargetOutcome::Reached { detail },
                 };
             }
-            last = Some(outcome);
+            // The failure before a timeout the deadline cut short is the
+            // one to report (`no instance is registered`, not `it does not
+            // answer`).
+            let says_nothing =
+                cut_short && matches!(&outcome, Err(f) if f.cause.is_timeout()) && last.is_some();
+            if !says_nothing {
+                last = Some(outcome);
+            }
             if permanent {
                 return self.gave_up(GaveUp::Permanent, attempts, last).await;
             }
@@ -660,6 +670,40 @@ mod tests {
         };
         assert_eq!(*reason, GaveUp::Timeout);
         assert!(matches!(last, Some(Err(f)) if f.cause == Cause::ResponseTimeout));
+    }
+
+    /// The last attempt gets what is left of the deadline, and may time
+    /// out for that alone: the failure reported is the one before it. Found
+    /// by `tether wait registry:api -t 300ms` under load, which said the
+    /// registry "does not answer" where no instance was registered.
+    #[tokio::test(start_paused = true)]
+    async fn a_last_attempt_the_deadline_cut_short_does_not_hide_the_cause() {
+        let missing = Step::Fail(Failure::new(
+            Phase::FirstByte,
+            Cause::PathMissing,
+            "no instance of 'api' is registered",
+        ));
+        let mut steps: Vec<_> = (0..5).map(|_| (Duration::ZERO, missing.clone())).collect();
+        steps.push((Duration::ZERO, Step::Hang));
+        let (script, seen) = Script::new(steps);
+        let (report, _) = run(
+            vec![(script, pacing(5, 20, 1000))],
+            WaitPolicy::new(ms(100)),
+        )
+        .await;
+        let timeouts: Vec<Duration> = seen.lock().unwrap().iter().map(|(_, t)| *t).collect();
+        assert!(
+            timeouts.last().unwrap() < &ms(100),
+            "cut short: {timeouts:?}"
+        );
+        let TargetOutcome::GaveUp { reason, last } = &report.targets[0].outcome else {
+            panic!("{report:?}")
+        };
+        assert_eq!(*reason, GaveUp::Timeout);
+        assert!(
+            matches!(last, Some(Err(f)) if f.cause == Cause::PathMissing),
+            "{last:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -260,6 +260,11 @@ async fn a_pid_reused_in_a_pid_namespace_is_not_the_registrant() {
         ( exec "$BIN" registrant --exact --nocapture --test-threads=1 ) > a.out 2>&1 & A=$!
         await 'ready ' a.out
         ID=$(sed -n 's/.*ready \([0-9a-f]*\).*/\1/p' a.out)
+        # A start time is counted in clock ticks (10 ms): B must start in a
+        # later tick than A to be told apart, which real pid reuse always
+        # does (the pids of a whole namespace go by first); a fast A and B
+        # can share one tick here, so A lives a few ticks.
+        sleep 0.05
         kill -9 $A; wait $A || true
         RECORD="$TETHER_REGISTRANT_DIR/stress.$ID.json"
         echo $((A - 1)) > /proc/sys/kernel/ns_last_pid
