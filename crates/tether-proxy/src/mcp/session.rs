@@ -1553,6 +1553,16 @@ mod tests {
             self.session.take_actions()
         }
 
+        /// `message`, sent upstream on the current link, failed with
+        /// `failure` now; returns what the session did then.
+        fn failed(&mut self, message: &Value, failure: Failure) -> Vec<Action> {
+            let generation = self.session.generation();
+            let id = message["id"].as_u64().expect("a request");
+            self.session
+                .on_request_failed(generation, id, failure, self.t);
+            self.session.take_actions()
+        }
+
         fn client(&mut self, message: Value) -> Vec<Action> {
             self.session.on_client(message, self.t);
             self.session.take_actions()
@@ -1825,17 +1835,10 @@ mod tests {
         h.at(Duration::from_secs(70));
         let forgot = |h: &mut Harness| {
             let sent = upstream_messages(&h.client(call(1, "echo")));
-            let generation = h.session.generation();
-            let t = h.t;
-            h.session.on_request_failed(
-                generation,
-                sent[0]["id"].as_u64().unwrap(),
-                Failure::new(Phase::FirstByte, Cause::SessionLost, "HTTP 404")
-                    .with_safety(Safety::NotSent),
-                t,
-            );
-            assert!(h.session.take_actions().contains(&Action::Disconnect));
-            h.session.next_wakeup().unwrap() - t
+            let lost = Failure::new(Phase::FirstByte, Cause::SessionLost, "HTTP 404")
+                .with_safety(Safety::NotSent);
+            assert!(h.failed(&sent[0], lost).contains(&Action::Disconnect));
+            h.session.next_wakeup().unwrap() - h.t
         };
         assert_eq!(forgot(&mut h), Duration::ZERO);
         let restored = h.reconnect("2025-06-18");
@@ -2001,11 +2004,8 @@ mod tests {
         let ping = upstream_messages(&h.session.take_actions());
         assert_eq!(ping[0]["method"], "ping");
         assert!(upstream_messages(&h.client(call(2, "echo"))).is_empty());
-        let generation = h.session.generation();
         let no_route = || Failure::new(Phase::Connect, Cause::ConnectUnreachable, "no route");
-        h.session
-            .on_request_failed(generation, ping[0]["id"].as_u64().unwrap(), no_route(), t);
-        let actions = h.session.take_actions();
+        let actions = h.failed(&ping[0], no_route());
         assert!(!actions.contains(&Action::Disconnect), "{actions:?}");
         assert!(upstream_messages(&actions).is_empty(), "the call waits");
         // Asked again after the pacing (at most 12 ms here): no route yet.
@@ -2014,13 +2014,7 @@ mod tests {
         h.t = retry;
         let ping = upstream_messages(&h.tick());
         assert_eq!(ping[0]["method"], "ping");
-        h.session.on_request_failed(
-            generation,
-            ping[0]["id"].as_u64().unwrap(),
-            no_route(),
-            retry,
-        );
-        assert!(upstream_messages(&h.session.take_actions()).is_empty());
+        assert!(upstream_messages(&h.failed(&ping[0], no_route())).is_empty());
         // The link is back (a network change): asked at once, answered.
         let t = h.t;
         h.session.on_revalidate(t);
@@ -2039,13 +2033,8 @@ mod tests {
         let t = h.t;
         h.session.on_revalidate(t);
         let ping = upstream_messages(&h.session.take_actions());
-        h.session.on_request_failed(
-            generation,
-            ping[0]["id"].as_u64().unwrap(),
-            Failure::new(Phase::Connect, Cause::ConnectRefused, "refused"),
-            t,
-        );
-        assert!(h.session.take_actions().contains(&Action::Disconnect));
+        let refused = Failure::new(Phase::Connect, Cause::ConnectRefused, "refused");
+        assert!(h.failed(&ping[0], refused).contains(&Action::Disconnect));
     }
 
     /// A call made while there is no route: it never left, so it waits
@@ -2056,19 +2045,14 @@ mod tests {
         let mut h = Harness::new();
         h.handshake();
         let sent = upstream_messages(&h.client(call(1, "echo")));
-        let generation = h.session.generation();
-        let t = h.t;
-        h.session.on_request_failed(
-            generation,
-            sent[0]["id"].as_u64().unwrap(),
+        let no_route = || {
             Failure::new(
                 Phase::Connect,
                 Cause::ConnectUnreachable,
                 "network unreachable",
-            ),
-            t,
-        );
-        let actions = h.session.take_actions();
+            )
+        };
+        let actions = h.failed(&sent[0], no_route());
         assert!(!actions.contains(&Action::Disconnect), "{actions:?}");
         assert!(client_messages(&actions).is_empty(), "it waits");
         assert!(
@@ -2089,17 +2073,7 @@ mod tests {
             for ping in upstream_messages(&actions) {
                 assert_eq!(ping["method"], "ping");
                 pings += 1;
-                let at = h.t;
-                h.session.on_request_failed(
-                    generation,
-                    ping["id"].as_u64().unwrap(),
-                    Failure::new(
-                        Phase::Connect,
-                        Cause::ConnectUnreachable,
-                        "network unreachable",
-                    ),
-                    at,
-                );
+                h.failed(&ping, no_route());
             }
         };
         assert!((500..=2100).contains(&pings), "{pings} pings in 10 s");
