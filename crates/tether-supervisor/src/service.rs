@@ -239,9 +239,7 @@ impl Service {
                     }
                 }
                 () = thawed(&self.scope), if self.deferred.is_some() => {
-                    if let Some(action) = self.deferred.take()
-                        && self.runner.awaits_spawn()
-                    {
+                    if let Some(action) = self.deferred.take() {
                         tracing::info!("{}: its cgroup is thawed; starting it", self.config.name);
                         self.act(action);
                         self.drain();
@@ -311,6 +309,10 @@ impl Service {
         }
         self.runner.handle(now(), input);
         self.drain();
+        if !self.runner.awaits_spawn() {
+            // The start it waited for was given up on (a stop, a deadline).
+            self.deferred = None;
+        }
         self.publish();
     }
 
