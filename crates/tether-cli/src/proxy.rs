@@ -65,7 +65,8 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_pending: usize,
 
-    /// Close a connection on which nothing moved this long.
+    /// Close a connection on which nothing moved this long (time the proxy
+    /// stood still is not counted).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = positive_duration)]
     idle_timeout: Duration,
 

@@ -629,7 +629,8 @@ pub static KEYS: &[Key] = &[
         default: DefaultValue::Value(r#""1h""#),
         example: r#""5m""#,
         doc: "A connection on which nothing moved either way this long is closed \
-              (`idle.timeout`).",
+              (`idle.timeout`). Time the proxy stood still (a paused VM, tether stopped) is \
+              not counted.",
     },
     // --- sockets = [{ ... }] ---
     Key {

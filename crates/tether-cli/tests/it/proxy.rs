@@ -257,6 +257,38 @@ async fn a_client_waiting_across_a_stall_longer_than_its_timeout_is_served() {
     proxy.stop().await;
 }
 
+/// A relayed connection, idle while the proxy stands still (SIGSTOP, a
+/// paused VM) for longer than its idle timeout: when the proxy runs again,
+/// the connection is still relayed, since nothing could have moved on it.
+#[tokio::test]
+async fn a_connection_idle_only_because_the_proxy_stood_still_is_kept() {
+    let port = free_port();
+    let mut echo = Echo::new(port);
+    echo.start().await;
+    let mut proxy = Proxy::start(port, &["--idle-timeout", "2s"]).await;
+    let mut stream = proxy.connect().await;
+    let mut buf = [0u8; 5];
+    stream.write_all(b"hello").await.unwrap();
+    within("the echo", stream.read_exact(&mut buf))
+        .await
+        .unwrap();
+    proxy.until("relayed").await;
+    let pid = rustix::process::Pid::from_raw(proxy.child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The fault itself: 5 s without running, past the 2 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    // Nothing is sent at once: the idle timer, late by 3 s, is the first
+    // thing the proxy sees (without the fix it closes the connection).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(b"again").await.unwrap();
+    within("the echo after the stall", stream.read_exact(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf, b"again");
+    proxy.stop().await;
+}
+
 /// Connections in the accept backlog of the IPv4 listener on `port`
 /// (`/proc/net/tcp`: a listener's `rx_queue`).
 fn backlog(port: u16) -> u64 {

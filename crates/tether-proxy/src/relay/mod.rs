@@ -163,6 +163,7 @@ pub async fn serve(
         gone,
         pulse,
     } = wiring;
+    let pulse_for_relays = pulse.clone();
     let mut still = crate::stillness::Stillness::new(pulse);
     let pipes = Arc::new(Pipes::new(config.pipes));
     let mut gate = Gate::new(config.gate.clone(), Jitter::new(), Instant::now());
@@ -269,9 +270,10 @@ pub async fn serve(
                             let locals: Vec<std::net::IpAddr> =
                                 [client.local_ip(), upstream.local_ip()].into_iter().flatten().collect();
                             let vanished = address_gone(gone.clone(), locals);
+                            let pulse = pulse_for_relays.clone();
                             relays.spawn(async move {
                                 let began = Instant::now();
-                                let moved = pipe::relay_until(&client, &upstream, &pipes, idle, vanished).await;
+                                let moved = pipe::relay_until(&client, &upstream, &pipes, idle, vanished, pulse).await;
                                 (id, moved, began.elapsed())
                             });
                     },

@@ -222,18 +222,26 @@ impl Conn {
 /// Not cancel-safe in effect: a dropped relay closes both sides wherever it
 /// was.
 pub async fn relay(client: &Conn, upstream: &Conn, pipes: &Pipes, idle: Duration) -> Moved {
-    relay_until(client, upstream, pipes, idle, std::future::pending()).await
+    relay_until(client, upstream, pipes, idle, std::future::pending(), None).await
 }
 
 /// [`relay`], ended with [`Ending::AddressGone`] when `gone` resolves.
+/// Given the network monitor's `pulse`, time this process stood still is
+/// not counted as idle: a VM paused overnight does not find every relayed
+/// connection closed for idleness when it runs again. (A stall is seen
+/// when the idle timer comes; one during traffic before it is not told
+/// apart, so the idle close may come that much later, never sooner.)
 pub async fn relay_until(
     client: &Conn,
     upstream: &Conn,
     pipes: &Pipes,
     idle: Duration,
     gone: impl std::future::Future<Output = ()>,
+    pulse: Option<tether_netmon::Pulse>,
 ) -> Moved {
     tokio::pin!(gone);
+    let mut still = crate::stillness::Stillness::new(pulse);
+    let mut owed = Duration::ZERO;
     let began = Instant::now();
     let last = AtomicU64::new(0);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -246,7 +254,7 @@ pub async fn relay_until(
     tokio::pin!(to_upstream, to_client);
     let (mut up_done, mut down_done) = (false, false);
     let ending = loop {
-        let quiet_until = began + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        let quiet_until = began + Duration::from_millis(last.load(Ordering::Relaxed)) + idle + owed;
         tokio::select! {
             result = &mut to_upstream, if !up_done => match result {
                 Ok(()) => up_done = true,
@@ -260,7 +268,9 @@ pub async fn relay_until(
             },
             () = &mut gone => break Ending::AddressGone,
             () = tokio::time::sleep_until(quiet_until) => {
-                let now_quiet = began + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+                owed += still.more().unwrap_or_default();
+                let now_quiet =
+                    began + Duration::from_millis(last.load(Ordering::Relaxed)) + idle + owed;
                 if Instant::now() >= now_quiet {
                     break Ending::Idle;
                 }
